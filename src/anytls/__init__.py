@@ -1,0 +1,6 @@
+"""anytls: AnyTLS proxy protocol server, client and asyncio library."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+

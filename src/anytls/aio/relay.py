@@ -1,0 +1,93 @@
+"""Splicing a plain TCP transport to a :class:`~anytls.aio.stream.Stream`, callback style.
+
+No task per connection and no ``StreamReader`` on the hot path: socket reads land in the
+shared buffer (``BufferedProtocol``) and go straight into PSH frames; stream data goes
+straight to ``transport.write``. Back-pressure is forwarded both ways with
+``pause_reading``/``resume_reading``. Either side ending ends both (AnyTLS has no
+half-close); ``transport.close()`` still flushes what is buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .buffers import shared_buffer
+from .stream import Stream
+
+log = logging.getLogger("anytls.relay")
+
+
+class SocketSide(asyncio.BufferedProtocol):
+    """Protocol on the TCP socket: its bytes go to the stream."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return shared_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        stream = self.stream
+        if stream.is_closing():
+            return
+        stream.write(shared_buffer()[:nbytes])
+
+    def eof_received(self) -> bool:
+        self.stream.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stream.resume_reading()
+        self.stream.close()
+
+    def pause_writing(self) -> None:
+        self.stream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.stream.resume_reading()
+
+
+class StreamSide(asyncio.Protocol):
+    """Protocol on the stream: its bytes go to the TCP socket."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport.close()
+
+    def pause_writing(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+
+def splice(transport: asyncio.Transport, stream: Stream, initial: bytes = b"") -> None:
+    """Relay between an established ``transport`` and ``stream`` until either ends.
+
+    ``initial`` are bytes already read from ``transport`` that belong to the stream.
+    """
+    side = SocketSide(stream)
+    side.transport = transport
+    transport.set_protocol(side)
+    stream.set_protocol(StreamSide(transport))
+    if initial:
+        stream.write(initial)
+    if stream.is_closing():
+        transport.close()

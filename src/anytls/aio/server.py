@@ -1,0 +1,284 @@
+"""The AnyTLS server: TLS listener, preface check, per-stream dial and relay.
+
+Each accepted TLS connection gets a :class:`ServerConnection`. Until the preface names a
+known user nothing is sent; a wrong password, a short or malformed preface, or silence
+past the preface timeout gets one INFO line with the peer address and a close (no reply,
+as every Go server does). Each stream's destination is read from the stream bytes, dialled
+with a timeout, acknowledged with SYNACK (empty on success, the error text on failure,
+v2 clients only) and then spliced to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..core.address import Address, AddressReader
+from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
+from ..core.padding import PaddingScheme
+from ..core.session import Session
+from ..errors import AuthenticationError, RemoteProtocolError
+from .connection import SessionConnection
+from .relay import SocketSide, StreamSide
+from .stream import Stream
+
+log = logging.getLogger("anytls.server")
+
+#: Bytes a stream may buffer while its destination is being dialled before reads pause.
+DIAL_BUFFER_LIMIT = 256 * 1024
+
+
+@dataclass
+class ServerConfig:
+    """Settings of an AnyTLS server."""
+
+    users: Mapping[str, str]
+    """User name → password."""
+    padding: PaddingScheme = field(default_factory=PaddingScheme.default)
+    """Scheme pushed to clients whose ``padding-md5`` differs."""
+    connect_timeout: float = 5.0
+    """Seconds to dial a destination before reporting failure."""
+    handshake_timeout: float = 10.0
+    """Seconds for the TLS handshake."""
+    preface_timeout: float = 10.0
+    """Seconds after the handshake for the auth preface to arrive."""
+    max_streams_per_session: int = 0
+    """Streams a session may hold open at once (0 = no limit)."""
+    version: int = 2
+    """Protocol version to speak (1 only for testing v1 interop)."""
+
+
+def _dial_error_text(exc: BaseException, destination: Address) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"dial tcp {destination}: i/o timeout"
+    if isinstance(exc, socket.gaierror):
+        return f"lookup {destination.host}: no such host ({exc.strerror})"
+    if isinstance(exc, OSError):
+        code = exc.errno
+        if code == errno.ECONNREFUSED:
+            text = "connection refused"
+        elif code in (errno.ENETUNREACH,):
+            text = "network is unreachable"
+        elif code in (errno.EHOSTUNREACH,):
+            text = "no route to host"
+        else:
+            text = (exc.strerror or str(exc)).lower()
+            if "multiple exceptions" in str(exc).lower() and "refused" in str(exc).lower():
+                text = "connection refused"
+        return f"dial tcp {destination}: connect: {text}"
+    return f"dial tcp {destination}: {exc}"
+
+
+class _HeldSocketSide(SocketSide):
+    """Destination socket whose reads wait until the SYNACK is queued."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        transport.pause_reading()  # type: ignore[attr-defined]
+
+
+class _ServerStream(asyncio.Protocol):
+    """Reads the destination from a new stream, dials it, then splices."""
+
+    def __init__(self, connection: ServerConnection, stream: Stream) -> None:
+        self.connection = connection
+        self.stream = stream
+        self.reader = AddressReader()
+        self.destination: Address | None = None
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.task: asyncio.Task[None] | None = None
+        self.ended = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.destination is None:
+            try:
+                destination = self.reader.feed(data)
+            except RemoteProtocolError as exc:
+                log.info("%s stream %d: bad destination: %s", self.connection.peer,
+                         self.stream.stream_id, exc)
+                self.stream.close()
+                return
+            if destination is None:
+                return
+            self.destination = destination
+            data = self.reader.leftover
+            self.task = self.connection.start_task(self.dial(destination))
+        if data:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > DIAL_BUFFER_LIMIT:
+                self.stream.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def dial(self, destination: Address) -> None:
+        handler = self.connection.destination_handler
+        if handler is not None and await handler(self.stream, destination, self.pending):
+            return
+        loop = asyncio.get_running_loop()
+        stream = self.stream
+        try:
+            async with asyncio.timeout(self.connection.config.connect_timeout):
+                transport, side = await loop.create_connection(
+                    lambda: _HeldSocketSide(stream), destination.host, destination.port,
+                    happy_eyeballs_delay=0.25,
+                )
+        except (OSError, TimeoutError) as exc:
+            text = _dial_error_text(exc, destination)
+            log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
+            self.connection.core.send_synack(stream.stream_id, text)
+            stream.close()
+            return
+        if self.ended or stream.is_closing():
+            transport.close()
+            return
+        log.debug("%s stream %d: connected to %s", self.connection.peer, stream.stream_id,
+                  destination)
+        self.connection.core.send_synack(stream.stream_id)
+        self.connection.schedule_flush()
+        pending, self.pending = self.pending, []
+        for chunk in pending:
+            transport.write(chunk)
+        stream.set_protocol(StreamSide(transport))  # type: ignore[arg-type]
+        stream.resume_reading()
+        transport.resume_reading()
+
+
+class ServerConnection(SessionConnection):
+    """One client's TLS connection on the server."""
+
+    def __init__(self, server: AnyTLSServer) -> None:
+        config = server.config
+        super().__init__(
+            Session.server(config.users, padding=config.padding,
+                           max_streams=config.max_streams_per_session, version=config.version)
+        )
+        self.server = server
+        self.config = config
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.destination_handler = server.destination_handler
+        self._preface_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.connections.add(self)
+        self._preface_timer = self.loop.call_later(self.config.preface_timeout,
+                                                   self._preface_timed_out)
+
+    def _preface_timed_out(self) -> None:
+        log.info("rejected %s: no auth preface within %.0f s", self.peer,
+                 self.config.preface_timeout)
+        self.close("preface timeout", abort=True)
+
+    def protocol_error(self, exc: RemoteProtocolError) -> None:
+        if isinstance(exc, AuthenticationError):
+            log.info("rejected %s: wrong password (%s)", self.peer, exc)
+        else:
+            log.info("closing session with %s: %s", self.peer, exc)
+        self.close(str(exc), abort=True)
+
+    def handle_event(self, event: Event) -> None:
+        if type(event) is StreamOpened:
+            stream = self.add_stream(event.stream_id)
+            stream.set_protocol(_ServerStream(self, stream))
+        elif type(event) is Authenticated:
+            if self._preface_timer is not None:
+                self._preface_timer.cancel()
+                self._preface_timer = None
+            log.info("session from %s: user %s", self.peer, event.user)
+        elif type(event) is SettingsReceived:
+            log.debug("%s settings %s (peer version %d)", self.peer, event.settings,
+                      event.peer_version)
+
+    def start_task(self, coro: object) -> asyncio.Task[None]:
+        """Run ``coro`` owned by this connection (cancelled when it closes)."""
+        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: stream handler failed", self.peer, exc_info=task.exception())
+
+    def session_closed(self, reason: str) -> None:
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        self.server.connections.discard(self)
+        if self.core.user is not None:
+            log.info("session from %s (user %s) ended: %s, %d bytes in, %d bytes out",
+                     self.peer, self.core.user, reason, self.bytes_in, self.bytes_out)
+
+
+class AnyTLSServer:
+    """A listening AnyTLS server; create it with :func:`serve`."""
+
+    def __init__(self, config: ServerConfig, ssl_context: ssl.SSLContext) -> None:
+        self.config = config
+        self.ssl_context = ssl_context
+        self.connections: set[ServerConnection] = set()
+        self.servers: list[asyncio.Server] = []
+        #: Optional hook ``await handler(stream, destination, pending) -> bool`` that may
+        #: take over a stream (used for UDP over TCP); True means handled.
+        self.destination_handler = None
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return [s for srv in self.servers for s in srv.sockets]  # type: ignore[misc]
+
+    async def start(self, host: str | None, port: int, **kwargs: object) -> None:
+        """Bind and start accepting."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: ServerConnection(self), host or None, port, ssl=self.ssl_context,
+            ssl_handshake_timeout=self.config.handshake_timeout, reuse_address=True,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self.servers.append(server)
+
+    async def close(self) -> None:
+        """Stop listening and close every session."""
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.close("server shutting down", abort=True)
+        for server in self.servers:
+            await server.wait_closed()
+
+    async def __aenter__(self) -> AnyTLSServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve(
+    config: ServerConfig,
+    host: str | None = "0.0.0.0",
+    port: int = 8443,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AnyTLSServer:
+    """Start an AnyTLS server; with no ``ssl_context`` a self-signed one is made."""
+    from .tls import server_context
+
+    if ssl_context is None:
+        ssl_context = server_context(hosts=["localhost", host or ""])
+    server = AnyTLSServer(config, ssl_context)
+    await server.start(host, port)
+    return server

@@ -1,0 +1,114 @@
+"""``anytls-server``: flags compatible with anytls-go's server, plus a few extras."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..core.address import Address
+from ..core.padding import PaddingScheme
+from ..errors import ConfigError
+from ..log import setup_logging
+from ._flags import normalise
+from ._run import run
+
+log = logging.getLogger("anytls.server")
+
+_SHORT = ("l", "p", "h")
+_LONG = ("padding-scheme", "cert", "key", "user", "log-level", "connect-timeout", "version")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="anytls-server",
+        description="AnyTLS server. With no --cert it makes a self-signed certificate.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-l", metavar="HOST:PORT", default="0.0.0.0:8443",
+                        help="listen address (default 0.0.0.0:8443)")
+    parser.add_argument("-p", metavar="PASSWORD", help="password of the default user")
+    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
+                        help="an extra user (repeatable)")
+    parser.add_argument("--padding-scheme", metavar="FILE",
+                        help="padding scheme file pushed to clients")
+    parser.add_argument("--cert", metavar="PEM", help="certificate chain file")
+    parser.add_argument("--key", metavar="PEM", help="private key file")
+    parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="timeout for dialling destinations (default 5)")
+    parser.add_argument("--log-level", metavar="LEVEL",
+                        help="debug, info, warning, error (default: LOG_LEVEL env or info)")
+    parser.add_argument("--version", action="version", version=f"anytls {__version__}")
+    return parser
+
+
+def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
+    """Users from ``-p`` and ``--user NAME:PASSWORD`` flags."""
+    users: dict[str, str] = {}
+    if password:
+        users["default"] = password
+    for item in extra:
+        name, sep, pw = item.partition(":")
+        if not sep or not name or not pw:
+            raise ConfigError(f"--user {item!r}: expected NAME:PASSWORD")
+        users[name] = pw
+    if not users:
+        raise ConfigError("no password: give -p PASSWORD or --user NAME:PASSWORD")
+    return users
+
+
+def load_padding(path: str | None) -> PaddingScheme:
+    """The scheme in ``path`` (bytes as they are), or the default."""
+    if not path:
+        return PaddingScheme.default()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read padding scheme {path!r}: {exc.strerror}") from exc
+    try:
+        return PaddingScheme.parse(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"padding scheme {path!r}: {exc}") from exc
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``anytls-server``."""
+    parser = build_parser()
+    args = parser.parse_args(normalise(sys.argv[1:] if argv is None else argv, _SHORT, _LONG))
+    setup_logging(args.log_level)
+    from ..aio.server import ServerConfig, serve
+    from ..aio.tls import server_context
+
+    try:
+        listen = Address.parse(args.l)
+        users = parse_users(args.p, args.user)
+        padding = load_padding(args.padding_scheme)
+        hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])
+        ctx = server_context(args.cert, args.key, hosts=hosts)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    config = ServerConfig(users=users, padding=padding, connect_timeout=args.connect_timeout)
+
+    async def amain(stop: asyncio.Event) -> None:
+        host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
+        try:
+            server = await serve(config, host, listen.port, ssl_context=ctx)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", listen, exc.strerror or exc)
+            raise SystemExit(1) from exc
+        log.info("anytls-server %s listening on %s (%d user%s, padding md5 %s)", __version__,
+                 listen, len(users), "" if len(users) == 1 else "s", padding.md5)
+        await stop.wait()
+        log.info("shutting down")
+        await server.close()
+
+    run(amain)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

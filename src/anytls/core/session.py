@@ -1,0 +1,416 @@
+"""The AnyTLS session state machine, sans-IO (PROTOCOL.md §3–§5).
+
+Theory of operation
+-------------------
+A :class:`Session` is one TLS connection's worth of protocol: bytes from the peer go into
+:meth:`Session.receive_data`, which returns :mod:`~anytls.core.events`; calls such as
+:meth:`Session.open_stream` or :meth:`Session.send_data` only queue output, which
+:meth:`Session.data_to_send` hands back as a list of byte strings, each meant to be one
+transport write (one TLS record when small). No clock, socket or event loop is touched.
+
+Receiving: after the auth preface (server side), the byte stream is a sequence of frames.
+PSH payloads are delivered as they arrive, without waiting for the whole frame, so a
+64 KiB frame trickling in costs no 64 KiB buffer; other frames are buffered whole (at most
+7 + 65535 bytes). Every length is honoured, including on SYN/FIN/heartbeat frames that
+should carry none, so a sloppy peer cannot desynchronise us.
+
+Sending (client): each queued write is one "packet" in the padding sense. Packet 0 is the
+preface; Settings and the first SYN are held back and go out with the first stream's
+address as packet 1, as anytls-go does. While the packet counter is below the scheme's
+``stop`` each packet is cut and padded into records by :func:`~anytls.core.padding.shape_packet`;
+after that packets are passed through untouched. The server never pads.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+from ..errors import ConfigError, LocalProtocolError, SessionClosedError, StreamClosedError
+from .auth import PrefaceReader, build_preface
+from .constants import HEADER, HEADER_SIZE, MAX_FRAME_DATA, PROTOCOL_VERSION, Command, Role
+from .events import (
+    AlertReceived,
+    Authenticated,
+    Event,
+    HeartbeatAcknowledged,
+    HeartbeatRequested,
+    PaddingSchemeRejected,
+    PaddingSchemeUpdated,
+    ServerSettingsReceived,
+    SessionTerminated,
+    SettingsReceived,
+    StreamAcknowledged,
+    StreamDataReceived,
+    StreamEnded,
+    StreamOpened,
+)
+from .frame import encode_data_frames, encode_frame
+from .padding import PaddingScheme, shape_packet
+from .settings import format_kv, parse_kv, parse_version
+
+_unpack_from = HEADER.unpack_from
+
+#: Alert text sent to a client that opens a stream before sending Settings.
+ALERT_NO_SETTINGS = "client did not send its settings"
+
+
+class SessionState(enum.Enum):
+    """Life cycle of a session."""
+
+    AUTHENTICATING = "authenticating"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Session:
+    """One AnyTLS session; build it with :meth:`client` or :meth:`server`."""
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        padding: PaddingScheme | None = None,
+        password: str | None = None,
+        users: Mapping[str, str] | None = None,
+        client_name: str = "anytls-py",
+        max_streams: int = 0,
+        version: int = PROTOCOL_VERSION,
+    ) -> None:
+        self.role = role
+        self.padding = padding or PaddingScheme.default()
+        #: The protocol version the peer announced (0 until known).
+        self.peer_version = 0
+        #: Our own advertised version (tests may set 1 to act as a v1 peer).
+        self.version = version
+        self.user: str | None = None
+        self.max_streams = max_streams
+        self._password = password
+        self._client_name = client_name
+        self._preface = PrefaceReader(users) if role is Role.SERVER and users is not None else None
+        self.state = SessionState.AUTHENTICATING if self._preface else SessionState.OPEN
+        self._settings_received = False
+        self._streams: set[int] = set()
+        self._next_stream_id = 1
+        # Receive side.
+        self._rbuf = bytearray()
+        self._psh_stream = 0
+        self._psh_left = 0
+        # Send side.
+        self._ready: list[bytes] = []
+        self._packets: list[bytes] = []
+        self._held: bytes | None = None
+        self._packet_counter = 0
+        self._shaping = role is Role.CLIENT
+        #: Frames received so far (any command); lets a client tell a v1 peer apart.
+        self.frames_received = 0
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def client(
+        cls,
+        password: str,
+        *,
+        padding: PaddingScheme | None = None,
+        client_name: str = "anytls-py",
+        version: int = PROTOCOL_VERSION,
+    ) -> Session:
+        """A client session; call :meth:`initiate` before anything else."""
+        return cls(
+            Role.CLIENT,
+            padding=padding,
+            password=password,
+            client_name=client_name,
+            version=version,
+        )
+
+    @classmethod
+    def server(
+        cls,
+        users: Mapping[str, str] | None,
+        *,
+        padding: PaddingScheme | None = None,
+        max_streams: int = 0,
+        version: int = PROTOCOL_VERSION,
+    ) -> Session:
+        """A server session checking the preface against ``users`` (name → password).
+
+        With ``users=None`` the preface is assumed already checked.
+        """
+        return cls(
+            Role.SERVER, padding=padding, users=users, max_streams=max_streams, version=version
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def closed(self) -> bool:
+        """True once the session is over."""
+        return self.state is SessionState.CLOSED
+
+    @property
+    def open_streams(self) -> int:
+        """How many streams are open."""
+        return len(self._streams)
+
+    def is_stream_open(self, stream_id: int) -> bool:
+        """True while ``stream_id`` is open."""
+        return stream_id in self._streams
+
+    # ------------------------------------------------------------------ client side
+    def initiate(self) -> None:
+        """Client: queue the auth preface and hold Settings for the first packet."""
+        if self.role is not Role.CLIENT or self._password is None:
+            raise LocalProtocolError("only a client session with a password can initiate")
+        self._ready.append(build_preface(self._password, self.padding.preface_padding_length()))
+        settings = {
+            "v": str(self.version),
+            "client": self._client_name,
+            "padding-md5": self.padding.md5,
+        }
+        self._held = encode_frame(Command.SETTINGS, 0, format_kv(settings))
+
+    def open_stream(self, initial: bytes) -> int:
+        """Client: open a stream whose first bytes are ``initial`` (the destination).
+
+        Returns the new stream id. Nothing waits for the server (0-RTT).
+        """
+        if self.role is not Role.CLIENT:
+            raise LocalProtocolError("only clients open streams")
+        self._check_open()
+        stream_id = self._next_stream_id
+        self._next_stream_id += 1
+        self._streams.add(stream_id)
+        syn = encode_frame(Command.SYN, stream_id)
+        if self._held is not None:
+            first = self._held + syn
+            self._held = None
+            self._packets.append(
+                first + encode_data_frames(stream_id, initial) if initial else first
+            )
+        else:
+            self._packets.append(syn)
+            if initial:
+                self._packets.append(encode_data_frames(stream_id, initial))
+        return stream_id
+
+    def send_heartbeat(self) -> None:
+        """Queue a heartbeat request (only meaningful when ``peer_version >= 2``)."""
+        self._check_open()
+        self._queue(encode_frame(Command.HEART_REQUEST, 0))
+
+    # ------------------------------------------------------------------ server side
+    def send_synack(self, stream_id: int, error: str | None = None) -> None:
+        """Server: report the outcome of opening ``stream_id`` to a v2 client.
+
+        Does nothing for v1 clients or closed streams.
+        """
+        if self.peer_version < 2 or stream_id not in self._streams or self.closed:
+            return
+        text = error.encode("utf-8", "replace")[:MAX_FRAME_DATA] if error else b""
+        if error and not text:
+            text = b"error"
+        self._queue(encode_frame(Command.SYNACK, stream_id, text))
+
+    def send_alert(self, message: str) -> None:
+        """Queue an Alert and end the session (the caller closes after flushing)."""
+        if self.closed:
+            return
+        self._queue(encode_frame(Command.ALERT, 0, message.encode()[:MAX_FRAME_DATA]))
+        self.close()
+
+    # ------------------------------------------------------------------ both sides
+    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data`` for ``stream_id`` as PSH frames (split at 65535 bytes)."""
+        if stream_id not in self._streams:
+            raise StreamClosedError(f"stream {stream_id} is not open")
+        if len(data):
+            self._queue(encode_data_frames(stream_id, data))
+
+    def end_stream(self, stream_id: int) -> None:
+        """Close ``stream_id`` and queue its FIN; a no-op for streams already ended."""
+        if stream_id in self._streams:
+            self._streams.discard(stream_id)
+            if not self.closed:
+                self._queue(encode_frame(Command.FIN, stream_id))
+
+    def close(self) -> None:
+        """Mark the session over; every stream ends without FIN (as the spec says)."""
+        self.state = SessionState.CLOSED
+        self._streams.clear()
+
+    def data_to_send(self) -> list[bytes]:
+        """Return and forget queued output, one item per transport write."""
+        out = self._ready
+        self._ready = []
+        packets = self._packets
+        if not packets:
+            return out
+        self._packets = []
+        if not self._shaping:
+            out.extend(packets)
+            return out
+        padding = self.padding
+        for index, packet in enumerate(packets):
+            self._packet_counter += 1
+            if self._packet_counter >= padding.stop:
+                self._shaping = False
+                out.extend(packets[index:])
+                break
+            out.extend(shape_packet(packet, padding.sizes(self._packet_counter)))
+        return out
+
+    def _queue(self, data: bytes) -> None:
+        self._packets.append(data)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionClosedError("the session is closed")
+
+    # ------------------------------------------------------------------ receiving
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete.
+
+        Raises only :class:`~anytls.errors.RemoteProtocolError` (and its subclass
+        :class:`~anytls.errors.AuthenticationError`).
+        """
+        events: list[Event] = []
+        if self.state is SessionState.CLOSED or not len(data):
+            return events
+        if self.state is SessionState.AUTHENTICATING:
+            assert self._preface is not None
+            user = self._preface.feed(data)
+            if user is None:
+                return events
+            self.user = user
+            self.state = SessionState.OPEN
+            events.append(Authenticated(user))
+            data = self._preface.leftover
+            self._preface = None
+            if not data:
+                return events
+        rbuf = self._rbuf
+        if rbuf:
+            rbuf += data
+            with memoryview(rbuf) as view:
+                consumed = self._parse(view, events)
+            del rbuf[:consumed]
+        else:
+            with memoryview(data) as view:
+                consumed = self._parse(view, events)
+                if consumed < len(view) and not self.closed:
+                    rbuf += view[consumed:]
+        return events
+
+    def _parse(self, view: memoryview, events: list[Event]) -> int:
+        pos = 0
+        end = len(view)
+        streams = self._streams
+        while True:
+            if self._psh_left:
+                take = min(self._psh_left, end - pos)
+                if not take:
+                    return pos
+                if self._psh_stream in streams:
+                    events.append(
+                        StreamDataReceived(self._psh_stream, bytes(view[pos : pos + take]))
+                    )
+                pos += take
+                self._psh_left -= take
+                continue
+            if end - pos < HEADER_SIZE:
+                return pos
+            command, stream_id, length = _unpack_from(view, pos)
+            self.frames_received += 1
+            if command == Command.PSH:
+                pos += HEADER_SIZE
+                self._psh_stream = stream_id
+                self._psh_left = length
+                continue
+            if end - pos - HEADER_SIZE < length:
+                self.frames_received -= 1  # counted again when complete
+                return pos
+            payload = view[pos + HEADER_SIZE : pos + HEADER_SIZE + length]
+            pos += HEADER_SIZE + length
+            self._handle(command, stream_id, payload, events)
+            if self.state is SessionState.CLOSED:
+                return end
+
+    def _handle(
+        self, command: int, stream_id: int, payload: memoryview, events: list[Event]
+    ) -> None:
+        is_server = self.role is Role.SERVER
+        if command == Command.SYN:
+            if not is_server:
+                return
+            if not self._settings_received:
+                self.send_alert(ALERT_NO_SETTINGS)
+                events.append(SessionTerminated(ALERT_NO_SETTINGS))
+                return
+            if stream_id in self._streams or stream_id == 0:
+                return
+            self._streams.add(stream_id)
+            if self.max_streams and len(self._streams) > self.max_streams:
+                self.send_synack(stream_id, f"too many streams (limit {self.max_streams})")
+                self.end_stream(stream_id)
+                return
+            events.append(StreamOpened(stream_id))
+        elif command == Command.FIN:
+            if stream_id in self._streams:
+                self._streams.discard(stream_id)
+                events.append(StreamEnded(stream_id))
+        elif command == Command.SYNACK:
+            if is_server:
+                return
+            error = bytes(payload).decode("utf-8", "replace") if len(payload) else None
+            events.append(StreamAcknowledged(stream_id, error))
+            if error is not None:
+                self.end_stream(stream_id)
+        elif command == Command.SETTINGS:
+            if not is_server or not len(payload):
+                return
+            settings = parse_kv(payload)
+            self._settings_received = True
+            if settings.get("padding-md5") != self.padding.md5:
+                self._queue(encode_frame(Command.UPDATE_PADDING_SCHEME, 0, self.padding.raw))
+            version = parse_version(settings.get("v"))
+            if version >= 2 and self.version >= 2:
+                self.peer_version = version
+                self._queue(
+                    encode_frame(Command.SERVER_SETTINGS, 0, format_kv({"v": str(self.version)}))
+                )
+            else:
+                self.peer_version = max(version, 1)
+            events.append(SettingsReceived(settings, self.peer_version))
+        elif command == Command.SERVER_SETTINGS:
+            if is_server or not len(payload):
+                return
+            settings = parse_kv(payload)
+            if self.version >= 2:
+                self.peer_version = parse_version(settings.get("v"))
+            events.append(ServerSettingsReceived(settings, self.peer_version))
+        elif command == Command.UPDATE_PADDING_SCHEME:
+            if is_server or not len(payload):
+                return
+            try:
+                scheme = PaddingScheme.parse(payload)
+            except ConfigError as exc:
+                events.append(PaddingSchemeRejected(str(exc)))
+                return
+            self.padding = scheme
+            events.append(PaddingSchemeUpdated(scheme))
+        elif command == Command.HEART_REQUEST:
+            if self.version < 2:
+                return
+            self._queue(encode_frame(Command.HEART_RESPONSE, stream_id))
+            events.append(HeartbeatRequested(stream_id))
+        elif command == Command.HEART_RESPONSE:
+            if self.version >= 2:
+                events.append(HeartbeatAcknowledged(stream_id))
+        elif command == Command.ALERT:
+            if not len(payload):
+                return
+            message = bytes(payload).decode("utf-8", "replace")
+            events.append(AlertReceived(message))
+            events.append(SessionTerminated(f"alert from peer: {message}"))
+            self.close()
+        # WASTE and unknown commands: their bytes are already skipped.

@@ -1,0 +1,262 @@
+"""One local port for SOCKS5 and HTTP proxy clients, told apart by the first byte.
+
+``0x05`` starts SOCKS5 (CONNECT, and UDP ASSOCIATE when a UDP handler is installed);
+anything else is read as an HTTP proxy request (CONNECT, or an absolute-URI request that
+is forwarded in origin form). The handshake runs in a plain protocol on the accepted
+transport; once the tunnelled stream is acknowledged the transport is spliced to it, so
+the relay path has no task and no ``StreamReader``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..aio.client import Client
+from ..aio.relay import splice
+from ..aio.stream import Stream
+from ..core.address import Address
+from ..core.http_proxy import HttpProxyRequest, check_basic_auth, parse_request_head, response
+from ..core.socks5 import Command, Reply, Socks5Handshake, reply
+from ..errors import AnyTLSError, ProtocolError, SessionClosedError, StreamOpenError
+
+log = logging.getLogger("anytls.inbound")
+
+#: Seconds a local client has to finish its SOCKS5/HTTP handshake.
+HANDSHAKE_TIMEOUT = 30.0
+
+UdpHandler = Callable[[asyncio.Transport, Address], Awaitable[None]]
+
+
+def socks_reply_for(error: BaseException) -> Reply:
+    """Pick the SOCKS5 reply code that best describes ``error``."""
+    text = str(error).lower()
+    if "refused" in text:
+        return Reply.CONNECTION_REFUSED
+    if "timeout" in text or "timed out" in text:
+        return Reply.TTL_EXPIRED
+    if "network is unreachable" in text:
+        return Reply.NETWORK_UNREACHABLE
+    if "unreachable" in text or "no route" in text or "no such host" in text:
+        return Reply.HOST_UNREACHABLE
+    if "not allowed" in text or "forbidden" in text:
+        return Reply.NOT_ALLOWED
+    return Reply.GENERAL_FAILURE
+
+
+def http_status_for(error: BaseException) -> tuple[int, str]:
+    """Pick the HTTP status for ``error``: 504 for timeouts, else 502."""
+    text = str(error).lower()
+    if "timeout" in text or "timed out" in text:
+        return 504, "Gateway Timeout"
+    return 502, "Bad Gateway"
+
+
+class _Handshake(asyncio.Protocol):
+    def __init__(self, inbound: MixedInbound) -> None:
+        self.inbound = inbound
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.socks: Socks5Handshake | None = None
+        self.http = False
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._timeout)
+        self.inbound.handshakes.add(self)
+
+    def _timeout(self) -> None:
+        log.info("local client %s: handshake timed out", self.peer)
+        self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def _done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.inbound.handshakes.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.task is not None:
+            self.buf += data
+            return
+        try:
+            if self.socks is None and not self.http:
+                if data[:1] == b"\x05":
+                    self.socks = Socks5Handshake(self.inbound.auth)
+                else:
+                    self.http = True
+            if self.socks is not None:
+                self._socks(data)
+            else:
+                self._http(data)
+        except ProtocolError as exc:
+            log.info("local client %s: %s", self.peer, exc)
+            self._abort()
+
+    def _socks(self, data: bytes) -> None:
+        assert self.socks is not None and self.transport is not None
+        out = self.socks.receive_data(data)
+        if out:
+            self.transport.write(out)
+        if self.socks.failed:
+            log.info("local client %s: %s", self.peer, self.socks.failed)
+            self._abort()
+            return
+        request = self.socks.request
+        if request is None:
+            return
+        command, address = request
+        self.buf += self.socks.leftover
+        if command == Command.CONNECT:
+            self._start(self._socks_connect(address))
+        elif command == Command.UDP_ASSOCIATE and self.inbound.udp_handler is not None:
+            self._done()
+            self.task = asyncio.get_running_loop().create_task(
+                self.inbound.udp_handler(self.transport, address)
+            )
+        else:
+            self.transport.write(reply(Reply.COMMAND_NOT_SUPPORTED))
+            self._abort()
+
+    def _http(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buf += data
+        request = parse_request_head(bytes(self.buf))
+        if request is None:
+            return
+        self.buf = bytearray(request.leftover)
+        creds = self.inbound.auth
+        if creds is not None and not (
+            request.proxy_authorization
+            and check_basic_auth(request.proxy_authorization, creds[0], creds[1])
+        ):
+            self.transport.write(response(407, "Proxy Authentication Required"))
+            self._abort()
+            return
+        self._start(self._http_connect(request))
+
+    def _start(self, coro: Awaitable[None]) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self.task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self.task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._done()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("local client %s: handler failed", self.peer, exc_info=task.exception())
+            self._abort()
+
+    async def _open(self, address: Address) -> Stream:
+        client = self.inbound.client
+        stream = await client.open_stream(address)
+        try:
+            await client.wait_acknowledged(stream)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def _socks_connect(self, address: Address) -> None:
+        assert self.transport is not None
+        try:
+            stream = await self._open(address)
+        except AnyTLSError as exc:
+            log.info("local client %s: CONNECT %s failed: %s", self.peer, address, exc)
+            if not self.transport.is_closing():
+                self.transport.write(reply(socks_reply_for(exc)))
+                self._abort()
+            return
+        if self.transport.is_closing():
+            stream.close()
+            return
+        log.debug("local client %s: CONNECT %s", self.peer, address)
+        self.transport.write(reply(Reply.SUCCEEDED))
+        self._splice(stream)
+
+    async def _http_connect(self, request: HttpProxyRequest) -> None:
+        assert self.transport is not None
+        address = request.target
+        try:
+            stream = await self._open(address)
+        except AnyTLSError as exc:
+            log.info("local client %s: %s %s failed: %s", self.peer, request.method, address, exc)
+            status, reason = http_status_for(exc)
+            if not self.transport.is_closing():
+                self.transport.write(response(status, reason))
+                self._abort()
+            return
+        if self.transport.is_closing():
+            stream.close()
+            return
+        if request.is_connect:
+            self.transport.write(response(200, "Connection established"))
+        else:
+            stream.write(request.forward_head)
+        self._splice(stream)
+
+    def _splice(self, stream: Stream) -> None:
+        assert self.transport is not None
+        initial, self.buf = bytes(self.buf), bytearray()
+        splice(self.transport, stream, initial)
+        self.transport.resume_reading()
+
+
+class MixedInbound:
+    """SOCKS5 + HTTP proxy listener that tunnels through a :class:`Client`."""
+
+    def __init__(
+        self,
+        client: Client,
+        auth: tuple[str, str] | None = None,
+        udp_handler: UdpHandler | None = None,
+    ) -> None:
+        self.client = client
+        self.auth = auth
+        self.udp_handler = udp_handler
+        self.handshakes: set[_Handshake] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Start listening."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: _Handshake(self), host, port, reuse_address=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and drop connections still in their handshake."""
+        if self.server is not None:
+            self.server.close()
+        for hs in list(self.handshakes):
+            hs._abort()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+__all__ = ["MixedInbound", "SessionClosedError", "StreamOpenError", "http_status_for",
+           "socks_reply_for"]

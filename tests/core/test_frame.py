@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from anytls.core.constants import HEADER, Command
+from anytls.core.frame import encode_data_frames, encode_frame, waste_frame
+from anytls.errors import LocalProtocolError
+
+
+def test_header_layout() -> None:
+    assert encode_frame(Command.SYN, 1) == bytes.fromhex("01000000010000")
+    assert encode_frame(Command.SERVER_SETTINGS, 0, b"v=2") == bytes.fromhex("0a000000000003763d32")
+    assert waste_frame(3) == bytes.fromhex("00000000000003000000")
+
+
+def test_oversized_frame_is_local_error() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Command.PSH, 1, bytes(65536))
+
+
+@given(st.integers(0, 200_000))
+def test_data_frames_split_at_65535(n: int) -> None:
+    data = bytes(i % 251 for i in range(n))
+    encoded = encode_data_frames(7, data)
+    pos = 0
+    out = bytearray()
+    while pos < len(encoded):
+        cmd, sid, length = HEADER.unpack_from(encoded, pos)
+        assert (cmd, sid) == (Command.PSH, 7)
+        assert length <= 65535
+        assert length > 0 or n == 0
+        out += encoded[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+    assert bytes(out) == data

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from anytls.core.constants import HEADER
+from anytls.core.padding import CHECK, DEFAULT_SCHEME_TEXT, PaddingScheme, shape_packet
+from anytls.errors import ConfigError
+
+
+def test_default_scheme_bytes_and_md5() -> None:
+    scheme = PaddingScheme.default()
+    assert len(DEFAULT_SCHEME_TEXT) == 137
+    assert scheme.md5 == "75cff2ad89aadf5e257059ee571ebe11"
+    assert scheme.stop == 8
+    assert scheme.preface_padding_length() == 30
+    assert scheme.lines[3] == ((9, 9), (500, 1000))
+    assert scheme.lines[2][1] == (CHECK, CHECK)
+
+
+def test_trailing_newline_changes_md5() -> None:
+    scheme = PaddingScheme.parse(DEFAULT_SCHEME_TEXT + b"\n")
+    assert scheme.md5 == hashlib.md5(DEFAULT_SCHEME_TEXT + b"\n").hexdigest()
+    assert scheme.md5 != PaddingScheme.default().md5
+
+
+@pytest.mark.parametrize("raw", [b"", b"nothing", b"stop=x\n0=1-2", b"0=30-30", b"stop=8\r\n0=1-2"])
+def test_invalid_schemes_rejected(raw: bytes) -> None:
+    with pytest.raises(ConfigError):
+        PaddingScheme.parse(raw)
+
+
+def test_ranges_swapped_and_bad_parts_skipped() -> None:
+    scheme = PaddingScheme.parse(b"stop=2\n1=300-200,x,0-5,c,7-7")
+    assert scheme.lines[1] == ((200, 300), (CHECK, CHECK), (7, 7))
+
+
+@given(st.integers(1, 5000), st.integers(1, 5000))
+def test_sizes_in_half_open_range(a: int, b: int) -> None:
+    lo, hi = min(a, b), max(a, b)
+    scheme = PaddingScheme.parse(f"stop=2\n1={a}-{b}".encode())
+    (size,) = scheme.sizes(1)
+    assert size == lo if lo == hi else lo <= size < hi
+
+
+def _parse_records(records: list[bytes]) -> bytes:
+    """Reassemble the frame stream and drop waste frames; return the non-waste bytes."""
+    stream = b"".join(records)
+    out = bytearray()
+    pos = 0
+    while pos < len(stream):
+        cmd, _, length = HEADER.unpack_from(stream, pos)
+        frame = stream[pos : pos + 7 + length]
+        if cmd != 0:
+            out += frame
+        pos += 7 + length
+    return bytes(out)
+
+
+def _frames(n: int) -> bytes:
+    return HEADER.pack(2, 1, n) + bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+
+
+def test_shape_exact_cut_and_pad() -> None:
+    data = _frames(100)  # 107 bytes
+    records = shape_packet(data, [50, 200])
+    assert [len(r) for r in records] == [50, 200]
+    assert _parse_records(records) == data
+
+
+def test_shape_check_mark_stops_when_done() -> None:
+    data = _frames(10)
+    records = shape_packet(data, [100, CHECK, 500, CHECK, 600])
+    assert [len(r) for r in records] == [100]
+
+
+def test_shape_pure_waste_when_nothing_left() -> None:
+    records = shape_packet(_frames(10), [17, 40])
+    assert [len(r) for r in records] == [17, 47]  # exact fit, then a waste frame of data 40
+
+
+def test_shape_small_remainder_written_alone() -> None:
+    data = _frames(10)  # 17 bytes
+    records = shape_packet(data, [20])  # pad = 20 - 17 - 7 < 0: bytes sent alone
+    assert records == [data]
+
+
+def test_shape_leftover_after_list() -> None:
+    data = _frames(1000)
+    records = shape_packet(data, [100, 100])
+    assert [len(r) for r in records] == [100, 100, len(data) - 200]
+
+
+@given(st.integers(0, 3000), st.lists(st.one_of(st.just(CHECK), st.integers(1, 1500)), max_size=8))
+def test_shape_preserves_bytes(n: int, sizes: list[int]) -> None:
+    data = _frames(n)
+    records = shape_packet(data, sizes)
+    assert _parse_records(records) == data

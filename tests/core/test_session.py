@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anytls.core.constants import HEADER, Command
+from anytls.core.events import (
+    AlertReceived,
+    Authenticated,
+    HeartbeatAcknowledged,
+    HeartbeatRequested,
+    PaddingSchemeRejected,
+    PaddingSchemeUpdated,
+    ServerSettingsReceived,
+    SessionTerminated,
+    SettingsReceived,
+    StreamAcknowledged,
+    StreamDataReceived,
+    StreamEnded,
+    StreamOpened,
+)
+from anytls.core.frame import encode_frame
+from anytls.core.padding import PaddingScheme
+from anytls.core.session import ALERT_NO_SETTINGS, Session
+from anytls.errors import AuthenticationError, RemoteProtocolError
+
+import pytest
+
+DEST = bytes.fromhex("030b6578616d706c652e636f6d01bb")  # example.com:443
+
+
+def pump(src: Session, dst: Session) -> list:
+    events = []
+    for chunk in src.data_to_send():
+        events += dst.receive_data(chunk)
+    return events
+
+
+def merge_data(events: list) -> list:
+    """Merge consecutive StreamDataReceived of the same stream (PSH may arrive in pieces)."""
+    out: list = []
+    for e in events:
+        if (
+            isinstance(e, StreamDataReceived)
+            and out
+            and isinstance(out[-1], StreamDataReceived)
+            and out[-1].stream_id == e.stream_id
+        ):
+            out[-1] = StreamDataReceived(e.stream_id, out[-1].data + e.data)
+        else:
+            out.append(e)
+    return out
+
+
+def new_pair(server_scheme: PaddingScheme | None = None) -> tuple[Session, Session]:
+    client = Session.client("pw")
+    server = Session.server({"alice": "pw"}, padding=server_scheme)
+    client.initiate()
+    return client, server
+
+
+def test_first_packet_holds_settings_syn_and_address() -> None:
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    records = client.data_to_send()
+    assert len(records[0]) == 64  # preface: 32 + 2 + 30 padding
+    stream = b"".join(records[1:])
+    cmd, _, length = HEADER.unpack_from(stream, 0)
+    assert cmd == Command.SETTINGS
+    settings = stream[7 : 7 + length].decode().split("\n")
+    assert "v=2" in settings and "padding-md5=75cff2ad89aadf5e257059ee571ebe11" in settings
+    assert any(s.startswith("client=anytls-py") for s in settings)
+    # packet 1 of the default scheme is one record of 100..399 bytes
+    assert len(records) == 2 and 100 <= len(records[1]) < 400
+    events = merge_data(server.receive_data(b"".join(records)))
+    assert events == [
+        Authenticated("alice"),
+        SettingsReceived(events[1].settings, 2),
+        StreamOpened(sid),
+        StreamDataReceived(sid, DEST),
+    ]
+    # server answers with ServerSettings v=2 only (md5 matches)
+    back = server.data_to_send()
+    assert back == [bytes.fromhex("0a000000000003763d32")]
+    assert client.receive_data(back[0]) == [ServerSettingsReceived({"v": "2"}, 2)]
+    assert client.peer_version == 2
+
+
+def test_padding_update_pushed_and_adopted() -> None:
+    custom = PaddingScheme.parse(b"stop=3\n0=10-10\n1=200-300\n2=300-400")
+    client, server = new_pair(custom)
+    client.open_stream(DEST)
+    pump(client, server)
+    events = pump(server, client)
+    assert isinstance(events[0], PaddingSchemeUpdated)
+    assert events[0].scheme.md5 == custom.md5
+    assert isinstance(events[1], ServerSettingsReceived)
+    assert client.padding.md5 == custom.md5
+
+
+def test_bad_padding_update_is_ignored() -> None:
+    client, _ = new_pair()
+    events = client.receive_data(encode_frame(Command.UPDATE_PADDING_SCHEME, 0, b"junk"))
+    assert isinstance(events[0], PaddingSchemeRejected)
+    assert client.padding.md5 == PaddingScheme.default().md5
+
+
+def test_syn_before_settings_alerts_and_closes() -> None:
+    server = Session.server(None)
+    events = server.receive_data(encode_frame(Command.SYN, 1))
+    assert events == [SessionTerminated(ALERT_NO_SETTINGS)]
+    assert server.closed
+    (alert,) = server.data_to_send()
+    client = Session.client("pw")
+    assert client.receive_data(alert)[0] == AlertReceived(ALERT_NO_SETTINGS)
+    assert client.closed
+
+
+def test_v1_client_gets_no_server_settings_nor_synack() -> None:
+    server = Session.server(None)
+    server.receive_data(encode_frame(Command.SETTINGS, 0, b"v=1\npadding-md5=75cff2ad89aadf5e257059ee571ebe11"))
+    server.receive_data(encode_frame(Command.SYN, 1))
+    assert server.peer_version == 1
+    server.send_synack(1)
+    assert server.data_to_send() == []
+
+
+def test_synack_error_closes_client_stream() -> None:
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    pump(client, server)
+    pump(server, client)
+    server.send_synack(sid, "dial tcp: connection refused")
+    server.end_stream(sid)
+    events = pump(server, client)
+    assert events == [StreamAcknowledged(sid, "dial tcp: connection refused")]
+    assert not client.is_stream_open(sid)
+
+
+def test_fin_not_echoed_and_data_before_fin_delivered() -> None:
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    pump(client, server)
+    server.send_data(sid, b"hello")
+    server.end_stream(sid)
+    events = pump(server, client)
+    assert events[1:] == [StreamDataReceived(sid, b"hello"), StreamEnded(sid)]
+    assert client.data_to_send() == []
+    # data for a closed stream is dropped silently
+    assert client.receive_data(encode_frame(Command.PSH, sid, b"late")) == []
+
+
+def test_heartbeat_round_trip() -> None:
+    client, server = new_pair()
+    client.open_stream(DEST)
+    pump(client, server)
+    pump(server, client)
+    client.send_heartbeat()
+    assert any(isinstance(e, HeartbeatRequested) for e in pump(client, server))
+    assert pump(server, client) == [HeartbeatAcknowledged(0)]
+
+
+def test_unknown_command_and_waste_skipped() -> None:
+    client, _ = new_pair()
+    data = encode_frame(42, 0, b"xyz") + encode_frame(Command.WASTE, 0, b"\0" * 10)
+    data += encode_frame(Command.SERVER_SETTINGS, 0, b"v=2")
+    assert client.receive_data(data) == [ServerSettingsReceived({"v": "2"}, 2)]
+
+
+def test_wrong_password_raises_remote_error() -> None:
+    client = Session.client("bad")
+    client.initiate()
+    server = Session.server({"a": "good"})
+    with pytest.raises(AuthenticationError):
+        server.receive_data(client.data_to_send()[0])
+
+
+def test_padding_stops_after_stop_packets() -> None:
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    client.data_to_send()
+    for _ in range(6):  # packets 2..7 are shaped
+        client.send_data(sid, b"x")
+        assert sum(len(r) for r in client.data_to_send()) >= 400
+    client.send_data(sid, b"y")
+    assert client.data_to_send() == [encode_frame(Command.PSH, sid, b"y")]
+
+
+def _client_stream_bytes() -> tuple[bytes, list]:
+    """A realistic client byte stream and the events the server must produce."""
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    client.send_data(sid, bytes(range(256)) * 300)
+    sid2 = client.open_stream(DEST)
+    client.send_data(sid2, b"second")
+    client.end_stream(sid)
+    client.send_heartbeat()
+    data = b"".join(client.data_to_send())
+    return data, merge_data(server.receive_data(data))
+
+
+STREAM, EXPECTED = _client_stream_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, len(STREAM)), max_size=30))
+def test_every_split_gives_same_events(cuts: list[int]) -> None:
+    server = Session.server({"alice": "pw"})
+    points = sorted(set(cuts)) + [len(STREAM)]
+    events: list = []
+    prev = 0
+    for p in points:
+        events += server.receive_data(STREAM[prev:p])
+        prev = p
+    assert merge_data(events) == EXPECTED
+
+
+def test_byte_at_a_time() -> None:
+    server = Session.server({"alice": "pw"})
+    events: list = []
+    for i in range(len(STREAM)):
+        events += server.receive_data(STREAM[i : i + 1])
+    assert merge_data(events) == EXPECTED
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from(["client", "server", "server-auth"]))
+def test_garbage_raises_only_remote_errors(data: bytes, role: str) -> None:
+    if role == "client":
+        session = Session.client("pw")
+        session.initiate()
+    elif role == "server":
+        session = Session.server(None)
+    else:
+        session = Session.server({"a": "pw"})
+    try:
+        session.receive_data(data)
+        session.receive_data(data)
+    except RemoteProtocolError:
+        return
+    session.data_to_send()
+    assert len(session._rbuf) <= 7 + 65535
