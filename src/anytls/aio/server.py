@@ -22,10 +22,12 @@ from ..core.address import Address, AddressReader
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
 from ..core.session import Session
+from ..core.uot import uot_version
 from ..errors import AuthenticationError, RemoteProtocolError
 from .connection import SessionConnection
 from .relay import SocketSide, StreamSide
 from .stream import Stream
+from .udp import UotServerRelay
 
 log = logging.getLogger("anytls.server")
 
@@ -49,6 +51,8 @@ class ServerConfig:
     """Seconds after the handshake for the auth preface to arrive."""
     max_streams_per_session: int = 0
     """Streams a session may hold open at once (0 = no limit)."""
+    udp_idle_timeout: float = 60.0
+    """Seconds without a datagram before a UDP-over-TCP stream is closed."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
 
@@ -108,6 +112,11 @@ class _ServerStream(asyncio.Protocol):
                 return
             self.destination = destination
             data = self.reader.leftover
+            version = uot_version(destination)
+            if version is not None:
+                UotServerRelay(self.connection, self.stream, version, data,
+                               self.connection.config.udp_idle_timeout)
+                return
             self.task = self.connection.start_task(self.dial(destination))
         if data:
             self.pending.append(data)
@@ -124,9 +133,6 @@ class _ServerStream(asyncio.Protocol):
             self.task.cancel()
 
     async def dial(self, destination: Address) -> None:
-        handler = self.connection.destination_handler
-        if handler is not None and await handler(self.stream, destination, self.pending):
-            return
         loop = asyncio.get_running_loop()
         stream = self.stream
         try:
@@ -168,7 +174,6 @@ class ServerConnection(SessionConnection):
         self.server = server
         self.config = config
         self.tasks: set[asyncio.Task[None]] = set()
-        self.destination_handler = server.destination_handler
         self._preface_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -233,9 +238,6 @@ class AnyTLSServer:
         self.ssl_context = ssl_context
         self.connections: set[ServerConnection] = set()
         self.servers: list[asyncio.Server] = []
-        #: Optional hook ``await handler(stream, destination, pending) -> bool`` that may
-        #: take over a stream (used for UDP over TCP); True means handled.
-        self.destination_handler = None
 
     @property
     def sockets(self) -> list[socket.socket]:

@@ -95,6 +95,11 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
+def _listen_text(text: str) -> str:
+    # Go accepts ":PORT" for all interfaces.
+    return "0.0.0.0" + text if text.startswith(":") else text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``anytls-client``."""
     parser = build_parser()
@@ -102,10 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(args.log_level)
     from ..aio.client import Client
     from ..inbound.mixed import MixedInbound
+    from ..inbound.socks5_udp import udp_handler
 
     try:
         config = config_from_args(args)
-        listen = Address.parse(args.l)
+        listen = Address.parse(_listen_text(args.l))
         auth = None
         if args.auth:
             user, sep, pw = args.auth.partition(":")
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
-        inbound = MixedInbound(client, auth=auth)
+        inbound = MixedInbound(client, auth=auth, udp_handler=udp_handler(client))
         try:
             await inbound.start(listen.host, listen.port)
         except OSError as exc:

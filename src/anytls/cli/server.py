@@ -76,6 +76,11 @@ def load_padding(path: str | None) -> PaddingScheme:
         raise ConfigError(f"padding scheme {path!r}: {exc}") from exc
 
 
+def _listen_text(text: str) -> str:
+    # Go accepts ":PORT" for all interfaces.
+    return "0.0.0.0" + text if text.startswith(":") else text
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``anytls-server``."""
     parser = build_parser()
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ..aio.tls import server_context
 
     try:
-        listen = Address.parse(args.l)
+        listen = Address.parse(_listen_text(args.l))
         users = parse_users(args.p, args.user)
         padding = load_padding(args.padding_scheme)
         hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])

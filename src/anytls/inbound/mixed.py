@@ -65,8 +65,7 @@ class _Handshake(asyncio.Protocol):
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -129,6 +128,7 @@ class _Handshake(asyncio.Protocol):
             self._start(self._socks_connect(address))
         elif command == Command.UDP_ASSOCIATE and self.inbound.udp_handler is not None:
             self._done()
+            self.transport.pause_reading()
             self.task = asyncio.get_running_loop().create_task(
                 self.inbound.udp_handler(self.transport, address)
             )

@@ -1,0 +1,200 @@
+"""HTTP proxy request heads (RFC 9110 §9.3.6, RFC 9112 §3.2) for the mixed inbound, sans-IO.
+
+Two request shapes are accepted, parsed with :mod:`h11`::
+
+    CONNECT host:port HTTP/1.1          → tunnel; the client speaks raw bytes after our 200
+    GET http://host[:port]/path HTTP/1.1 → forward; rewritten to origin form
+                                            "GET /path HTTP/1.1" with Host from the URI
+
+For forwarded requests ``Proxy-*`` headers are dropped and ``Connection: close`` is set
+(unless the client asks for an Upgrade), because the tunnel is bound to one origin and a
+later request on the same client connection could name another host. Anything after the
+head (request body, tunnelled bytes) is returned untouched as ``leftover``. Heads are
+capped at 64 KiB.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+
+from ..errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from .address import MAX_DOMAIN_SIZE, Address
+
+#: Largest request head accepted.
+MAX_HEAD_SIZE = 64 * 1024
+
+_PLACEHOLDER_HOST = b"Host: anytls.invalid\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpProxyRequest:
+    """A parsed proxy request head."""
+
+    #: Request method as sent, e.g. ``"CONNECT"`` or ``"GET"``.
+    method: str
+    #: Where to open the tunnel.
+    target: Address
+    #: True for CONNECT (reply 200, then relay); False for a forwarded absolute-URI request.
+    is_connect: bool
+    #: Bytes received after the head.
+    leftover: bytes
+    #: The ``Proxy-Authorization`` header value, if any.
+    proxy_authorization: str | None = None
+    #: For non-CONNECT requests: the head rewritten to origin form, to send to ``target``.
+    forward_head: bytes = b""
+
+
+def _h11_request(data: bytes) -> tuple[h11.Request, bytes] | None:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+    conn.receive_data(data)
+    event = conn.next_event()
+    if event is h11.NEED_DATA:
+        return None
+    if not isinstance(event, h11.Request):  # pragma: no cover - a server sees requests only
+        raise RemoteProtocolError(f"unexpected HTTP event {type(event).__name__}")
+    return event, conn.trailing_data[0]
+
+
+def _parse(data: bytes) -> tuple[h11.Request, bytes] | None:
+    try:
+        return _h11_request(data)
+    except h11.RemoteProtocolError as exc:
+        # h11 insists on Host for HTTP/1.1; proxy clients often omit it on CONNECT, and for
+        # absolute-form requests it is ignored anyway (RFC 9112 §3.2.2). Retry with one.
+        first, sep, rest = data.partition(b"\n")
+        head = rest.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].lower()
+        if not sep or head.startswith(b"host:") or b"\nhost:" in head:
+            raise RemoteProtocolError(f"bad HTTP proxy request: {exc}") from None
+        try:
+            retried = _h11_request(first + sep + _PLACEHOLDER_HOST + rest)
+        except h11.RemoteProtocolError:
+            retried = None
+        if retried is None:
+            raise RemoteProtocolError(f"bad HTTP proxy request: {exc}") from None
+        return retried
+
+
+def _connect_target(target: str) -> Address:
+    try:
+        return Address.parse(target)
+    except ConfigError as exc:
+        raise RemoteProtocolError(f"bad CONNECT target: {exc}") from None
+
+
+def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
+    try:
+        parts = urlsplit(target)
+        port = parts.port
+    except ValueError as exc:
+        raise RemoteProtocolError(f"bad proxy request URI {target[:200]!r}: {exc}") from None
+    host = parts.hostname
+    if not host or len(host.encode("utf-8")) > MAX_DOMAIN_SIZE:
+        raise RemoteProtocolError(f"proxy request URI {target[:200]!r} has no valid host")
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    if port is None:
+        port = default_port
+    authority = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        authority = f"{authority}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+
+    upgrade = any(
+        token.strip().lower() == b"upgrade"
+        for name, value in request.headers
+        if name == b"connection"
+        for token in value.split(b",")
+    )
+    lines = [
+        request.method + b" " + path.encode("ascii") + b" HTTP/" + request.http_version,
+        b"Host: " + authority.encode("ascii"),
+    ]
+    for name, value in request.headers.raw_items():
+        lower = name.lower()
+        if lower == b"host" or lower.startswith(b"proxy-"):
+            continue
+        if not upgrade and lower in (b"connection", b"keep-alive"):
+            continue
+        lines.append(name + b": " + value)
+    if not upgrade:
+        lines.append(b"Connection: close")
+    lines.append(b"\r\n")
+    return Address(host, port), b"\r\n".join(lines)
+
+
+def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
+    """Parse a proxy request head from the start of ``buf``.
+
+    Returns None until the whole head has arrived. Raises :class:`RemoteProtocolError` for
+    malformed heads, heads over 64 KiB and requests that are not proxy requests.
+    """
+    data = bytes(buf[: MAX_HEAD_SIZE + 4])
+    if not data:
+        return None  # h11 would read b"" as end of stream
+    parsed = _parse(data)
+    if parsed is None:
+        return None
+    request, trailing = parsed
+    if len(data) - len(trailing) > MAX_HEAD_SIZE:
+        raise RemoteProtocolError(f"HTTP proxy request head exceeds {MAX_HEAD_SIZE} bytes")
+    leftover = trailing + bytes(buf[len(data) :])
+    method = request.method.decode("ascii")
+    try:
+        target = request.target.decode("ascii")
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("HTTP request target is not ASCII") from None
+    auth = next(
+        (v.decode("latin-1") for n, v in request.headers if n == b"proxy-authorization"), None
+    )
+    if method == "CONNECT":
+        return HttpProxyRequest(method, _connect_target(target), True, leftover, auth)
+    if not target[:8].lower().startswith(("http://", "https://")):
+        raise RemoteProtocolError(
+            f"not a proxy request: {method} {target[:200]} (expected CONNECT or an absolute URI)"
+        )
+    address, head = _forward(request, target)
+    return HttpProxyRequest(method, address, False, leftover, auth, head)
+
+
+def response(status: int, reason: str) -> bytes:
+    """Return a minimal response head.
+
+    200 gives ``HTTP/1.1 200 <reason>`` with no headers (the CONNECT reply); other codes add
+    ``Content-Length: 0`` and ``Connection: close``, and 407 a Basic ``Proxy-Authenticate``.
+    """
+    if not 100 <= status <= 999 or "\r" in reason or "\n" in reason:
+        raise LocalProtocolError(f"bad HTTP status line: {status} {reason!r}")
+    if status == 200:
+        return f"HTTP/1.1 200 {reason}\r\n\r\n".encode("latin-1")
+    extra = 'Proxy-Authenticate: Basic realm="anytls"\r\n' if status == 407 else ""
+    return (
+        f"HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+
+
+def check_basic_auth(header_value: str, user: str, password: str) -> bool:
+    """True when ``header_value`` is ``Basic base64(user:password)`` (constant-time compare)."""
+    scheme, _, token = header_value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return hmac.compare_digest(decoded, f"{user}:{password}".encode())
+
+
+__all__ = [
+    "MAX_HEAD_SIZE",
+    "HttpProxyRequest",
+    "check_basic_auth",
+    "parse_request_head",
+    "response",
+]

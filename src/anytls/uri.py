@@ -1,0 +1,136 @@
+"""``anytls://`` share URIs (PROTOCOL.md §8, §11 #15)::
+
+    anytls://[password@]host[:port]/?sni=name&insecure=1
+
+The password is the whole userinfo, percent-encoded when needed; an IPv6 host is written
+in brackets; the port defaults to 443. ``sni`` set to an IP literal means "send no SNI";
+``insecure`` is ``1``/``0`` (``true``/``false`` also accepted). Unknown parameters and
+the ``#name`` fragment are ignored. Unlike the reference client, the password is
+percent-*decoded* and ``insecure`` is honoured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+from .errors import ConfigError
+
+SCHEME = "anytls"
+DEFAULT_PORT = 443
+
+_TRUE = frozenset(("1", "true"))
+_FALSE = frozenset(("0", "false"))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ServerURI:
+    """A parsed ``anytls://`` URI."""
+
+    #: Server host name or IP literal (IPv6 without brackets).
+    host: str
+    #: Server port.
+    port: int = DEFAULT_PORT
+    #: The password (decoded).
+    password: str = ""
+    #: TLS server name as given; None when absent.
+    sni: str | None = None
+    #: Skip certificate verification.
+    insecure: bool = False
+
+    @property
+    def effective_sni(self) -> str | None:
+        """The SNI to send: ``sni``, else ``host``; None when that is an IP literal."""
+        name = self.sni if self.sni is not None else self.host
+        if not name or _is_ip(name):
+            return None
+        return name
+
+
+def parse_uri(text: str) -> ServerURI:
+    """Parse an ``anytls://`` URI; raise :class:`ConfigError` naming the problem."""
+    shown = text if len(text) < 200 else text[:200] + "…"
+    scheme, sep, _ = text.partition("://")
+    if not sep or scheme.lower() != SCHEME:
+        raise ConfigError(
+            f"{shown!r} is not an anytls URI: expected anytls://password@host:port/?sni=..."
+        )
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ConfigError(f"bad anytls URI {shown!r}: {exc}") from None
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if hostport.startswith("["):
+        host, bracket, _ = hostport[1:].partition("]")
+        if not bracket or not _is_ip(host) or ":" not in host:
+            raise ConfigError(f"bad anytls URI {shown!r}: {hostport!r} is not a valid [IPv6] host")
+    else:
+        # Keep the host as written (urlsplit would lowercase it).
+        host = hostport.rpartition(":")[0] if ":" in hostport else hostport
+    if not host:
+        raise ConfigError(f"bad anytls URI {shown!r}: missing server host")
+    if any(c.isspace() for c in host):
+        raise ConfigError(f"bad anytls URI {shown!r}: host {host!r} contains whitespace")
+    try:
+        port = parts.port
+    except ValueError:
+        port_text = hostport.rpartition(":")[2]
+        raise ConfigError(
+            f"bad anytls URI {shown!r}: port {port_text!r} is not a number in 1..65535"
+        ) from None
+    if port is None:
+        if hostport.endswith(":"):
+            raise ConfigError(f"bad anytls URI {shown!r}: empty port after ':'")
+        port = DEFAULT_PORT
+    elif port == 0:
+        raise ConfigError(f"bad anytls URI {shown!r}: port 0 is not a server port")
+    password = _unquote(userinfo) if at else ""
+
+    sni: str | None = None
+    insecure = False
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "sni":
+            sni = value or None
+        elif key == "insecure":
+            flag = value.strip().lower()
+            if flag in _TRUE:
+                insecure = True
+            elif flag in _FALSE:
+                insecure = False
+            else:
+                raise ConfigError(f"bad anytls URI {shown!r}: insecure={value!r}, expected 1 or 0")
+    return ServerURI(host=host, port=port, password=password, sni=sni, insecure=insecure)
+
+
+def _unquote(text: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "the password in the anytls URI is not valid percent-encoded UTF-8"
+        ) from None
+
+
+def format_uri(uri: ServerURI) -> str:
+    """Return ``uri`` as text; :func:`parse_uri` gives back an equal :class:`ServerURI`."""
+    host = f"[{uri.host}]" if ":" in uri.host else uri.host
+    auth = f"{quote(uri.password, safe='')}@" if uri.password else ""
+    params = []
+    if uri.sni is not None:
+        params.append(f"sni={quote(uri.sni, safe='')}")
+    if uri.insecure:
+        params.append("insecure=1")
+    query = "?" + "&".join(params) if params else ""
+    return f"{SCHEME}://{auth}{host}:{uri.port}/{query}"
+
+
+__all__ = ["DEFAULT_PORT", "ServerURI", "format_uri", "parse_uri"]
