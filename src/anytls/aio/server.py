@@ -78,6 +78,11 @@ def _dial_error_text(exc: BaseException, destination: Address) -> str:
     return f"dial tcp {destination}: {exc}"
 
 
+def _dial_options(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+    # Happy eyeballs for dual-stack names; uvloop's create_connection lacks the option.
+    return {} if type(loop).__module__.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
+
+
 class _HeldSocketSide(SocketSide):
     """Destination socket whose reads wait until the SYNACK is queued."""
 
@@ -137,11 +142,14 @@ class _ServerStream(asyncio.Protocol):
         stream = self.stream
         try:
             async with asyncio.timeout(self.connection.config.connect_timeout):
-                transport, side = await loop.create_connection(
+                transport, _ = await loop.create_connection(
                     lambda: _HeldSocketSide(stream), destination.host, destination.port,
-                    happy_eyeballs_delay=0.25,
+                    **_dial_options(loop),
                 )
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, OSError | TimeoutError):
+                log.error("%s stream %d: dialling %s failed", self.connection.peer,
+                          stream.stream_id, destination, exc_info=exc)
             text = _dial_error_text(exc, destination)
             log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
             self.connection.core.send_synack(stream.stream_id, text)
