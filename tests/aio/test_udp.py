@@ -1,0 +1,136 @@
+"""UDP over TCP, ours ↔ ours: connect and non-connect formats, many targets, domains, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+
+import pytest
+
+from anytls.aio.client import Client, ClientConfig
+from anytls.aio.server import ServerConfig, serve
+from anytls.aio.udp import open_udp
+from anytls.core.address import Address
+from anytls.core.uot import UOT_V2_MAGIC
+from anytls.errors import StreamClosedError
+from tests.helpers.echo import udp_echo_server
+
+PASSWORD = "udp-pw"
+
+
+class Env:
+    def __init__(self, **server_kwargs: object) -> None:
+        self.server_kwargs = server_kwargs
+
+    async def __aenter__(self) -> Env:
+        config = ServerConfig(users={"u": PASSWORD}, **self.server_kwargs)  # type: ignore[arg-type]
+        self.server = await serve(config, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.client = Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        await self.server.close()
+
+
+def test_non_connect_many_sizes_and_three_targets() -> None:
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as a, udp_echo_server() as b, \
+                udp_echo_server("::1") as c:
+            assoc = await open_udp(env.client)
+            targets = [a, b, c]
+            sent = []
+            for size in range(1, 1401, 7):
+                payload = hashlib.sha256(str(size).encode()).digest() * (size // 32 + 1)
+                payload = payload[:size]
+                target = targets[size % 3]
+                assoc.sendto(payload, (target[0], target[1]))
+                sent.append((payload, target))
+            for size in (60_000, 65_000, 65_507):
+                assoc.sendto(bytes(size), (a[0], a[1]))
+                sent.append((bytes(size), a))
+            received = []
+            async with asyncio.timeout(10):
+                for _ in sent:
+                    received.append(await assoc.recvfrom())
+            assert sorted(p for p, _ in received) == sorted(p for p, _ in sent)
+            # replies carry the source address of each target
+            for payload, source in received:
+                expected = next(t for p, t in sent if p == payload)
+                assert (source.host, source.port) == (expected[0], expected[1])
+            assoc.close()
+
+    asyncio.run(main())
+
+
+def test_connect_mode_and_domain_target() -> None:
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as echo:
+            async with await open_udp(env.client, connect=("localhost", echo[1])) as assoc:
+                for i in range(200):
+                    assoc.send(b"ping %d" % i)
+                async with asyncio.timeout(10):
+                    got = [await assoc.recv() for _ in range(200)]
+                assert got == [b"ping %d" % i for i in range(200)]
+            async with await open_udp(env.client) as assoc:
+                assoc.sendto(b"by name", Address("localhost", echo[1]))
+                async with asyncio.timeout(10):
+                    payload, source = await assoc.recvfrom()
+                assert payload == b"by name" and source.port == echo[1]
+
+    asyncio.run(main())
+
+
+def test_idle_timeout_closes_stream() -> None:
+    async def main() -> None:
+        async with Env(udp_idle_timeout=0.5) as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client)
+            assoc.sendto(b"x", (echo[0], echo[1]))
+            async with asyncio.timeout(5):
+                assert (await assoc.recvfrom())[0] == b"x"
+                with pytest.raises(StreamClosedError):
+                    await assoc.recvfrom()
+
+    asyncio.run(main())
+
+
+def test_garbage_closes_only_that_stream(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="anytls")
+
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as echo:
+            good = await open_udp(env.client)
+            stream = await env.client.open_stream(Address(UOT_V2_MAGIC, 0))
+            # request: non-connect, then a packet with an invalid UoT address type 0x07
+            stream.write(b"\x00\x01\x7f\x00\x00\x01\x00\x35" + b"\x07garbage")
+            await asyncio.sleep(0.3)
+            assert stream.is_closing()
+            # the other association on the same client still works
+            good.sendto(b"alive", (echo[0], echo[1]))
+            async with asyncio.timeout(5):
+                assert (await good.recvfrom())[0] == b"alive"
+
+    asyncio.run(main())
+    assert any("malformed UoT" in r.getMessage() for r in caplog.records)
+
+
+def test_udp_socket_count_is_bounded() -> None:
+    """One association uses one UDP socket per address family, whatever the target count."""
+
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client)
+            for i in range(50):
+                assoc.sendto(b"%d" % i, ("127.0.0.1", echo[1]))
+            async with asyncio.timeout(5):
+                for _ in range(50):
+                    await assoc.recvfrom()
+            (conn,) = env.server.connections
+            relays = [s.get_protocol() for s in conn.streams.values()]
+            assert len(relays) == 1 and len(relays[0].sockets) == 1
+            assert relays[0].sockets[socket.AF_INET].transport is not None
+
+    asyncio.run(main())

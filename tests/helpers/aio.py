@@ -1,0 +1,84 @@
+"""Run async test bodies without a pytest asyncio plugin.
+
+    from tests.helpers.aio import async_test
+
+    @async_test                      # default 60 s budget
+    async def test_something(tmp_path): ...
+
+    @async_test(timeout=10)
+    async def test_fast(): ...
+
+The decorated function becomes a plain sync test that runs the coroutine with
+``asyncio.run`` inside ``asyncio.timeout``; fixtures work as usual (the signature is kept).
+A timeout fails the test with a message naming the budget; cleanup in ``finally`` /
+``async with`` blocks of the test still runs because the task is cancelled, not killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
+
+__all__ = ["DEFAULT_TIMEOUT", "async_test", "run_async"]
+
+DEFAULT_TIMEOUT = 60.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def run_async(
+    coro_fn: Callable[[], Awaitable[T]],
+    timeout: float | None = DEFAULT_TIMEOUT,
+    *,
+    debug: bool = False,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    """Run ``coro_fn()`` in a fresh event loop with an overall timeout."""
+
+    async def main() -> T:
+        cm = asyncio.timeout(timeout)
+        try:
+            async with cm:
+                return await coro_fn()
+        except TimeoutError as exc:
+            if not cm.expired():
+                raise  # a TimeoutError from the test body itself
+            # Re-raise with a clear message; the original chain stays attached.
+            raise AssertionError(f"async test exceeded its {timeout}s budget") from exc
+
+    with asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
+        return runner.run(main())
+
+
+@overload
+def async_test(fn: Callable[P, Coroutine[Any, Any, T]], /) -> Callable[P, T]: ...
+
+
+@overload
+def async_test(
+    *, timeout: float | None = DEFAULT_TIMEOUT, debug: bool = False
+) -> Callable[[Callable[P, Coroutine[Any, Any, T]]], Callable[P, T]]: ...
+
+
+def async_test(
+    fn: Callable[P, Coroutine[Any, Any, T]] | None = None,
+    /,
+    *,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    debug: bool = False,
+) -> Any:
+    """Decorator: run an ``async def`` test via ``asyncio.run`` with a timeout (60 s)."""
+
+    def decorate(f: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+        @functools.wraps(f)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return run_async(lambda: f(*args, **kwargs), timeout, debug=debug)
+
+        return wrapper
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate
