@@ -1,11 +1,12 @@
-"""The AnyTLS client: sessions to one server, a simple pool, and the stream API.
+"""The AnyTLS client: sessions to one server, their pool, and the stream API.
 
-:class:`Client` opens TLS sessions on demand, reuses idle ones newest first (one active
-stream per session, as the Go clients do), and remembers a padding scheme the server pushed
-so every later session uses it. :meth:`Client.open_stream` is 0-RTT: the SYN and the
-destination go out at once; :meth:`Client.open_connection` waits for the server's SYNACK
-when the server speaks protocol v2, so a refused destination is an exception, not a
-silently closed socket.
+:class:`Client` opens TLS sessions on demand and reuses them as
+:class:`~anytls.core.pool_policy.PoolPolicy` decides (newest first; one active stream per
+session like the Go clients, or several up to a cap), reaps idle ones, and remembers a
+padding scheme the server pushed so every later session uses it.
+:meth:`Client.open_stream` is 0-RTT: the SYN and the destination go out at once;
+:meth:`Client.open_connection` waits for the server's SYNACK when the server speaks v2, so
+a refused destination is an exception, not a silently closed socket.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from ..core.address import Address
 from ..core.events import (
     AlertReceived,
     Event,
+    HeartbeatAcknowledged,
     PaddingSchemeRejected,
     PaddingSchemeUpdated,
     ServerSettingsReceived,
     StreamAcknowledged,
 )
 from ..core.padding import PaddingScheme
+from ..core.pool_policy import PoolPolicy, SessionInfo, normalise_interval
 from ..core.session import Session
 from ..errors import SessionClosedError, StreamOpenError
 from .connection import SessionConnection
@@ -51,37 +54,72 @@ class ClientConfig:
     connect_timeout: float = 10.0
     """Seconds for TCP connect plus TLS handshake to the server."""
     ack_timeout: float = 15.0
-    """Seconds to wait for a v2 server's SYNACK in :meth:`Client.open_connection`."""
+    """Seconds to wait for a v2 server's SYNACK before a stream open fails."""
     version_probe_timeout: float = 1.0
     """Seconds a first session waits to learn whether the server speaks v2."""
+    synack_timeout: float = 3.0
+    """Seconds a stream on a reused v2 session may wait for SYNACK before that session is
+    declared dead (the reference watchdog; 0 disables it)."""
+    retry_dead_session: bool = True
+    """Retry a stream once on a fresh session when its session died before the SYNACK."""
+    heartbeat_interval: float = 0.0
+    """Seconds of silence before a heartbeat is sent to a v2 server (0 = off)."""
+    heartbeat_timeout: float = 10.0
+    """Seconds to wait for the heartbeat answer before the session is closed."""
     idle_session_timeout: float = 30.0
     idle_session_check_interval: float = 30.0
     min_idle_session: int = 0
+    max_streams_per_session: int = 1
+    """Concurrent streams one session may carry; 1 is the Go clients' behaviour."""
     reuse_sessions: bool = True
     version: int = 2
     """Protocol version to advertise (1 only for testing v1 interop)."""
     client_name: str = CLIENT_NAME
+
+    def policy(self) -> PoolPolicy:
+        """The pool policy these settings describe."""
+        return PoolPolicy(
+            idle_timeout=normalise_interval(self.idle_session_timeout),
+            check_interval=normalise_interval(self.idle_session_check_interval),
+            min_idle=max(0, self.min_idle_session),
+            max_streams=max(1, self.max_streams_per_session),
+        )
 
 
 class ClientConnection(SessionConnection):
     """One TLS session to the server, as seen by the client."""
 
     def __init__(self, client: Client, seq: int) -> None:
+        config = client.config
         super().__init__(
-            Session.client(client.config.password, padding=client.padding,
-                           client_name=client.config.client_name, version=client.config.version)
+            Session.client(
+                config.password,
+                padding=client.padding,
+                client_name=config.client_name,
+                version=config.version,
+                synack_timeout=config.synack_timeout,
+                heartbeat_interval=config.heartbeat_interval,
+                heartbeat_timeout=config.heartbeat_timeout,
+            )
         )
         self.client = client
         self.seq = seq
-        self.idle_since = 0.0
+        self.idle_since: float | None = None
+        self.heartbeats_answered = 0
         #: Resolved with the peer's version once it is known (ServerSettings or data).
         self.version_known: asyncio.Future[int] = self.loop.create_future()
 
+    def info(self) -> SessionInfo:
+        """This session as the pool policy sees it."""
+        return SessionInfo(self.seq, len(self.streams), self.idle_since, not self.is_closed)
+
     def open_stream(self, destination: Address) -> Stream:
         """Open a stream to ``destination`` (0-RTT: nothing is awaited)."""
-        stream_id = self.core.open_stream(destination.encode())
+        stream_id = self.core.open_stream(destination.encode(), self.loop.time())
         stream = self.add_stream(stream_id)
+        self.idle_since = None
         self.schedule_flush()
+        self.arm_timer()
         return stream
 
     def handle_events(self, events: list[Event]) -> None:
@@ -93,6 +131,7 @@ class ClientConnection(SessionConnection):
         if not self.version_known.done():
             self.version_known.set_result(version)
             self.client.server_version = version
+            self.arm_timer()
 
     def handle_event(self, event: Event) -> None:
         if type(event) is StreamAcknowledged:
@@ -112,6 +151,8 @@ class ClientConnection(SessionConnection):
             log.warning("ignored the server's padding scheme: %s", event.reason)
         elif type(event) is AlertReceived:
             log.warning("[Alert from server] %s", event.message)
+        elif type(event) is HeartbeatAcknowledged:
+            self.heartbeats_answered += 1
 
     def stream_closed(self, stream: Stream) -> None:
         self.client._stream_closed(self)
@@ -123,22 +164,33 @@ class ClientConnection(SessionConnection):
 
 
 class Client:
-    """Sessions to one AnyTLS server."""
+    """Sessions to one AnyTLS server, pooled as :class:`ClientConfig` says."""
 
     def __init__(self, config: ClientConfig, ssl_context: ssl.SSLContext | None = None) -> None:
         from .tls import client_context
 
         self.config = config
         self.ssl_context = ssl_context or client_context(insecure=config.insecure)
+        self.policy = config.policy()
         self.padding = PaddingScheme.default()
         #: The server's protocol version once a session learned it (0 = unknown).
         self.server_version = 0
-        self.sessions: set[ClientConnection] = set()
-        self.idle: list[ClientConnection] = []
+        self.sessions: dict[int, ClientConnection] = {}
         self.sessions_opened = 0
+        self.streams_retried = 0
         self._seq = itertools.count(1)
         self._reaper: asyncio.TimerHandle | None = None
+        self._pending: asyncio.Task[ClientConnection] | None = None
+        self._pending_claims = 0
         self._closed = False
+
+    @property
+    def idle(self) -> list[ClientConnection]:
+        """Idle sessions, oldest first."""
+        return sorted(
+            (c for c in self.sessions.values() if not c.streams and not c.is_closed),
+            key=lambda c: c.seq,
+        )
 
     # ---------------------------------------------------------------- sessions
     async def _new_session(self) -> ClientConnection:
@@ -146,41 +198,58 @@ class Client:
         config = self.config
         server_hostname = config.sni if config.sni is not None else config.server_host
         seq = next(self._seq)
+        where = f"{config.server_host}:{config.server_port}"
         try:
             async with asyncio.timeout(config.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: ClientConnection(self, seq), config.server_host, config.server_port,
-                    ssl=self.ssl_context, server_hostname=server_hostname or None,
+                    lambda: ClientConnection(self, seq),
+                    config.server_host,
+                    config.server_port,
+                    ssl=self.ssl_context,
+                    server_hostname=server_hostname or None,
                     ssl_handshake_timeout=config.connect_timeout,
                 )
         except TimeoutError as exc:
             raise SessionClosedError(
-                f"connecting to {config.server_host}:{config.server_port} timed out "
-                f"after {config.connect_timeout:.0f} s"
+                f"connecting to {where} timed out after {config.connect_timeout:g} s"
             ) from exc
         except ssl.SSLCertVerificationError as exc:
             raise SessionClosedError(
-                f"the certificate of {config.server_host}:{config.server_port} failed "
-                f"verification ({exc.verify_message}); use insecure=1 for a self-signed server"
+                f"the certificate of {where} failed verification ({exc.verify_message}); "
+                "use insecure=1 for a self-signed server"
             ) from exc
         except OSError as exc:
-            raise SessionClosedError(
-                f"cannot connect to {config.server_host}:{config.server_port}: {exc}"
-            ) from exc
+            raise SessionClosedError(f"cannot connect to {where}: {exc}") from exc
+        if self._closed:
+            conn.close("client closed")
+            raise SessionClosedError("the client is closed")
         conn.core.initiate()
         conn.flush()
-        self.sessions.add(conn)
+        self.sessions[seq] = conn
         self.sessions_opened += 1
-        log.debug("session %d to %s:%d opened", seq, config.server_host, config.server_port)
+        log.debug("session %d to %s opened", seq, where)
         self._arm_reaper()
         return conn
 
-    async def _acquire(self) -> ClientConnection:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.is_closed:
-                return conn
-        return await self._new_session()
+    async def _acquire(self, fresh: bool = False) -> ClientConnection:
+        if self._closed:
+            raise SessionClosedError("the client is closed")
+        if not fresh and self.config.reuse_sessions:
+            seq = self.policy.choose([c.info() for c in self.sessions.values()])
+            if seq is not None:
+                return self.sessions[seq]
+            # Several streams may share one session: join a handshake already under way.
+            if self._pending is not None and self._pending_claims < self.policy.max_streams:
+                self._pending_claims += 1
+                return await asyncio.shield(self._pending)
+        task = asyncio.get_running_loop().create_task(self._new_session())
+        if self.policy.max_streams > 1 and not fresh:
+            self._pending, self._pending_claims = task, 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if self._pending is task:
+                self._pending = None
 
     def _stream_closed(self, conn: ClientConnection) -> None:
         if conn.streams or conn.is_closed or self._closed:
@@ -189,58 +258,53 @@ class Client:
             conn.close("reuse disabled")
             return
         conn.idle_since = conn.loop.time()
-        if conn not in self.idle:
-            self.idle.append(conn)
-            self.idle.sort(key=lambda c: c.seq)
 
     def _session_closed(self, conn: ClientConnection, reason: str) -> None:
-        self.sessions.discard(conn)
-        if conn in self.idle:
-            self.idle.remove(conn)
+        if self.sessions.get(conn.seq) is conn:
+            del self.sessions[conn.seq]
         log.debug("session %d closed: %s", conn.seq, reason)
 
     def _arm_reaper(self) -> None:
         if self._reaper is None and not self._closed:
-            interval = self.config.idle_session_check_interval
-            self._reaper = asyncio.get_running_loop().call_later(interval, self._reap)
+            interval = self.policy.check_interval
+            self._reaper = asyncio.get_running_loop().call_later(interval, self.reap)
 
-    def _reap(self) -> None:
+    def reap(self) -> None:
+        """Apply the idle policy now (also runs every check interval)."""
         self._reaper = None
         now = asyncio.get_running_loop().time()
-        kept = 0
-        for conn in sorted(self.idle, key=lambda c: c.seq, reverse=True):
-            if now - conn.idle_since < self.config.idle_session_timeout:
-                kept += 1
-            elif kept < self.config.min_idle_session:
-                kept += 1
-                conn.idle_since = now
-            else:
-                self.idle.remove(conn)
-                conn.close("idle timeout")
+        close, refresh = self.policy.expire([c.info() for c in self.sessions.values()], now)
+        for seq in refresh:
+            self.sessions[seq].idle_since = now
+        for seq in close:
+            self.sessions[seq].close("idle timeout")
         if self.sessions:
             self._arm_reaper()
 
     # ---------------------------------------------------------------- streams
-    async def open_stream(self, destination: Address) -> Stream:
-        """Open a stream to ``destination`` without waiting for the server."""
-        conn = await self._acquire()
+    async def open_stream(self, destination: Address, *, fresh: bool = False) -> Stream:
+        """Open a stream to ``destination`` without waiting for the server.
+
+        ``fresh`` forces a new session instead of a pooled one.
+        """
+        conn = await self._acquire(fresh)
         return conn.open_stream(destination)
 
     async def wait_acknowledged(self, stream: Stream) -> None:
         """Wait until the server reported that ``stream`` is connected.
 
-        Raises :class:`StreamOpenError` with the server's reason on failure. A v1 server
-        never acknowledges, so against one this returns as soon as that is known.
+        Raises :class:`StreamOpenError` with the server's reason on failure and
+        :class:`SessionClosedError` when the session died first. A v1 server never
+        acknowledges, so against one this returns as soon as that is known.
         """
         conn = stream.connection
         assert isinstance(conn, ClientConnection)
         timeout = self.config.ack_timeout
         if not conn.version_known.done():
-            probe = (
-                timeout if self.server_version >= 2 else self.config.version_probe_timeout
-            )
+            probe = timeout if self.server_version >= 2 else self.config.version_probe_timeout
             done, _ = await asyncio.wait(
-                [conn.version_known, stream.acknowledged], timeout=probe,
+                [conn.version_known, stream.acknowledged],
+                timeout=probe,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if not done:
@@ -252,24 +316,46 @@ class Client:
             except TimeoutError as exc:
                 stream.close()
                 raise StreamOpenError(
-                    f"the server did not acknowledge the stream within {timeout:.0f} s"
+                    f"the server did not acknowledge the stream within {timeout:g} s"
                 ) from exc
             if error is not None:
                 stream.close()
                 raise StreamOpenError(f"remote: {error}")
 
+    async def open_stream_acknowledged(self, destination: Address) -> Stream:
+        """Open a stream and wait for the server's SYNACK (see :meth:`wait_acknowledged`).
+
+        If the session dies before the SYNACK (the watchdog fired, or the connection
+        dropped) and nothing was received yet, the stream is retried once on a fresh
+        session, so a stale pooled session costs a delay, not an error.
+        """
+        fresh = False
+        while True:
+            stream = await self.open_stream(destination, fresh=fresh)
+            try:
+                await self.wait_acknowledged(stream)
+                return stream
+            except SessionClosedError as exc:
+                reused = stream.stream_id >= 2
+                if fresh or not reused or not self.config.retry_dead_session:
+                    raise
+                if stream.bytes_received:
+                    raise
+                log.info("retrying %s on a fresh session: %s", destination, exc)
+                self.streams_retried += 1
+                fresh = True
+
     async def open_connection(
         self, host: str, port: int, *, limit: int = 2**18
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open a tunnelled TCP connection and return an asyncio stream pair."""
-        stream = await self.open_stream(Address(host, port))
+        stream = await self.open_stream_acknowledged(Address(host, port))
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        stream.set_protocol(protocol)
         protocol.connection_made(stream)
+        stream.set_protocol(protocol)
         writer = asyncio.StreamWriter(stream, protocol, reader, loop)
-        await self.wait_acknowledged(stream)
         return reader, writer
 
     async def close(self) -> None:
@@ -278,8 +364,7 @@ class Client:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
-        conns = list(self.sessions)
-        self.idle.clear()
+        conns = list(self.sessions.values())
         for conn in conns:
             conn.close("client closed")
         for conn in conns:

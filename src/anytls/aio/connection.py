@@ -39,6 +39,9 @@ class SessionConnection(asyncio.BufferedProtocol):
         self._read_pauses = 0
         self._write_paused = False
         self._close_reason: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        core.touch(self.loop.time())
 
     # ---------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -54,13 +57,14 @@ class SessionConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_in += nbytes
         try:
-            events = self.core.receive_data(shared_buffer()[:nbytes])
+            events = self.core.receive_data(shared_buffer()[:nbytes], self.loop.time())
         except RemoteProtocolError as exc:
             self.protocol_error(exc)
             return
         if events:
             self.handle_events(events)
         self.flush()
+        self.arm_timer()
 
     def eof_received(self) -> bool:
         self.close("the peer closed the connection")
@@ -70,11 +74,10 @@ class SessionConnection(asyncio.BufferedProtocol):
         reason = self._close_reason or (f"connection lost: {exc}" if exc else "connection closed")
         self._close_reason = reason
         self.core.close()
-        streams = list(self.streams.values())
-        self.streams.clear()
-        error = SessionClosedError(f"session with {self.peer} ended: {reason}")
-        for stream in streams:
-            stream._ended(error)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._end_streams(reason)
         if not self.closed.done():
             self.closed.set_result(None)
         self.session_closed(reason)
@@ -172,6 +175,32 @@ class SessionConnection(asyncio.BufferedProtocol):
             return (0, 0)
         return self.transport.get_write_buffer_limits()  # type: ignore[attr-defined, no-any-return]
 
+    # ---------------------------------------------------------------- timers
+    def arm_timer(self) -> None:
+        """Make sure the one timer fires by the core's next deadline."""
+        deadline = self.core.next_deadline()
+        if deadline is None or self.core.closed:
+            return
+        if self._timer_at is not None and self._timer_at <= deadline:
+            return  # an earlier wake-up re-checks and re-arms
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        events = self.core.handle_timer(self.loop.time())
+        for event in events:
+            if type(event) is SessionTerminated:
+                # Watchdog, heartbeat or idle timeout: the peer is gone or unwanted.
+                self.close(event.reason, abort=True)
+        if events:
+            self.handle_events(events)
+        self.flush()
+        self.arm_timer()
+
     # ---------------------------------------------------------------- output
     def schedule_flush(self) -> None:
         """Flush queued output at the end of this loop iteration."""
@@ -212,6 +241,17 @@ class SessionConnection(asyncio.BufferedProtocol):
                 transport.abort()
             else:
                 transport.close()
+        # Streams learn at once; a TLS shutdown with a dead peer can take a while.
+        self._end_streams(self._close_reason)
+
+    def _end_streams(self, reason: str) -> None:
+        streams = list(self.streams.values())
+        if not streams:
+            return
+        self.streams.clear()
+        error = SessionClosedError(f"session with {self.peer} ended: {reason}")
+        for stream in streams:
+            stream._ended(error)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is gone."""

@@ -51,6 +51,10 @@ class ServerConfig:
     """Seconds after the handshake for the auth preface to arrive."""
     max_streams_per_session: int = 0
     """Streams a session may hold open at once (0 = no limit)."""
+    idle_session_timeout: float = 600.0
+    """Seconds a session with no open stream and no traffic is kept (0 = forever)."""
+    heartbeat_interval: float = 0.0
+    """Seconds of client silence before the server sends a heartbeat (v2 only; 0 = off)."""
     udp_idle_timeout: float = 60.0
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
     version: int = 2
@@ -176,8 +180,14 @@ class ServerConnection(SessionConnection):
     def __init__(self, server: AnyTLSServer) -> None:
         config = server.config
         super().__init__(
-            Session.server(config.users, padding=config.padding,
-                           max_streams=config.max_streams_per_session, version=config.version)
+            Session.server(
+                config.users,
+                padding=config.padding,
+                max_streams=config.max_streams_per_session,
+                version=config.version,
+                idle_timeout=config.idle_session_timeout,
+                heartbeat_interval=config.heartbeat_interval,
+            )
         )
         self.server = server
         self.config = config
@@ -210,6 +220,7 @@ class ServerConnection(SessionConnection):
             if self._preface_timer is not None:
                 self._preface_timer.cancel()
                 self._preface_timer = None
+            self.server.sessions_accepted += 1
             log.info("session from %s: user %s", self.peer, event.user)
         elif type(event) is SettingsReceived:
             log.debug("%s settings %s (peer version %d)", self.peer, event.settings,
@@ -246,6 +257,8 @@ class AnyTLSServer:
         self.ssl_context = ssl_context
         self.connections: set[ServerConnection] = set()
         self.servers: list[asyncio.Server] = []
+        #: Sessions that passed authentication since start.
+        self.sessions_accepted = 0
 
     @property
     def sockets(self) -> list[socket.socket]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StreamClosedError
+from ..errors import SessionClosedError, StreamClosedError
 
 if TYPE_CHECKING:
     from .connection import SessionConnection
@@ -31,7 +31,7 @@ class Stream(asyncio.Transport):
         self._lost = False
         self._reading_paused = False
         self._pending: list[bytes] = []
-        self._pending_eof: BaseException | None | bool = False
+        self._pending_eof: BaseException | bool | None = False
         self.bytes_sent = 0
         self.bytes_received = 0
         #: Client side: resolved when the server acknowledges the stream (SYNACK).
@@ -137,10 +137,21 @@ class Stream(asyncio.Transport):
             return
         self._closing = True
         self._set_reading(False)
+        self._resolve_ack(exc)
         if self._protocol is None or self._pending:
             self._pending_eof = exc
             return
         self._lose(exc, eof=exc is None)
+
+    def _resolve_ack(self, exc: BaseException | None) -> None:
+        """The stream ended: whoever waits for its SYNACK learns why."""
+        ack = self.acknowledged
+        if not ack.done():
+            if isinstance(exc, SessionClosedError):
+                ack.set_exception(exc)
+                ack.exception()  # retrieved here: nobody may be waiting
+            else:
+                ack.set_result(str(exc) if exc else "the stream ended before it was acknowledged")
 
     def _acked(self, error: str | None) -> None:
         if not self.acknowledged.done():
@@ -164,10 +175,7 @@ class Stream(asyncio.Transport):
         self._closing = True
         self._lost = True
         self._set_reading(False)
-        if not self.acknowledged.done():
-            self.acknowledged.set_result(
-                str(exc) if exc else "the stream ended before the server acknowledged it"
-            )
+        self._resolve_ack(exc)
         protocol = self._protocol
         if protocol is None:
             return

@@ -76,8 +76,24 @@ class Session:
         client_name: str = "anytls-py",
         max_streams: int = 0,
         version: int = PROTOCOL_VERSION,
+        synack_timeout: float = 3.0,
+        heartbeat_interval: float = 0.0,
+        heartbeat_timeout: float = 10.0,
+        idle_timeout: float = 0.0,
     ) -> None:
         self.role = role
+        #: Client: seconds a stream on a reused v2 session may wait for SYNACK before the
+        #: whole session is declared dead (0 = never).
+        self.synack_timeout = synack_timeout
+        #: Seconds without traffic from the peer before a heartbeat is sent (0 = off).
+        self.heartbeat_interval = heartbeat_interval
+        #: Seconds to wait for the heartbeat answer before the session is declared dead.
+        self.heartbeat_timeout = heartbeat_timeout
+        #: Seconds a session with no streams and no traffic may live (0 = forever).
+        self.idle_timeout = idle_timeout
+        self._synack_deadline: float | None = None
+        self._heartbeat_deadline: float | None = None
+        self._last_activity = 0.0
         self.padding = padding or PaddingScheme.default()
         #: The protocol version the peer announced (0 until known).
         self.peer_version = 0
@@ -114,6 +130,9 @@ class Session:
         padding: PaddingScheme | None = None,
         client_name: str = "anytls-py",
         version: int = PROTOCOL_VERSION,
+        synack_timeout: float = 3.0,
+        heartbeat_interval: float = 0.0,
+        heartbeat_timeout: float = 10.0,
     ) -> Session:
         """A client session; call :meth:`initiate` before anything else."""
         return cls(
@@ -122,6 +141,9 @@ class Session:
             password=password,
             client_name=client_name,
             version=version,
+            synack_timeout=synack_timeout,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
         )
 
     @classmethod
@@ -132,13 +154,23 @@ class Session:
         padding: PaddingScheme | None = None,
         max_streams: int = 0,
         version: int = PROTOCOL_VERSION,
+        idle_timeout: float = 0.0,
+        heartbeat_interval: float = 0.0,
+        heartbeat_timeout: float = 10.0,
     ) -> Session:
         """A server session checking the preface against ``users`` (name → password).
 
         With ``users=None`` the preface is assumed already checked.
         """
         return cls(
-            Role.SERVER, padding=padding, users=users, max_streams=max_streams, version=version
+            Role.SERVER,
+            padding=padding,
+            users=users,
+            max_streams=max_streams,
+            version=version,
+            idle_timeout=idle_timeout,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
         )
 
     # ------------------------------------------------------------------ properties
@@ -157,6 +189,10 @@ class Session:
         return stream_id in self._streams
 
     # ------------------------------------------------------------------ client side
+    def touch(self, now: float) -> None:
+        """Record activity at ``now`` (e.g. when the session is created)."""
+        self._last_activity = now
+
     def initiate(self) -> None:
         """Client: queue the auth preface and hold Settings for the first packet."""
         if self.role is not Role.CLIENT or self._password is None:
@@ -169,10 +205,11 @@ class Session:
         }
         self._held = encode_frame(Command.SETTINGS, 0, format_kv(settings))
 
-    def open_stream(self, initial: bytes) -> int:
+    def open_stream(self, initial: bytes, now: float = 0.0) -> int:
         """Client: open a stream whose first bytes are ``initial`` (the destination).
 
-        Returns the new stream id. Nothing waits for the server (0-RTT).
+        Returns the new stream id. Nothing waits for the server (0-RTT). On a reused
+        session of a v2 server this arms the SYNACK watchdog (see :meth:`handle_timer`).
         """
         if self.role is not Role.CLIENT:
             raise LocalProtocolError("only clients open streams")
@@ -180,6 +217,9 @@ class Session:
         stream_id = self._next_stream_id
         self._next_stream_id += 1
         self._streams.add(stream_id)
+        if stream_id >= 2 and self.peer_version >= 2 and self.synack_timeout > 0:
+            # As in anytls-go: the newest stream re-arms the watchdog, any SYNACK disarms it.
+            self._synack_deadline = now + self.synack_timeout
         syn = encode_frame(Command.SYN, stream_id)
         if self._held is not None:
             first = self._held + syn
@@ -197,6 +237,50 @@ class Session:
         """Queue a heartbeat request (only meaningful when ``peer_version >= 2``)."""
         self._check_open()
         self._queue(encode_frame(Command.HEART_REQUEST, 0))
+
+    # ------------------------------------------------------------------ timers
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` next has something to do (None = nothing pending)."""
+        deadlines = []
+        if self._synack_deadline is not None:
+            deadlines.append(self._synack_deadline)
+        if self.heartbeat_interval > 0 and self.peer_version >= 2:
+            if self._heartbeat_deadline is not None:
+                deadlines.append(self._heartbeat_deadline)
+            else:
+                deadlines.append(self._last_activity + self.heartbeat_interval)
+        if self.idle_timeout > 0 and not self._streams:
+            deadlines.append(self._last_activity + self.idle_timeout)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Act on expired deadlines: watchdog, heartbeats, idle timeout."""
+        if self.closed:
+            return []
+        reason = None
+        if self._synack_deadline is not None and now >= self._synack_deadline:
+            reason = (
+                f"no SYNACK within {self.synack_timeout:g} s on a reused session: "
+                "the tunnel looks dead"
+            )
+        elif self.heartbeat_interval > 0 and self.peer_version >= 2:
+            if self._heartbeat_deadline is not None:
+                if now >= self._heartbeat_deadline:
+                    reason = f"no heartbeat answer within {self.heartbeat_timeout:g} s"
+            elif now >= self._last_activity + self.heartbeat_interval:
+                self.send_heartbeat()
+                self._heartbeat_deadline = now + self.heartbeat_timeout
+        if (
+            reason is None
+            and self.idle_timeout > 0
+            and not self._streams
+            and now >= self._last_activity + self.idle_timeout
+        ):
+            reason = f"idle for {self.idle_timeout:g} s"
+        if reason is None:
+            return []
+        self.close()
+        return [SessionTerminated(reason)]
 
     # ------------------------------------------------------------------ server side
     def send_synack(self, stream_id: int, error: str | None = None) -> None:
@@ -267,15 +351,21 @@ class Session:
             raise SessionClosedError("the session is closed")
 
     # ------------------------------------------------------------------ receiving
-    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+    def receive_data(
+        self, data: bytes | bytearray | memoryview, now: float | None = None
+    ) -> list[Event]:
         """Feed bytes from the peer; return the events they complete.
 
+        ``now`` (any monotonic clock) records activity for heartbeats and idle timeouts.
         Raises only :class:`~anytls.errors.RemoteProtocolError` (and its subclass
         :class:`~anytls.errors.AuthenticationError`).
         """
         events: list[Event] = []
         if self.state is SessionState.CLOSED or not len(data):
             return events
+        if now is not None:
+            self._last_activity = now
+            self._heartbeat_deadline = None
         if self.state is SessionState.AUTHENTICATING:
             assert self._preface is not None
             user = self._preface.feed(data)
@@ -362,6 +452,7 @@ class Session:
             if is_server:
                 return
             error = bytes(payload).decode("utf-8", "replace") if len(payload) else None
+            self._synack_deadline = None
             events.append(StreamAcknowledged(stream_id, error))
             if error is not None:
                 self.end_stream(stream_id)
@@ -373,13 +464,12 @@ class Session:
             if settings.get("padding-md5") != self.padding.md5:
                 self._queue(encode_frame(Command.UPDATE_PADDING_SCHEME, 0, self.padding.raw))
             version = parse_version(settings.get("v"))
-            if version >= 2 and self.version >= 2:
-                self.peer_version = version
+            # A v1 peer (or our own v1 test mode) gets no ServerSettings and no SYNACK.
+            self.peer_version = max(1, version if self.version >= 2 else 1)
+            if self.peer_version >= 2:
                 self._queue(
                     encode_frame(Command.SERVER_SETTINGS, 0, format_kv({"v": str(self.version)}))
                 )
-            else:
-                self.peer_version = max(version, 1)
             events.append(SettingsReceived(settings, self.peer_version))
         elif command == Command.SERVER_SETTINGS:
             if is_server or not len(payload):

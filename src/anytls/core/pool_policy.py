@@ -1,0 +1,88 @@
+"""Client session-pool decisions, pure and clock-free (PROTOCOL.md §7).
+
+The asyncio pool asks these functions what to do and then does it. Rules, as in
+anytls-go/sing-anytls, plus one extension:
+
+* a new stream takes the **newest** usable session (highest ``seq``); the Go clients only
+  use idle ones (one active stream per session), which is ``max_streams=1`` here, and a
+  larger cap lets one session carry several concurrent streams;
+* every ``check_interval`` the idle sessions are walked newest → oldest: those idle for
+  less than ``idle_timeout`` are kept; an expired one is still kept (and its idle clock
+  restarted) while fewer than ``min_idle`` have been kept; the rest are closed;
+* intervals and timeouts of 5 s or less mean 30 s, as in the reference client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: What the reference substitutes for intervals and timeouts of 5 s or less.
+DEFAULT_INTERVAL = 30.0
+
+
+def normalise_interval(seconds: float) -> float:
+    """Return ``seconds``, or 30 when it is 5 or less (reference behaviour)."""
+    return DEFAULT_INTERVAL if seconds <= 5 else seconds
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """What the policy needs to know about one session."""
+
+    seq: int
+    """Creation order; higher is newer."""
+    streams: int
+    """Open streams."""
+    idle_since: float | None
+    """When the last stream closed, or ``None`` while streams are open."""
+    usable: bool = True
+    """False once the session is closing or closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPolicy:
+    """The pool's knobs; see the module docstring."""
+
+    idle_timeout: float = 30.0
+    check_interval: float = 30.0
+    min_idle: int = 0
+    max_streams: int = 1
+    """Concurrent streams one session may carry (1 = the Go clients' behaviour)."""
+
+    def choose(self, sessions: Sequence[SessionInfo]) -> int | None:
+        """The ``seq`` of the session a new stream should use, or None to open one."""
+        best: int | None = None
+        for info in sessions:
+            if (
+                info.usable
+                and info.streams < self.max_streams
+                and (best is None or info.seq > best)
+            ):
+                best = info.seq
+        return best
+
+    def expire(self, sessions: Sequence[SessionInfo], now: float) -> tuple[list[int], list[int]]:
+        """Walk idle sessions; return ``(to_close, to_refresh)`` lists of ``seq``.
+
+        ``to_refresh`` are expired sessions kept to honour ``min_idle``: the caller resets
+        their ``idle_since`` to ``now``.
+        """
+        idle = sorted(
+            (s for s in sessions if s.usable and s.streams == 0 and s.idle_since is not None),
+            key=lambda s: s.seq,
+            reverse=True,
+        )
+        kept = 0
+        close: list[int] = []
+        refresh: list[int] = []
+        for info in idle:
+            assert info.idle_since is not None
+            if now - info.idle_since < self.idle_timeout:
+                kept += 1
+            elif kept < self.min_idle:
+                kept += 1
+                refresh.append(info.seq)
+            else:
+                close.append(info.seq)
+        return close, refresh

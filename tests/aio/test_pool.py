@@ -1,0 +1,226 @@
+"""Session pool, SYNACK watchdog with retry, heartbeats and v1 negotiation, ours ↔ ours."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from anytls.aio.client import Client, ClientConfig
+from anytls.aio.server import AnyTLSServer, ServerConfig, serve
+from anytls.errors import StreamOpenError
+from tests.helpers.echo import refused_port, tcp_echo_server
+
+PASSWORD = "pool-pw"
+
+
+async def start(**server_kwargs: object) -> tuple[AnyTLSServer, int]:
+    server = await serve(ServerConfig(users={"u": PASSWORD}, **server_kwargs), "127.0.0.1", 0)  # type: ignore[arg-type]
+    return server, server.sockets[0].getsockname()[1]
+
+
+def client_for(port: int, **kwargs: object) -> Client:
+    return Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, **kwargs))  # type: ignore[arg-type]
+
+
+async def ping(client: Client, echo: tuple[str, int], data: bytes = b"ping") -> None:
+    reader, writer = await client.open_connection(echo[0], echo[1])
+    writer.write(data)
+    assert await reader.readexactly(len(data)) == data
+    writer.close()
+    await asyncio.sleep(0)  # let the FIN go out and the session go idle
+
+
+def test_sequential_streams_reuse_one_session() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            for _ in range(20):
+                await ping(client, echo)
+            assert client.sessions_opened == 1
+            assert server.sessions_accepted == 1
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_reuse_disabled_opens_a_session_per_stream() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port, reuse_sessions=False) as client:
+            for _ in range(3):
+                await ping(client, echo)
+            assert client.sessions_opened == 3
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_idle_expiry_keeps_min_idle_newest() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port, min_idle_session=1) as client:
+            await asyncio.gather(*(ping(client, echo) for _ in range(3)))
+            await asyncio.sleep(0.05)
+            assert len(client.idle) == 3
+            for conn in client.idle:
+                assert conn.idle_since is not None
+                conn.idle_since -= 1000  # long expired
+            newest = max(client.sessions)
+            client.reap()
+            await asyncio.sleep(0.1)
+            assert list(client.sessions) == [newest]
+            # without min idle, the last one goes too
+            client.policy = ClientConfig("h", 1, "p").policy()
+            client.sessions[newest].idle_since -= 1000  # type: ignore[operator]
+            client.reap()
+            await asyncio.sleep(0.1)
+            assert client.sessions == {}
+            # and a new request simply opens a new session
+            await ping(client, echo)
+            assert client.sessions_opened == 4
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_dead_session_leaves_pool_at_once() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            (conn,) = client.sessions.values()
+            for sconn in list(server.connections):
+                sconn.close("test", abort=True)
+            await asyncio.wait_for(conn.wait_closed(), 5)
+            assert client.sessions == {}
+            await ping(client, echo)
+            assert client.sessions_opened == 2
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_watchdog_closes_stalled_session_and_retry_succeeds() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port, synack_timeout=0.3) as client:
+            await ping(client, echo)
+            # The server silently stops reading this session: the tunnel is dead.
+            (sconn,) = server.connections
+            assert sconn.transport is not None
+            sconn.transport.pause_reading()
+            started = time.monotonic()
+            await ping(client, echo, b"after the stall")
+            elapsed = time.monotonic() - started
+            assert 0.3 <= elapsed < 3
+            assert client.streams_retried == 1
+            assert client.sessions_opened == 2
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_many_streams_share_sessions_with_a_cap() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo:
+            results = {}
+            for cap in (1, 50):
+                async with client_for(port, max_streams_per_session=cap) as client:
+                    started = time.monotonic()
+                    await asyncio.gather(*(ping(client, echo, b"x" * 1000) for _ in range(200)))
+                    results[cap] = (client.sessions_opened, time.monotonic() - started)
+            assert results[1][0] >= 100  # Go behaviour: about one session per stream
+            assert results[50][0] <= 8
+            print(f"200 parallel streams: {results}")
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_heartbeats_keep_session_and_detect_a_dead_one() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(
+            port, heartbeat_interval=0.2, heartbeat_timeout=0.3
+        ) as client:
+            await ping(client, echo)
+            (conn,) = client.sessions.values()
+            await asyncio.sleep(0.7)
+            assert conn.heartbeats_answered >= 2
+            assert not conn.is_closed
+            (sconn,) = server.connections
+            assert sconn.transport is not None
+            sconn.transport.pause_reading()
+            await asyncio.wait_for(conn.wait_closed(), 3)
+            assert client.sessions == {}
+        await server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_v1_peer_gets_no_synack_and_is_not_waited_for(side: str) -> None:
+    async def main() -> None:
+        server, port = await start(version=1 if side == "server" else 2)
+        kwargs = {"version": 1} if side == "client" else {}
+        async with tcp_echo_server() as echo, client_for(port, **kwargs) as client:
+            await ping(client, echo)
+            (conn,) = client.sessions.values()
+            assert conn.core.peer_version in (0, 1)
+            (sconn,) = server.connections
+            assert sconn.core.peer_version == 1
+            # reused session, no SYNACK ever: no watchdog, the stream still works
+            started = time.monotonic()
+            for _ in range(3):
+                await ping(client, echo)
+            assert time.monotonic() - started < 1.0
+            assert client.sessions_opened == 1
+            # a refused destination cannot be reported by a v1 server: the stream just ends
+            reader, _ = await client.open_connection("127.0.0.1", refused_port())
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_v2_refused_is_reported_on_reused_session() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            with pytest.raises(StreamOpenError, match="refused"):
+                await client.open_connection("127.0.0.1", refused_port())
+            assert client.sessions_opened == 1
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_server_reaps_idle_sessions() -> None:
+    async def main() -> None:
+        server, port = await start(idle_session_timeout=0.3)
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            (conn,) = client.sessions.values()
+            await asyncio.wait_for(conn.wait_closed(), 3)
+            assert server.connections == set()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_server_caps_streams_per_session() -> None:
+    async def main() -> None:
+        server, port = await start(max_streams_per_session=2)
+        async with tcp_echo_server() as echo, client_for(port, max_streams_per_session=10) as client:
+            first = [await client.open_connection(*echo) for _ in range(2)]
+            with pytest.raises(StreamOpenError, match="too many streams"):
+                await client.open_connection(*echo)
+            for _, writer in first:
+                writer.close()
+        await server.close()
+
+    asyncio.run(main())
