@@ -143,9 +143,10 @@ def test_many_streams_share_sessions_with_a_cap() -> None:
 def test_heartbeats_keep_session_and_detect_a_dead_one() -> None:
     async def main() -> None:
         server, port = await start()
-        async with tcp_echo_server() as echo, client_for(
-            port, heartbeat_interval=0.2, heartbeat_timeout=0.3
-        ) as client:
+        async with (
+            tcp_echo_server() as echo,
+            client_for(port, heartbeat_interval=0.2, heartbeat_timeout=0.3) as client,
+        ):
             await ping(client, echo)
             (conn,) = client.sessions.values()
             await asyncio.sleep(0.7)
@@ -215,7 +216,10 @@ def test_server_reaps_idle_sessions() -> None:
 def test_server_caps_streams_per_session() -> None:
     async def main() -> None:
         server, port = await start(max_streams_per_session=2)
-        async with tcp_echo_server() as echo, client_for(port, max_streams_per_session=10) as client:
+        async with (
+            tcp_echo_server() as echo,
+            client_for(port, max_streams_per_session=10) as client,
+        ):
             first = [await client.open_connection(*echo) for _ in range(2)]
             with pytest.raises(StreamOpenError, match="too many streams"):
                 await client.open_connection(*echo)
