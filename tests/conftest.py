@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from tests.helpers.net import make_self_signed_cert
+
+# Import hypothesis at start-up: CPython 3.11.7 can raise "AST constructor recursion depth
+# mismatch" when pytest's assertion rewriter first imports it from deep inside the
+# terminal-summary hook. A bounded profile keeps property tests quick in CI.
+hypothesis.settings.register_profile("ci", max_examples=100, deadline=None)
+hypothesis.settings.load_profile("ci")
 
 
 @pytest.fixture

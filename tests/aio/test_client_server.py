@@ -127,7 +127,7 @@ def test_pushed_padding_scheme_used_by_next_session() -> None:
             await _roundtrip(env.client, env.echo_port, 100)
             assert env.client.padding.md5 == custom.md5
             env.client.config.reuse_sessions = False
-            reader, writer = await env.client.open_connection("127.0.0.1", env.echo_port)
+            _, writer = await env.client.open_connection("127.0.0.1", env.echo_port)
             conn = next(c for c in env.client.sessions.values() if c.streams)
             assert conn.core.padding.md5 == custom.md5
             writer.close()

@@ -90,3 +90,55 @@ def splice(transport: asyncio.Transport, stream: Stream, initial: bytes = b"") -
         stream.write(initial)
     if stream.is_closing():
         transport.close()
+
+
+class _Pipe(asyncio.Protocol):
+    """One direction of a transport-to-transport relay (used for fallback)."""
+
+    def __init__(self, peer: asyncio.Transport | None = None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and not self.peer.is_closing():
+            self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is not None and not self.peer.is_closing():
+            if self.peer.can_write_eof():
+                self.peer.write_eof()
+                return True
+            self.peer.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and not self.peer.is_closing():
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and not self.peer.is_closing():
+            self.peer.resume_reading()
+
+
+async def relay_to(
+    transport: asyncio.Transport, host: str, port: int, initial: bytes, connect_timeout: float
+) -> None:
+    """Connect to ``host:port`` and relay ``transport`` to it, ``initial`` bytes first."""
+    loop = asyncio.get_running_loop()
+    transport.pause_reading()
+    async with asyncio.timeout(connect_timeout):
+        remote, _ = await loop.create_connection(lambda: _Pipe(transport), host, port)
+    if transport.is_closing():
+        remote.close()
+        return
+    if initial:
+        remote.write(initial)
+    transport.set_protocol(_Pipe(remote))
+    transport.resume_reading()

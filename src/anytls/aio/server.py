@@ -24,13 +24,17 @@ from ..core.padding import PaddingScheme
 from ..core.session import Session
 from ..core.uot import uot_version
 from ..errors import AuthenticationError, RemoteProtocolError
+from .buffers import shared_buffer
 from .connection import SessionConnection
-from .relay import SocketSide, StreamSide
+from .outbound import DestinationDenied, resolve_allowed
+from .relay import SocketSide, StreamSide, relay_to
 from .stream import Stream
 from .udp import UotServerRelay
 
 log = logging.getLogger("anytls.server")
 
+#: Bytes kept from an unauthenticated client for replay to the fallback.
+PREAUTH_LIMIT = 128 * 1024
 #: Bytes a stream may buffer while its destination is being dialled before reads pause.
 DIAL_BUFFER_LIMIT = 256 * 1024
 
@@ -57,11 +61,19 @@ class ServerConfig:
     """Seconds of client silence before the server sends a heartbeat (v2 only; 0 = off)."""
     udp_idle_timeout: float = 60.0
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
+    deny_private: bool = False
+    """Refuse loopback, private and link-local destinations (SSRF guard)."""
+    fallback: Address | None = None
+    """Relay connections that fail authentication to this web server instead of closing."""
+    max_connections: int = 4096
+    """Simultaneous TLS connections accepted (0 = no limit)."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
 
 
 def _dial_error_text(exc: BaseException, destination: Address) -> str:
+    if isinstance(exc, DestinationDenied):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return f"dial tcp {destination}: i/o timeout"
     if isinstance(exc, socket.gaierror):
@@ -144,10 +156,15 @@ class _ServerStream(asyncio.Protocol):
     async def dial(self, destination: Address) -> None:
         loop = asyncio.get_running_loop()
         stream = self.stream
+        config = self.connection.config
         try:
-            async with asyncio.timeout(self.connection.config.connect_timeout):
+            async with asyncio.timeout(config.connect_timeout):
+                host = destination.host
+                if config.deny_private:
+                    # Dial the address that was checked, never the name again.
+                    host = (await resolve_allowed(destination, True))[0][1]
                 transport, _ = await loop.create_connection(
-                    lambda: _HeldSocketSide(stream), destination.host, destination.port,
+                    lambda: _HeldSocketSide(stream), host, destination.port,
                     **_dial_options(loop),
                 )
         except Exception as exc:
@@ -192,25 +209,69 @@ class ServerConnection(SessionConnection):
         self.server = server
         self.config = config
         self.tasks: set[asyncio.Task[None]] = set()
+        self._preauth: bytearray | None = bytearray() if config.fallback else None
         self._preface_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        limit = self.config.max_connections
+        if limit and len(self.server.connections) >= limit:
+            log.warning("refused %s: %d connections already open (limit)", self.peer, limit)
+            self.close("connection limit", abort=True)
+            return
         self.server.connections.add(self)
         self._preface_timer = self.loop.call_later(self.config.preface_timeout,
                                                    self._preface_timed_out)
 
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._preauth is not None:
+            # Kept only until authentication, for --fallback (bounded by the preface size).
+            if len(self._preauth) < PREAUTH_LIMIT:
+                self._preauth += shared_buffer()[:nbytes]
+            if self.core.user is not None:
+                self._preauth = None
+        super().buffer_updated(nbytes)
+        if self._preauth is not None and self.core.user is not None:
+            self._preauth = None
+
     def _preface_timed_out(self) -> None:
-        log.info("rejected %s: no auth preface within %.0f s", self.peer,
-                 self.config.preface_timeout)
-        self.close("preface timeout", abort=True)
+        self._preface_timer = None
+        self._reject(f"no auth preface within {self.config.preface_timeout:g} s")
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
-        if isinstance(exc, AuthenticationError):
-            log.info("rejected %s: wrong password (%s)", self.peer, exc)
-        else:
-            log.info("closing session with %s: %s", self.peer, exc)
+        if self.core.user is None:
+            reason = "wrong password" if isinstance(exc, AuthenticationError) else str(exc)
+            self._reject(f"{reason} ({exc})" if reason != str(exc) else reason)
+            return
+        log.info("closing session with %s: %s", self.peer, exc)
         self.close(str(exc), abort=True)
+
+    def _reject(self, reason: str) -> None:
+        fallback = self.config.fallback
+        if fallback is None or self.transport is None or self.transport.is_closing():
+            log.info("rejected %s: %s", self.peer, reason)
+            self.close(reason, abort=True)
+            return
+        log.info("rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback)
+        if self._preface_timer is not None:
+            self._preface_timer.cancel()
+            self._preface_timer = None
+        initial = bytes(self._preauth or b"")
+        self._preauth = None
+        self.core.close()
+        self.start_task(self._fallback(fallback, initial))
+
+    async def _fallback(self, fallback: Address, initial: bytes) -> None:
+        assert self.transport is not None
+        try:
+            await relay_to(self.transport, fallback.host, fallback.port, initial,
+                           self.config.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.warning("fallback %s unreachable for %s: %s", fallback, self.peer, exc)
+            self.close("fallback unreachable", abort=True)
+            return
+        # The transport now belongs to the relay; this session is over.
+        self.server.connections.discard(self)
 
     def handle_event(self, event: Event) -> None:
         if type(event) is StreamOpened:

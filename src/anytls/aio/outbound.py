@@ -1,0 +1,50 @@
+"""Destination policy for the server: which addresses streams may reach.
+
+With ``deny_private`` the server refuses loopback, private, link-local, multicast and
+other non-global destinations (an SSRF guard for shared servers). Names are resolved
+here first and the *checked* address is what gets dialled, so a DNS answer cannot swap
+in a private address afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+from ..core.address import Address
+
+
+class DestinationDenied(OSError):
+    """The destination is not allowed by the server's policy."""
+
+
+def is_private(ip: str) -> bool:
+    """True for addresses a public proxy should not reach."""
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return not addr.is_global or addr.is_multicast
+
+
+async def resolve_allowed(destination: Address, deny_private: bool) -> list[tuple[int, str]]:
+    """Resolve ``destination`` to ``(family, ip)`` pairs that the policy allows.
+
+    Raises :class:`DestinationDenied` when every address is refused, ``OSError`` when the
+    name does not resolve.
+    """
+    if destination.is_ip:
+        family = socket.AF_INET6 if ":" in destination.host else socket.AF_INET
+        candidates = [(family, destination.host)]
+    else:
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(destination.host, destination.port, type=socket.SOCK_STREAM)
+        candidates = list(dict.fromkeys((fam, str(sa[0])) for fam, _, _, _, sa in infos))
+    if not deny_private:
+        return candidates
+    allowed = [(fam, ip) for fam, ip in candidates if not is_private(ip)]
+    if not allowed:
+        raise DestinationDenied(
+            f"destination {destination} is not allowed (private or local address)"
+        )
+    return allowed

@@ -1,0 +1,251 @@
+"""Hostile and broken input against our server: bounded time, clean close, nothing leaked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+
+import pytest
+
+from anytls.aio.client import Client, ClientConfig
+from anytls.aio.server import AnyTLSServer, ServerConfig, serve
+from anytls.core.address import Address
+from anytls.core.auth import build_preface
+from anytls.core.constants import Command
+from anytls.core.frame import encode_frame
+from anytls.errors import StreamOpenError
+from tests.helpers.echo import tcp_echo_server
+from tests.helpers.httpd import http_server
+
+PASSWORD = "hard-pw"
+
+
+async def start(**kwargs: object) -> tuple[AnyTLSServer, int]:
+    config = ServerConfig(users={"u": PASSWORD}, **kwargs)  # type: ignore[arg-type]
+    server = await serve(config, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def insecure() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def tls_connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, ssl=insecure())
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """Read until EOF (or reset); fail if it takes longer than ``seconds``."""
+    data = b""
+    async with asyncio.timeout(seconds):
+        try:
+            while chunk := await reader.read(65536):
+                data += chunk
+        except (ConnectionError, ssl.SSLError):
+            pass
+    return data
+
+
+@pytest.fixture
+def info_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="anytls")
+    return caplog
+
+
+def rejected_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected")]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3, os.urandom(200), build_preface("nope", 30)],
+    ids=["http", "random", "wrong-password"],
+)
+def test_unauthenticated_input_closed_with_one_log_line(
+    payload: bytes, info_logs: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        server, port = await start()
+        reader, writer = await tls_connect(port)
+        writer.write(payload)
+        assert await closed_within(reader, 3) == b""  # no reply at all
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert server.connections == set()
+        await server.close()
+
+    asyncio.run(main())
+    lines = rejected_lines(info_logs)
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0]
+
+
+def test_plain_tcp_without_tls_is_dropped() -> None:
+    async def main() -> None:
+        server, port = await start(handshake_timeout=1.0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        await closed_within(reader, 3)
+        assert time.monotonic() - started < 3
+        writer.close()
+        # silence after connecting: the handshake timeout ends it
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await closed_within(reader, 3)
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_trickled_preface_hits_the_timeout(info_logs: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        server, port = await start(preface_timeout=0.6)
+        reader, writer = await tls_connect(port)
+        preface = build_preface(PASSWORD, 30)
+        started = time.monotonic()
+
+        async def trickle() -> None:
+            for i in range(len(preface)):
+                writer.write(preface[i : i + 1])
+                await asyncio.sleep(0.1)
+
+        task = asyncio.create_task(trickle())
+        await closed_within(reader, 3)
+        task.cancel()
+        assert 0.5 < time.monotonic() - started < 2
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+    assert any("no auth preface" in line for line in rejected_lines(info_logs))
+
+
+def test_syn_before_settings_gets_alert_and_close() -> None:
+    async def main() -> None:
+        server, port = await start()
+        reader, writer = await tls_connect(port)
+        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SYN, 1))
+        data = await closed_within(reader, 3)
+        assert data.startswith(bytes([Command.ALERT]))
+        assert b"did not send its settings" in data
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_garbage_frames_after_auth_do_not_hurt_other_streams() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with (
+            tcp_echo_server() as echo,
+            Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)) as client,
+        ):
+            reader, writer = await client.open_connection(*echo)
+            # a second, raw session sends frames with unknown commands and oversized lengths
+            _, raw_writer = await tls_connect(port)
+            raw_writer.write(
+                build_preface(PASSWORD, 0)
+                + encode_frame(Command.SETTINGS, 0, b"v=2")
+                + encode_frame(200, 9, b"x" * 100)
+                + encode_frame(Command.PSH, 12345, b"y" * 65535)
+                + encode_frame(Command.FIN, 777)
+                + bytes([Command.SYNACK])
+                + b"\xff\xff\xff\xff\xff\xff"  # declares 65535
+            )
+            raw_writer.write(os.urandom(70_000))
+            writer.write(b"still fine" * 1000)
+            assert await reader.readexactly(10_000) == b"still fine" * 1000
+            raw_writer.close()
+            writer.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_fallback_relays_probe_to_a_real_web_server(info_logs: pytest.LogCaptureFixture) -> None:
+    async def main(web: tuple[str, int]) -> None:
+        server, port = await start(fallback=Address(web[0], web[1]))
+        reader, writer = await tls_connect(port)
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        response = await closed_within(reader, 5)
+        assert response.startswith(b"HTTP/1.")
+        assert b" 200 " in response.split(b"\r\n", 1)[0]
+        writer.close()
+        # an authenticated client still works on the same port
+        async with (
+            tcp_echo_server() as echo,
+            Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)) as client,
+        ):
+            r, w = await client.open_connection(*echo)
+            w.write(b"ok")
+            assert await r.readexactly(2) == b"ok"
+            w.close()
+        await server.close()
+
+    with http_server() as web:
+        asyncio.run(main(web))
+        assert any(path == "/hello" for _, path, _ in web.requests)
+    assert any("fallback" in line for line in rejected_lines(info_logs))
+
+
+def test_deny_private_refuses_loopback_destinations() -> None:
+    async def main() -> None:
+        server, port = await start(deny_private=True)
+        async with (
+            tcp_echo_server() as echo,
+            Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)) as client,
+        ):
+            for host in ("127.0.0.1", "localhost", "::1"):
+                with pytest.raises(StreamOpenError, match="not allowed"):
+                    await client.open_connection(host, echo[1])
+            assert echo.stats.connections == 0
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_connection_limit() -> None:
+    async def main() -> None:
+        server, port = await start(max_connections=2)
+        held = [await tls_connect(port) for _ in range(2)]
+        reader, writer = await tls_connect(port)
+        await closed_within(reader, 3)
+        writer.close()
+        for _, w in held:
+            w.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_vanished_client_frees_everything() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo:
+            client = Client(
+                ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, max_streams_per_session=20)
+            )
+            pairs = [await client.open_connection(*echo) for _ in range(20)]
+            for r, w in pairs:
+                w.write(b"x")
+                await r.readexactly(1)
+            assert echo.stats.active == 20
+            (sconn,) = server.connections
+            for conn in client.sessions.values():
+                assert conn.transport is not None
+                conn.transport.abort()  # the client vanishes: no FIN, no close_notify
+            async with asyncio.timeout(5):
+                while server.connections or echo.stats.active:  # noqa: ASYNC110 - polling counters
+                    await asyncio.sleep(0.02)
+            assert sconn.streams == {} and sconn.tasks == set()
+            await client.close()
+        await server.close()
+
+    asyncio.run(main())
