@@ -31,6 +31,10 @@ UdpHandler = Callable[[asyncio.Transport, Address], Awaitable[None]]
 
 def socks_reply_for(error: BaseException) -> Reply:
     """Pick the SOCKS5 reply code that best describes ``error``."""
+    if isinstance(error, SessionClosedError):
+        # Our session to the AnyTLS server failed (server down, TLS or auth failure): the
+        # destination was never tried, so "connection refused" etc. would blame it falsely.
+        return Reply.GENERAL_FAILURE
     text = str(error).lower()
     if "refused" in text:
         return Reply.CONNECTION_REFUSED
@@ -166,14 +170,7 @@ class _Handshake(asyncio.Protocol):
             self._abort()
 
     async def _open(self, address: Address) -> Stream:
-        client = self.inbound.client
-        stream = await client.open_stream(address)
-        try:
-            await client.wait_acknowledged(stream)
-        except BaseException:
-            stream.close()
-            raise
-        return stream
+        return await self.inbound.client.open_stream_acknowledged(address)
 
     async def _socks_connect(self, address: Address) -> None:
         assert self.transport is not None
