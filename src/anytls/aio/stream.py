@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ..errors import SessionClosedError, StreamClosedError
+from ..errors import SessionClosedError, StreamClosedError, StreamOpenError
 
 if TYPE_CHECKING:
     from .connection import SessionConnection
@@ -147,11 +147,13 @@ class Stream(asyncio.Transport):
         """The stream ended: whoever waits for its SYNACK learns why."""
         ack = self.acknowledged
         if not ack.done():
-            if isinstance(exc, SessionClosedError):
-                ack.set_exception(exc)
-                ack.exception()  # retrieved here: nobody may be waiting
-            else:
-                ack.set_result(str(exc) if exc else "the stream ended before it was acknowledged")
+            if not isinstance(exc, SessionClosedError | StreamOpenError):
+                exc = StreamClosedError(
+                    f"stream {self.stream_id} ended before the server acknowledged it"
+                    + (f": {exc}" if exc else "")
+                )
+            ack.set_exception(exc)
+            ack.exception()  # retrieved here: nobody may be waiting
 
     def _acked(self, error: str | None) -> None:
         if not self.acknowledged.done():

@@ -8,6 +8,9 @@ small cache) and every reply names its source. An idle timer closes the stream.
 
 Client: :class:`UdpAssociation` is one UoT v2 stream seen as a datagram socket. It writes
 the request at once (never waiting for SYNACK, as Go servers read it before acknowledging).
+In the non-connect format it resolves domain targets itself (as mihomo does) and sends IPs:
+the Go servers (sing-box, anytls-go) do not resolve per-packet domain addresses and silently
+drop such datagrams.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class _DnsCache:
     def __init__(self) -> None:
         self._entries: OrderedDict[str, tuple[float, list[tuple[int, str]]]] = OrderedDict()
 
+    def cached(self, host: str) -> str | None:
+        """The preferred address of ``host`` if a fresh lookup is cached, else None."""
+        hit = self._entries.get(host)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return _pick(hit[1])
+
     async def resolve(self, host: str) -> list[tuple[int, str]]:
         now = time.monotonic()
         hit = self._entries.get(host)
@@ -64,6 +74,14 @@ class _DnsCache:
         while len(self._entries) > _DNS_CACHE_SIZE:
             self._entries.popitem(last=False)
         return result
+
+
+def _pick(infos: list[tuple[int, str]]) -> str | None:
+    """The first IPv4 address of a lookup result, else its first address."""
+    for family, ip in infos:
+        if family == socket.AF_INET:
+            return ip
+    return infos[0][1] if infos else None
 
 
 class _UdpSocket(asyncio.DatagramProtocol):
@@ -100,7 +118,11 @@ class UotServerRelay(asyncio.Protocol):
         self.decoder: UotPacketDecoder | None = None
         self.connect_target: tuple[str, int] | None = None
         self.sockets: dict[int, _UdpSocket] = {}
+        self.socket_lock = asyncio.Lock()
         self.queue: list[tuple[Address | None, bytes]] = []
+        #: Datagrams (port, payload) waiting for a name lookup or a socket, per host, so
+        #: datagrams to one target keep their order.
+        self.waiting: dict[str, list[tuple[int, bytes]]] = {}
         self.dns = _DnsCache()
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
@@ -148,8 +170,9 @@ class UotServerRelay(asyncio.Protocol):
 
     def _start(self, is_connect: bool, destination: Address) -> None:
         self.decoder = UotPacketDecoder(connect=is_connect)
-        log.debug("%s: %s request to %s", self.label, "connect" if is_connect else "packet",
-                  destination)
+        log.debug(
+            "%s: %s request to %s", self.label, "connect" if is_connect else "packet", destination
+        )
         self.task = self.connection.start_task(self._open(is_connect, destination))
 
     async def _open(self, is_connect: bool, destination: Address) -> None:
@@ -160,8 +183,8 @@ class UotServerRelay(asyncio.Protocol):
                 await self._socket(family)
             else:
                 await self._socket(socket.AF_INET)
-        except OSError as exc:
-            text = f"udp {destination}: {exc.strerror or exc}"
+        except (OSError, ValueError) as exc:  # ValueError: a name idna cannot encode
+            text = f"udp {destination}: {getattr(exc, 'strerror', None) or exc}"
             log.info("%s: %s", self.label, text)
             self.connection.core.send_synack(self.stream.stream_id, text)
             self.close()
@@ -179,25 +202,26 @@ class UotServerRelay(asyncio.Protocol):
             return socket.AF_INET6, host
         if host.replace(".", "").isdigit():
             return socket.AF_INET, host
-        infos = await self.dns.resolve(host)
-        if not infos:
+        ip = _pick(await self.dns.resolve(host))
+        if ip is None:
             raise OSError(f"no address for {host}")
-        for family, ip in infos:
-            if family == socket.AF_INET:
-                return family, ip
-        return infos[0]
+        return (socket.AF_INET6 if ":" in ip else socket.AF_INET), ip
 
     async def _socket(self, family: int) -> _UdpSocket:
         sock = self.sockets.get(family)
-        if sock is None:
-            local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
-            _, proto = await self.loop.create_datagram_endpoint(
-                lambda: _UdpSocket(self), local_addr=local, family=family
-            )
-            sock = self.sockets[family] = proto
-            if self.closed:
-                assert sock.transport is not None
-                sock.transport.close()
+        if sock is not None:
+            return sock
+        async with self.socket_lock:  # one socket per family, even for concurrent callers
+            sock = self.sockets.get(family)
+            if sock is None:
+                local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+                _, proto = await self.loop.create_datagram_endpoint(
+                    lambda: _UdpSocket(self), local_addr=local, family=family
+                )
+                sock = self.sockets[family] = proto
+                if self.closed:
+                    assert sock.transport is not None
+                    sock.transport.close()
         return sock
 
     def _send(self, address: Address | None, payload: bytes) -> None:
@@ -207,25 +231,38 @@ class UotServerRelay(asyncio.Protocol):
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             self._sendto(family, host, port, payload)
             return
-        if address.is_ip:
-            family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        key = address.host
+        waiting = self.waiting.get(key)
+        if waiting is not None:
+            # A lookup or socket for this host is under way: queue behind it, in order.
+            if len(waiting) < RECV_QUEUE_LIMIT:
+                waiting.append((address.port, payload))
+            return
+        host = key if address.is_ip else self.dns.cached(key)
+        if host is not None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             if family in self.sockets:
-                self._sendto(family, address.host, address.port, payload)
+                self._sendto(family, host, address.port, payload)
                 return
-        self.connection.start_task(self._send_slow(address, payload))
+        self.waiting[key] = [(address.port, payload)]
+        self.connection.start_task(self._send_slow(address))
 
-    async def _send_slow(self, address: Address, payload: bytes) -> None:
+    async def _send_slow(self, address: Address) -> None:
+        """Resolve ``address.host`` and/or open its family's socket, then send what waits."""
+        key = address.host
         try:
             if address.is_ip:
-                family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-                host = address.host
+                family = socket.AF_INET6 if ":" in key else socket.AF_INET
+                host = key
             else:
-                family, host = await self._resolve(address.host)
+                family, host = await self._resolve(key)
             await self._socket(family)
-        except OSError as exc:
-            log.debug("%s: dropping datagram for %s: %s", self.label, address, exc)
+        except (OSError, ValueError) as exc:
+            dropped = self.waiting.pop(key, [])
+            log.debug("%s: dropping %d datagram(s) for %s: %s", self.label, len(dropped), key, exc)
             return
-        self._sendto(family, host, address.port, payload)
+        for port, payload in self.waiting.pop(key, []):
+            self._sendto(family, host, port, payload)
 
     def _sendto(self, family: int, host: str, port: int, payload: bytes) -> None:
         sock = self.sockets.get(family)
@@ -263,7 +300,7 @@ class UotServerRelay(asyncio.Protocol):
         if self.closed:
             return
         if self.loop.time() - self.last_activity >= self.idle_timeout:
-            log.debug("%s: idle for %.0f s, closing", self.label, self.idle_timeout)
+            log.debug("%s: idle for %g s, closing", self.label, self.idle_timeout)
             self.close()
         else:
             self._arm_timer()
@@ -292,8 +329,12 @@ class UotServerRelay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._release()
-        log.debug("%s: closed after %d datagrams out, %d in", self.label, self.datagrams_out,
-                  self.datagrams_in)
+        log.debug(
+            "%s: closed after %d datagrams out, %d in",
+            self.label,
+            self.datagrams_out,
+            self.datagrams_in,
+        )
 
 
 class UdpAssociation(asyncio.Protocol):
@@ -301,9 +342,13 @@ class UdpAssociation(asyncio.Protocol):
 
     Non-connect mode (the default) reaches any number of targets with :meth:`sendto`;
     connect mode (``open_udp(..., connect=addr)``) sends to one target with :meth:`send`.
+    In non-connect mode a domain target is resolved here (cached, IPv4 preferred; datagrams
+    to a name wait for its lookup in order) and replies name the IP they came from.
     """
 
-    def __init__(self, stream: Stream, connect: Address | None) -> None:
+    def __init__(
+        self, stream: Stream, connect: Address | None, resolve_domains: bool = True
+    ) -> None:
         self.stream = stream
         self.connect = connect
         self.decoder = UotPacketDecoder(connect=connect is not None)
@@ -311,6 +356,11 @@ class UdpAssociation(asyncio.Protocol):
         self.dropped = 0
         self.closed = False
         self.error: BaseException | None = None
+        #: Resolve domain targets locally (non-connect mode) instead of sending the name.
+        self.resolve_domains = resolve_domains
+        self._dns = _DnsCache()
+        self._resolving: dict[str, list[tuple[bytes, int]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         stream.set_protocol(self)
         stream.write(encode_request(connect is not None, connect or Address("0.0.0.0", 0)))
 
@@ -321,7 +371,47 @@ class UdpAssociation(asyncio.Protocol):
             raise ValueError("this association is in connect mode: use send()")
         if not isinstance(address, Address):
             address = Address(address[0], address[1])
+        if self.resolve_domains and not address.is_ip:
+            self._sendto_name(data, address)
+            return
         self._write(encode_packet(address, data))
+
+    def _sendto_name(self, data: bytes, address: Address) -> None:
+        if self.closed:
+            raise StreamClosedError("the UDP association is closed") from self.error
+        host = address.host
+        ip = self._dns.cached(host)
+        if ip is not None:
+            self._write(encode_packet(Address(ip, address.port), data))
+            return
+        waiting = self._resolving.get(host)
+        if waiting is not None:
+            # Keep the order of datagrams to a name that is being resolved.
+            if len(waiting) < RECV_QUEUE_LIMIT:
+                waiting.append((data, address.port))
+            else:
+                self.dropped += 1
+            return
+        self._resolving[host] = [(data, address.port)]
+        task = asyncio.get_running_loop().create_task(self._resolve(host))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resolve(self, host: str) -> None:
+        try:
+            ip: str | None = _pick(await self._dns.resolve(host))
+        except (OSError, ValueError) as exc:
+            log.debug("UDP association: cannot resolve %s: %s", host, exc)
+            ip = None
+        waiting = self._resolving.pop(host, [])
+        if ip is None:
+            self.dropped += len(waiting)
+            return
+        try:
+            for data, port in waiting:
+                self._write(encode_packet(Address(ip, port), data))
+        except StreamClosedError:
+            pass  # the association ended meanwhile
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the connect-mode target."""
@@ -369,6 +459,8 @@ class UdpAssociation(asyncio.Protocol):
             self.error = exc
         self.closed = True
         self.queue.put_nowait(None)
+        for task in self._tasks:
+            task.cancel()
 
     def close(self) -> None:
         """End the association."""
@@ -383,13 +475,20 @@ class UdpAssociation(asyncio.Protocol):
         self.close()
 
 
-async def open_udp(client: Client, connect: Address | tuple[str, int] | None = None
-                   ) -> UdpAssociation:
+async def open_udp(
+    client: Client,
+    connect: Address | tuple[str, int] | None = None,
+    *,
+    resolve_domains: bool = True,
+) -> UdpAssociation:
     """Open a UDP association through ``client``'s server (UoT v2).
 
-    With ``connect`` the connect format is used and every datagram goes to that target.
+    With ``connect`` the connect format is used and every datagram goes to that target (a
+    domain there is resolved by the server). Without it, :meth:`UdpAssociation.sendto`
+    resolves domain targets locally unless ``resolve_domains`` is false, in which case the
+    name is sent as is (only servers that resolve per packet, such as ours, answer those).
     """
     if connect is not None and not isinstance(connect, Address):
         connect = Address(connect[0], connect[1])
     stream = await client.open_stream(Address(UOT_V2_MAGIC, 0))
-    return UdpAssociation(stream, connect)
+    return UdpAssociation(stream, connect, resolve_domains)

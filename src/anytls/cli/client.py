@@ -20,7 +20,7 @@ log = logging.getLogger("anytls.client")
 
 _SHORT = ("l", "s", "p", "m", "h")
 _LONG = ("sni", "dr", "insecure", "log-level", "auth", "version", "idle-session-timeout",
-         "idle-session-check-interval", "min-idle-session")
+         "idle-session-check-interval", "min-idle-session", "udp-forward")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,17 +44,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--idle-session-check-interval", type=float, default=30.0,
                         metavar="SECONDS")
     parser.add_argument("--dr", action="store_true", help="disable session reuse")
+    parser.add_argument("--max-streams-per-session", type=int, default=1, metavar="N",
+                        help="concurrent streams one session may carry (default 1, as the "
+                        "Go clients; more means fewer TLS handshakes)")
+    parser.add_argument("--synack-timeout", type=float, default=3.0, metavar="SECONDS",
+                        help="close a reused v2 session whose new stream gets no SYNACK in "
+                        "time, and retry the stream on a fresh one (default 3; 0 = off)")
+    parser.add_argument("--heartbeat-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="send a heartbeat to a v2 server after this much silence "
+                        "(default 0 = off)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="close a session whose heartbeat is not answered in time "
+                        "(default 10)")
     parser.add_argument("--auth", metavar="USER:PASS",
                         help="require this username/password from local clients")
+    parser.add_argument("--udp-forward", action="append", default=[], metavar="LOCAL=TARGET",
+                        help="forward UDP arriving on LOCAL to TARGET through the server, "
+                        "e.g. 127.0.0.1:5353=8.8.8.8:53 (repeatable)")
     parser.add_argument("--log-level", metavar="LEVEL",
                         help="debug, info, warning, error (default: LOG_LEVEL env or info)")
     parser.add_argument("--version", action="version", version=f"anytls {__version__}")
     return parser
-
-
-def _interval(value: float) -> float:
-    # As in the reference, values of 5 s or less mean the 30 s default.
-    return 30.0 if value <= 5 else value
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -88,10 +98,14 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         password=password,
         sni=sni,
         insecure=insecure,
-        idle_session_timeout=_interval(args.idle_session_timeout),
-        idle_session_check_interval=_interval(args.idle_session_check_interval),
+        idle_session_timeout=args.idle_session_timeout,
+        idle_session_check_interval=args.idle_session_check_interval,
         min_idle_session=max(0, args.min_idle_session),
         reuse_sessions=not args.dr,
+        max_streams_per_session=max(1, args.max_streams_per_session),
+        synack_timeout=max(0.0, args.synack_timeout),
+        heartbeat_interval=max(0.0, args.heartbeat_interval),
+        heartbeat_timeout=args.heartbeat_timeout,
     )
 
 
@@ -108,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ..aio.client import Client
     from ..inbound.mixed import MixedInbound
     from ..inbound.socks5_udp import udp_handler
+    from ..inbound.udp_forward import parse_forward, start_forwarders
 
     try:
         config = config_from_args(args)
@@ -118,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not sep:
                 raise ConfigError("--auth: expected USER:PASS")
             auth = (user, pw)
+        forwards = [parse_forward(text) for text in args.udp_forward]
     except ConfigError as exc:
         parser.error(str(exc))
 
@@ -129,11 +145,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         except OSError as exc:
             log.error("cannot listen on %s: %s", listen, exc.strerror or exc)
             raise SystemExit(1) from exc
+        try:
+            forwarders = await start_forwarders(client, forwards)
+        except OSError as exc:
+            log.error("--udp-forward: cannot bind: %s", exc.strerror or exc)
+            raise SystemExit(1) from exc
         log.info("anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s", __version__,
                  listen, config.server_host, config.server_port,
                  " (certificate not verified)" if config.insecure else "")
         await stop.wait()
         log.info("shutting down")
+        for forwarder in forwarders:
+            await forwarder.close()
         await inbound.close()
         await client.close()
 

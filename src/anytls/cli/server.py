@@ -19,7 +19,23 @@ from ._run import run
 log = logging.getLogger("anytls.server")
 
 _SHORT = ("l", "p", "h")
-_LONG = ("padding-scheme", "cert", "key", "user", "log-level", "connect-timeout", "version")
+_LONG = (
+    "padding-scheme",
+    "cert",
+    "key",
+    "user",
+    "log-level",
+    "connect-timeout",
+    "version",
+    "idle-session-timeout",
+    "max-streams-per-session",
+    "heartbeat-interval",
+    "udp-idle-timeout",
+    "fallback",
+    "deny-private",
+    "max-connections",
+    "preface-timeout",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", metavar="PEM", help="private key file")
     parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
                         help="timeout for dialling destinations (default 5)")
+    parser.add_argument("--idle-session-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="close sessions with no stream and no traffic after this "
+                        "(default 600; 0 = never)")
+    parser.add_argument("--max-streams-per-session", type=int, default=0, metavar="N",
+                        help="refuse streams beyond N open in one session (default 0 = no limit)")
+    parser.add_argument("--heartbeat-interval", type=float, default=0.0, metavar="SECONDS",
+                        help="probe v2 clients silent this long; close if they do not answer "
+                        "(default 0 = off)")
+    parser.add_argument("--udp-idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="close a UDP-over-TCP stream after this long without a "
+                        "datagram either way (default 60)")
+    parser.add_argument("--fallback", metavar="HOST:PORT",
+                        help="relay connections that fail authentication to this web server "
+                        "instead of closing them, so the port looks like that site")
+    parser.add_argument("--deny-private", action="store_true",
+                        help="refuse loopback, private and link-local destinations")
+    parser.add_argument("--max-connections", type=int, default=4096, metavar="N",
+                        help="simultaneous TLS connections (default 4096; 0 = no limit)")
+    parser.add_argument("--preface-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="time for a client to authenticate after TLS (default 10)")
     parser.add_argument("--log-level", metavar="LEVEL",
                         help="debug, info, warning, error (default: LOG_LEVEL env or info)")
     parser.add_argument("--version", action="version", version=f"anytls {__version__}")
@@ -93,11 +129,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         listen = Address.parse(_listen_text(args.l))
         users = parse_users(args.p, args.user)
         padding = load_padding(args.padding_scheme)
+        fallback = Address.parse(args.fallback) if args.fallback else None
         hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])
         ctx = server_context(args.cert, args.key, hosts=hosts)
+        if not args.udp_idle_timeout > 0:
+            raise ConfigError("--udp-idle-timeout must be a positive number of seconds")
     except ConfigError as exc:
         parser.error(str(exc))
-    config = ServerConfig(users=users, padding=padding, connect_timeout=args.connect_timeout)
+    config = ServerConfig(
+        users=users,
+        padding=padding,
+        connect_timeout=args.connect_timeout,
+        idle_session_timeout=args.idle_session_timeout,
+        max_streams_per_session=args.max_streams_per_session,
+        heartbeat_interval=args.heartbeat_interval,
+        udp_idle_timeout=args.udp_idle_timeout,
+        deny_private=args.deny_private,
+        fallback=fallback,
+        max_connections=max(0, args.max_connections),
+        preface_timeout=args.preface_timeout,
+    )
 
     async def amain(stop: asyncio.Event) -> None:
         host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
