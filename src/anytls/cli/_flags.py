@@ -7,6 +7,7 @@ argparse expects before parsing.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable, Sequence
 
 
@@ -33,6 +34,16 @@ def normalise(argv: Sequence[str], short: Iterable[str], long: Iterable[str]) ->
         else:
             out.append(arg)
     return out
+
+
+def long_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--name`` the parser knows, without dashes (for :func:`normalise`)."""
+    return [
+        opt[2:]
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--")
+    ]
 
 
 def parse_bool(text: str) -> bool:

@@ -13,14 +13,12 @@ from ..core.address import Address
 from ..errors import ConfigError
 from ..log import setup_logging
 from ..uri import parse_uri
-from ._flags import normalise, parse_bool
+from ._flags import long_options, normalise, parse_bool
 from ._run import run
 
 log = logging.getLogger("anytls.client")
 
 _SHORT = ("l", "s", "p", "m", "h")
-_LONG = ("sni", "dr", "insecure", "log-level", "auth", "version", "idle-session-timeout",
-         "idle-session-check-interval", "min-idle-session", "udp-forward")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +115,8 @@ def _listen_text(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``anytls-client``."""
     parser = build_parser()
-    args = parser.parse_args(normalise(sys.argv[1:] if argv is None else argv, _SHORT, _LONG))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(normalise(argv, _SHORT, long_options(parser)))
     setup_logging(args.log_level)
     from ..aio.client import Client
     from ..inbound.mixed import MixedInbound

@@ -13,29 +13,12 @@ from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError
 from ..log import setup_logging
-from ._flags import normalise
+from ._flags import long_options, normalise
 from ._run import run
 
 log = logging.getLogger("anytls.server")
 
 _SHORT = ("l", "p", "h")
-_LONG = (
-    "padding-scheme",
-    "cert",
-    "key",
-    "user",
-    "log-level",
-    "connect-timeout",
-    "version",
-    "idle-session-timeout",
-    "max-streams-per-session",
-    "heartbeat-interval",
-    "udp-idle-timeout",
-    "fallback",
-    "deny-private",
-    "max-connections",
-    "preface-timeout",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +103,8 @@ def _listen_text(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``anytls-server``."""
     parser = build_parser()
-    args = parser.parse_args(normalise(sys.argv[1:] if argv is None else argv, _SHORT, _LONG))
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(normalise(argv, _SHORT, long_options(parser)))
     setup_logging(args.log_level)
     from ..aio.server import ServerConfig, serve
     from ..aio.tls import server_context
