@@ -71,7 +71,7 @@ def test_cli_flag_is_repeatable_and_validated(capsys: pytest.CaptureFixture[str]
     parser = client_cli.build_parser()
     args = parser.parse_args(client_cli.normalise(
         ["-s", "h:1", "-udp-forward", "127.0.0.1:1=1.1.1.1:53",
-         "--udp-forward=[::1]:2=localhost:53"], client_cli._SHORT, client_cli._LONG))  # fmt: skip
+         "--udp-forward=[::1]:2=localhost:53"], client_cli._SHORT, client_cli.long_options(parser)))  # fmt: skip
     assert args.udp_forward == ["127.0.0.1:1=1.1.1.1:53", "[::1]:2=localhost:53"]
     with pytest.raises(SystemExit) as exc:
         client_cli.main(["-s", "h:1", "-p", "x", "--udp-forward", "nonsense"])
