@@ -33,8 +33,9 @@ class Env:
     async def __aenter__(self) -> Env:
         self.echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
         self.echo_port = self.echo.sockets[0].getsockname()[1]
-        config = ServerConfig(users={"alice": PASSWORD},
-                              padding=self.server_padding or PaddingScheme.default())
+        config = ServerConfig(
+            users={"alice": PASSWORD}, padding=self.server_padding or PaddingScheme.default()
+        )
         self.server = await serve(config, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         self.client = Client(ClientConfig("127.0.0.1", self.port, PASSWORD, insecure=True))
@@ -74,8 +75,9 @@ def test_echo_8mib() -> None:
 def test_100_concurrent_streams_and_reuse() -> None:
     async def main() -> None:
         async with Env() as env:
-            await asyncio.gather(*(_roundtrip(env.client, env.echo_port, 50_000 + i)
-                                   for i in range(100)))
+            await asyncio.gather(
+                *(_roundtrip(env.client, env.echo_port, 50_000 + i) for i in range(100))
+            )
             opened = env.client.sessions_opened
             # sequential streams after that reuse idle sessions
             for _ in range(5):
@@ -115,8 +117,9 @@ def test_wrong_password_logged_and_closed(caplog: pytest.LogCaptureFixture) -> N
 
     caplog.set_level(logging.INFO, logger="anytls")
     asyncio.run(main())
-    assert any("wrong password" in r.getMessage() and "127.0.0.1" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "wrong password" in r.getMessage() and "127.0.0.1" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_pushed_padding_scheme_used_by_next_session() -> None:

@@ -38,8 +38,12 @@ class Env:
 
 def test_non_connect_many_sizes_and_three_targets() -> None:
     async def main() -> None:
-        async with Env() as env, udp_echo_server() as a, udp_echo_server() as b, \
-                udp_echo_server("::1") as c:
+        async with (
+            Env() as env,
+            udp_echo_server() as a,
+            udp_echo_server() as b,
+            udp_echo_server("::1") as c,
+        ):
             assoc = await open_udp(env.client)
             targets = [a, b, c]
             sent: list[tuple[bytes, tuple[str, int]]] = []

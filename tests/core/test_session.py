@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,8 +24,6 @@ from anytls.core.frame import encode_frame
 from anytls.core.padding import PaddingScheme
 from anytls.core.session import ALERT_NO_SETTINGS, Session
 from anytls.errors import AuthenticationError, RemoteProtocolError
-
-import pytest
 
 DEST = bytes.fromhex("030b6578616d706c652e636f6d01bb")  # example.com:443
 
@@ -118,7 +117,9 @@ def test_syn_before_settings_alerts_and_closes() -> None:
 
 def test_v1_client_gets_no_server_settings_nor_synack() -> None:
     server = Session.server(None)
-    server.receive_data(encode_frame(Command.SETTINGS, 0, b"v=1\npadding-md5=75cff2ad89aadf5e257059ee571ebe11"))
+    server.receive_data(
+        encode_frame(Command.SETTINGS, 0, b"v=1\npadding-md5=75cff2ad89aadf5e257059ee571ebe11")
+    )
     server.receive_data(encode_frame(Command.SYN, 1))
     assert server.peer_version == 1
     server.send_synack(1)
@@ -176,7 +177,7 @@ def test_wrong_password_raises_remote_error() -> None:
 
 
 def test_padding_stops_after_stop_packets() -> None:
-    client, server = new_pair()
+    client, _server = new_pair()
     sid = client.open_stream(DEST)
     client.data_to_send()
     for _ in range(6):  # packets 2..7 are shaped
@@ -206,7 +207,7 @@ STREAM, EXPECTED = _client_stream_bytes()
 @given(st.lists(st.integers(0, len(STREAM)), max_size=30))
 def test_every_split_gives_same_events(cuts: list[int]) -> None:
     server = Session.server({"alice": "pw"})
-    points = sorted(set(cuts)) + [len(STREAM)]
+    points = [*sorted(set(cuts)), len(STREAM)]
     events: list = []
     prev = 0
     for p in points:

@@ -69,9 +69,11 @@ def test_parse_forward_errors(text: str, message: str) -> None:
 
 def test_cli_flag_is_repeatable_and_validated(capsys: pytest.CaptureFixture[str]) -> None:
     parser = client_cli.build_parser()
-    args = parser.parse_args(client_cli.normalise(
-        ["-s", "h:1", "-udp-forward", "127.0.0.1:1=1.1.1.1:53",
-         "--udp-forward=[::1]:2=localhost:53"], client_cli._SHORT, client_cli.long_options(parser)))  # fmt: skip
+    argv = ["-s", "h:1", "-udp-forward", "127.0.0.1:1=1.1.1.1:53",
+            "--udp-forward=[::1]:2=localhost:53"]  # fmt: skip
+    args = parser.parse_args(
+        client_cli.normalise(argv, client_cli._SHORT, client_cli.long_options(parser))
+    )
     assert args.udp_forward == ["127.0.0.1:1=1.1.1.1:53", "[::1]:2=localhost:53"]
     with pytest.raises(SystemExit) as exc:
         client_cli.main(["-s", "h:1", "-p", "x", "--udp-forward", "nonsense"])
