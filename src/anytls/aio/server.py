@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ..core.address import Address, AddressReader
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
+from ..core.proxy_protocol import V2_MAX, parse_proxy_header
 from ..core.session import Session
 from ..core.uot import uot_version
 from ..errors import AuthenticationError, RemoteProtocolError
@@ -65,6 +66,8 @@ class ServerConfig:
     """Refuse loopback, private and link-local destinations (SSRF guard)."""
     fallback: Address | None = None
     """Relay connections that fail authentication to this web server instead of closing."""
+    accept_proxy_protocol: bool = False
+    """Expect a PROXY protocol v1/v2 header (from HAProxy or another L4 balancer) first."""
     max_connections: int = 4096
     """Simultaneous TLS connections accepted (0 = no limit)."""
     version: int = 2
@@ -194,7 +197,7 @@ class _ServerStream(asyncio.Protocol):
 class ServerConnection(SessionConnection):
     """One client's TLS connection on the server."""
 
-    def __init__(self, server: AnyTLSServer) -> None:
+    def __init__(self, server: AnyTLSServer, real_peer: tuple[str, int] | None = None) -> None:
         config = server.config
         super().__init__(
             Session.server(
@@ -209,11 +212,16 @@ class ServerConnection(SessionConnection):
         self.server = server
         self.config = config
         self.tasks: set[asyncio.Task[None]] = set()
+        self._real_peer = real_peer
         self._preauth: bytearray | None = bytearray() if config.fallback else None
         self._preface_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._real_peer is not None:
+            # Behind a PROXY-protocol balancer: log and limit the real client.
+            host, port = self._real_peer
+            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         limit = self.config.max_connections
         if limit and len(self.server.connections) >= limit:
             log.warning("refused %s: %d connections already open (limit)", self.peer, limit)
@@ -310,6 +318,40 @@ class ServerConnection(SessionConnection):
                      self.peer, self.core.user, reason, self.bytes_in, self.bytes_out)
 
 
+async def _wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def read_proxy_header(sock: socket.socket) -> tuple[str, int] | None:
+    """Consume the PROXY header at the start of ``sock``; return the real client address.
+
+    Peeks rather than reads, so not one byte of the TLS ClientHello behind the header is
+    taken from the socket. Raises ``RemoteProtocolError``/``ConnectionError``.
+    """
+    loop = asyncio.get_running_loop()
+    seen = -1
+    while True:
+        await _wait_readable(loop, sock)
+        data = sock.recv(V2_MAX, socket.MSG_PEEK)
+        if not data:
+            raise ConnectionError("connection closed before the PROXY header")
+        parsed = parse_proxy_header(data)
+        if parsed is not None:
+            info, length = parsed
+            while length:
+                length -= len(sock.recv(length))
+            return info.source if info else None
+        if len(data) == seen:
+            await asyncio.sleep(0.01)  # more of the header has not arrived yet
+        seen = len(data)
+
+
 class AnyTLSServer:
     """A listening AnyTLS server; create it with :func:`serve`."""
 
@@ -320,15 +362,21 @@ class AnyTLSServer:
         self.servers: list[asyncio.Server] = []
         #: Sessions that passed authentication since start.
         self.sessions_accepted = 0
+        self._raw_sockets: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def sockets(self) -> list[socket.socket]:
         """The listening sockets."""
-        return [s for srv in self.servers for s in srv.sockets]  # type: ignore[misc]
+        listening = [s for srv in self.servers for s in srv.sockets]
+        return listening + self._raw_sockets  # type: ignore[operator]
 
     async def start(self, host: str | None, port: int, **kwargs: object) -> None:
-        """Bind and start accepting."""
+        """Bind and start accepting (``reuse_port=True`` lets worker processes share it)."""
         loop = asyncio.get_running_loop()
+        if self.config.accept_proxy_protocol:
+            await self._start_proxied(host, port, bool(kwargs.get("reuse_port")))
+            return
         server = await loop.create_server(
             lambda: ServerConnection(self), host or None, port, ssl=self.ssl_context,
             ssl_handshake_timeout=self.config.handshake_timeout, reuse_address=True,
@@ -336,8 +384,62 @@ class AnyTLSServer:
         )
         self.servers.append(server)
 
+    async def _start_proxied(self, host: str | None, port: int, reuse_port: bool) -> None:
+        # The PROXY header precedes the TLS ClientHello, so connections are accepted as
+        # plain sockets, the header is consumed, and only then is TLS started on them.
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, type_, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
+            self._raw_sockets.append(sock)
+            self._track(loop.create_task(self._accept_loop(sock)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            self._track(loop.create_task(self._serve_proxied(conn, addr)))
+
+    async def _serve_proxied(self, conn: socket.socket, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                real_peer = await read_proxy_header(conn)
+            await loop.connect_accepted_socket(
+                lambda: ServerConnection(self, real_peer), conn, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.config.handshake_timeout,
+            )
+        except (RemoteProtocolError, OSError, TimeoutError) as exc:
+            log.info("rejected %s:%s: %s", addr[0], addr[1], exc or type(exc).__name__)
+            conn.close()
+
     async def close(self) -> None:
         """Stop listening and close every session."""
+        for task in list(self._tasks):
+            task.cancel()
+        for sock in self._raw_sockets:
+            sock.close()
+        self._raw_sockets.clear()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
