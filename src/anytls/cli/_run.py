@@ -3,10 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+
+#: Process ids of the worker processes this (parent) process forked.
+WORKER_PIDS: list[int] = []
+
+
+def fork_workers(count: int) -> int:
+    """Fork ``count - 1`` copies of this process; return this process's worker index.
+
+    Every worker binds the same port with SO_REUSEPORT and the kernel spreads new
+    connections across them. The parent (index 0) terminates and reaps the others when it
+    exits (signal handlers that should reach them, e.g. a reload, can use
+    :data:`WORKER_PIDS`); a worker is sent SIGTERM if its parent dies.
+    """
+    if count <= 1 or not hasattr(os, "fork"):
+        return 0
+    for index in range(1, count):
+        pid = os.fork()
+        if pid == 0:
+            WORKER_PIDS.clear()
+            _die_with_parent()
+            return index
+        WORKER_PIDS.append(pid)
+    atexit.register(_reap_workers)
+    return 0
+
+
+def _reap_workers() -> None:
+    for pid in WORKER_PIDS:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in WORKER_PIDS:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _die_with_parent() -> None:
+    # Linux: get SIGTERM when the parent goes away, so no worker outlives a kill -9.
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
 
 
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ from ..core.padding import PaddingScheme
 from ..errors import ConfigError
 from ..log import setup_logging
 from ._flags import long_options, normalise
-from ._run import run
+from ._run import fork_workers, run
 
 log = logging.getLogger("anytls.server")
 
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="simultaneous TLS connections (default 4096; 0 = no limit)")
     parser.add_argument("--preface-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="time for a client to authenticate after TLS (default 10)")
+    parser.add_argument("--accept-proxy-protocol", action="store_true",
+                        help="expect a PROXY protocol v1/v2 header from a load balancer "
+                        "(HAProxy send-proxy) before TLS")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes sharing the port with SO_REUSEPORT "
+                        "(default 0 = one per CPU core)")
     parser.add_argument("--log-level", metavar="LEVEL",
                         help="debug, info, warning, error (default: LOG_LEVEL env or info)")
     parser.add_argument("--version", action="version", version=f"anytls {__version__}")
@@ -106,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(normalise(argv, _SHORT, long_options(parser)))
     setup_logging(args.log_level)
-    from ..aio.server import ServerConfig, serve
+    from ..aio.server import AnyTLSServer, ServerConfig
     from ..aio.tls import server_context
 
     try:
@@ -132,21 +139,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         fallback=fallback,
         max_connections=max(0, args.max_connections),
         preface_timeout=args.preface_timeout,
+        accept_proxy_protocol=args.accept_proxy_protocol,
     )
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
 
     async def amain(stop: asyncio.Event) -> None:
         host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
         try:
-            server = await serve(config, host, listen.port, ssl_context=ctx)
+            server = AnyTLSServer(config, ctx)
+            await server.start(host, listen.port, reuse_port=workers > 1)
         except OSError as exc:
             log.error("cannot listen on %s: %s", listen, exc.strerror or exc)
             raise SystemExit(1) from exc
-        log.info("anytls-server %s listening on %s (%d user%s, padding md5 %s)", __version__,
-                 listen, len(users), "" if len(users) == 1 else "s", padding.md5)
+        if worker_index == 0:
+            log.info("anytls-server %s listening on %s (%d user%s, %d worker%s, padding md5 %s)",
+                     __version__, listen, len(users), "" if len(users) == 1 else "s",
+                     workers, "" if workers == 1 else "s", padding.md5)
         await stop.wait()
         log.info("shutting down")
         await server.close()
 
+    worker_index = fork_workers(workers)
     run(amain)
 
 
