@@ -1,0 +1,69 @@
+"""anytls-server --workers: several processes share the port and all of them serve."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+from pathlib import Path
+
+from anytls.aio.client import Client, ClientConfig
+from tests.helpers.echo import tcp_echo_server
+from tests.helpers.net import free_port
+from tests.helpers.ourproc import AnyTLSProcess
+
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["-p", "pw", "--workers", "3", "--log-level", "info"]
+    with AnyTLSProcess.server(port, args, tmp_path) as server:
+        assert server.proc is not None
+        workers = children_of(server.proc.pid)
+        assert len(workers) == 2
+
+        async def traffic() -> int:
+            async with tcp_echo_server() as echo:
+                config = ClientConfig("127.0.0.1", port, "pw", insecure=True, reuse_sessions=False)
+                async with Client(config) as client:
+                    for _ in range(30):
+                        reader, writer = await client.open_connection(*echo)
+                        writer.write(b"w")
+                        assert await reader.readexactly(1) == b"w"
+                        writer.close()
+            return 30
+
+        assert asyncio.run(traffic()) == 30
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(10)
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
+    assert len(re.findall(r"session from \S+: user", server.log_text())) == 30
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().split(") ")[1][0] == "Z"
+    except OSError:
+        return True
+
+
+def test_default_is_one_worker_per_core(tmp_path: Path) -> None:
+    port = free_port()
+    with AnyTLSProcess.server(port, ["-p", "pw", "--log-level", "info"], tmp_path) as server:
+        assert server.proc is not None
+        assert len(children_of(server.proc.pid)) == (os.cpu_count() or 1) - 1
+        assert f"{os.cpu_count()} worker" in server.log_text()
