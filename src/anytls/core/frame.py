@@ -8,9 +8,9 @@ frames straight out of the received buffer; this module builds them.
 from __future__ import annotations
 
 from ..errors import LocalProtocolError
-from .constants import HEADER, HEADER_SIZE, MAX_FRAME_DATA, Command
+from .constants import HEADER, MAX_FRAME_DATA, Command
 
-_pack_into = HEADER.pack_into
+_join = b"".join
 _pack = HEADER.pack
 
 
@@ -19,33 +19,23 @@ def encode_frame(command: int, stream_id: int, data: bytes | bytearray | memoryv
     n = len(data)
     if n > MAX_FRAME_DATA:
         raise LocalProtocolError(f"frame data of {n} bytes exceeds the limit of {MAX_FRAME_DATA}")
-    if not n:
-        return _pack(command, stream_id, 0)
-    out = bytearray(HEADER_SIZE + n)
-    _pack_into(out, 0, command, stream_id, n)
-    out[HEADER_SIZE:] = data
-    return bytes(out)
+    header = _pack(command, stream_id, n)
+    # join copies once and never zero-fills, unlike building a bytearray first
+    return _join((header, data)) if n else header
 
 
 def encode_data_frames(stream_id: int, data: bytes | bytearray | memoryview) -> bytes:
     """Return ``data`` as consecutive PSH frames of at most 65535 data bytes each."""
     n = len(data)
     if n <= MAX_FRAME_DATA:
-        out = bytearray(HEADER_SIZE + n)
-        _pack_into(out, 0, Command.PSH, stream_id, n)
-        out[HEADER_SIZE:] = data
-        return bytes(out)
+        return _join((_pack(Command.PSH, stream_id, n), data))
     view = memoryview(data)
-    nframes = -(-n // MAX_FRAME_DATA)
-    out = bytearray(n + nframes * HEADER_SIZE)
-    pos = 0
+    parts: list[bytes | memoryview] = []
     for start in range(0, n, MAX_FRAME_DATA):
         chunk = view[start : start + MAX_FRAME_DATA]
-        size = len(chunk)
-        _pack_into(out, pos, Command.PSH, stream_id, size)
-        out[pos + HEADER_SIZE : pos + HEADER_SIZE + size] = chunk
-        pos += HEADER_SIZE + size
-    return bytes(out)
+        parts.append(_pack(Command.PSH, stream_id, len(chunk)))
+        parts.append(chunk)
+    return _join(parts)
 
 
 def waste_frame(data_length: int) -> bytes:
