@@ -140,3 +140,22 @@ def test_udp_socket_count_is_bounded() -> None:
             assert relays[0].sockets[socket.AF_INET].transport is not None
 
     asyncio.run(main())
+
+
+def test_deny_private_applies_to_udp() -> None:
+    async def main() -> None:
+        async with Env(deny_private=True) as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client)
+            assoc.sendto(b"to loopback", (echo[0], echo[1]))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await assoc.recvfrom()
+            assert echo.stats.datagrams == 0
+            connected = await open_udp(env.client, connect=("127.0.0.1", echo[1]))
+            connected.send(b"x")
+            with pytest.raises(StreamClosedError):
+                async with asyncio.timeout(5):
+                    await connected.recvfrom()
+            assert echo.stats.datagrams == 0
+
+    asyncio.run(main())

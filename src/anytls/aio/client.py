@@ -367,12 +367,15 @@ class Client:
         conns = list(self.sessions.values())
         for conn in conns:
             conn.close("client closed")
-        for conn in conns:
-            try:
-                async with asyncio.timeout(5):
-                    await conn.wait_closed()
-            except TimeoutError:
-                conn.close("client closed", abort=True)
+        if conns:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(c.wait_closed()) for c in conns], timeout=5
+            )
+            for task in pending:
+                task.cancel()
+            for conn in conns:
+                if not conn.closed.done():
+                    conn.close("client closed", abort=True)
 
     async def __aenter__(self) -> Client:
         return self

@@ -32,6 +32,7 @@ from ..core.uot import (
     encode_request,
 )
 from ..errors import ProtocolError, RemoteProtocolError, StreamClosedError
+from .outbound import DestinationDenied, is_private
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -179,6 +180,10 @@ class UotServerRelay(asyncio.Protocol):
         try:
             if is_connect:
                 family, host = await self._resolve(destination.host)
+                if self._denied(host):
+                    raise DestinationDenied(
+                        f"destination {destination} is not allowed (private or local address)"
+                    )
                 self.connect_target = (host, destination.port)
                 await self._socket(family)
             else:
@@ -268,9 +273,15 @@ class UotServerRelay(asyncio.Protocol):
         sock = self.sockets.get(family)
         if sock is None or sock.transport is None or self.closed:
             return
+        if self._denied(host):
+            log.debug("%s: dropping a datagram to private address %s", self.label, host)
+            return
         self.datagrams_out += 1
         self.last_activity = self.loop.time()
         sock.transport.sendto(payload, (host, port))
+
+    def _denied(self, ip: str) -> bool:
+        return self.connection.config.deny_private and is_private(ip)
 
     def reply(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         """A datagram arrived on one of our sockets: frame it onto the stream."""
