@@ -135,7 +135,6 @@ async def _curl(*args: str) -> bytes:
     return out
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl not installed")
 @async_test
 async def test_curl_socks5h_and_http_proxy(tmp_path: Path, cert_pair: tuple[Path, Path]) -> None:
     with http_server() as web:

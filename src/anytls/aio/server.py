@@ -15,7 +15,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..core.address import Address, AddressReader
@@ -29,6 +29,7 @@ from .buffers import shared_buffer
 from .connection import SessionConnection
 from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
+from .stats import ServerStats, UserStats
 from .stream import Stream
 from .udp import UotServerRelay
 
@@ -215,6 +216,9 @@ class ServerConnection(SessionConnection):
         self._real_peer = real_peer
         self._preauth: bytearray | None = bytearray() if config.fallback else None
         self._preface_timer: asyncio.TimerHandle | None = None
+        #: This session's user's counters, once authenticated.
+        self.user_stats: UserStats | None = None
+        self.authenticated_at: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -226,6 +230,9 @@ class ServerConnection(SessionConnection):
         if limit and len(self.server.connections) >= limit:
             log.warning("refused %s: %d connections already open (limit)", self.peer, limit)
             self.close("connection limit", abort=True)
+            return
+        if self.server.draining:
+            self.close("server shutting down", abort=True)
             return
         self.server.connections.add(self)
         self._preface_timer = self.loop.call_later(self.config.preface_timeout,
@@ -255,6 +262,7 @@ class ServerConnection(SessionConnection):
         self.close(str(exc), abort=True)
 
     def _reject(self, reason: str) -> None:
+        self.server.stats.rejected += 1
         fallback = self.config.fallback
         if fallback is None or self.transport is None or self.transport.is_closing():
             log.info("rejected %s: %s", self.peer, reason)
@@ -284,13 +292,23 @@ class ServerConnection(SessionConnection):
     def handle_event(self, event: Event) -> None:
         if type(event) is StreamOpened:
             stream = self.add_stream(event.stream_id)
+            if self.user_stats is not None:
+                self.user_stats.stream_opened()
+            if self.server.draining:
+                # Shutting down: streams already open may finish, new ones are refused.
+                self.core.send_synack(event.stream_id, "server is shutting down")
+                stream.close()
+                return
             stream.set_protocol(_ServerStream(self, stream))
         elif type(event) is Authenticated:
             if self._preface_timer is not None:
                 self._preface_timer.cancel()
                 self._preface_timer = None
             self.server.sessions_accepted += 1
-            log.info("session from %s: user %s", self.peer, event.user)
+            self.user_stats = self.server.stats.session_opened(self, event.user)
+            self.authenticated_at = self.loop.time()
+            log.info("session from %s: user %s", self.peer, event.user,
+                     extra={"event": "session_open", "peer": self.peer, "user": event.user})
         elif type(event) is SettingsReceived:
             log.debug("%s settings %s (peer version %d)", self.peer, event.settings,
                       event.peer_version)
@@ -307,15 +325,34 @@ class ServerConnection(SessionConnection):
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: stream handler failed", self.peer, exc_info=task.exception())
 
+    def stream_closed(self, stream: Stream) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s stream %d closed: %d bytes up, %d bytes down", self.peer,
+                      stream.stream_id, stream.bytes_received, stream.bytes_sent,
+                      extra={"event": "stream_close", "peer": self.peer,
+                             "user": self.core.user, "stream": stream.stream_id,
+                             "bytes_up": stream.bytes_received,
+                             "bytes_down": stream.bytes_sent})
+        if self.server.draining and not self.streams:
+            self.close("server shutting down")
+
     def session_closed(self, reason: str) -> None:
         if self._preface_timer is not None:
             self._preface_timer.cancel()
         for task in list(self.tasks):
             task.cancel()
         self.server.connections.discard(self)
+        if self.user_stats is not None:
+            self.server.stats.session_closed(self, self.user_stats)
         if self.core.user is not None:
-            log.info("session from %s (user %s) ended: %s, %d bytes in, %d bytes out",
-                     self.peer, self.core.user, reason, self.bytes_in, self.bytes_out)
+            duration = self.loop.time() - (self.authenticated_at or self.loop.time())
+            log.info("session from %s (user %s) ended after %.1f s: %s, %d bytes in, "
+                     "%d bytes out", self.peer, self.core.user, duration, reason,
+                     self.bytes_in, self.bytes_out,
+                     extra={"event": "session_close", "peer": self.peer,
+                            "user": self.core.user, "duration": round(duration, 3),
+                            "reason": reason, "bytes_in": self.bytes_in,
+                            "bytes_out": self.bytes_out})
 
 
 async def _wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
@@ -362,8 +399,47 @@ class AnyTLSServer:
         self.servers: list[asyncio.Server] = []
         #: Sessions that passed authentication since start.
         self.sessions_accepted = 0
+        #: Per-user traffic counters (see :mod:`anytls.aio.stats`).
+        self.stats = ServerStats(lambda: len(self.connections))
+        for name in config.users:
+            self.stats.user(name)  # every configured user is reported, even at zero
+        #: True once :meth:`shutdown` began: no new connections or streams.
+        self.draining = False
+        self._ssl_current = ssl_context
+        self._previous_sni: Callable[..., int | None] | None = None
         self._raw_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def update(
+        self, config: ServerConfig | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Use ``config`` and/or ``ssl_context`` for connections accepted from now on.
+
+        Sessions already open keep the settings they started with. The listening socket
+        keeps its original context, whose SNI callback hands each new handshake to the
+        current one (asyncio cannot change a server's context).
+        """
+        if config is not None:
+            self.config = config
+            for name in config.users:
+                self.stats.user(name)
+        if ssl_context is not None and ssl_context is not self._ssl_current:
+            self._ssl_current = ssl_context
+            listening = self.ssl_context
+            if listening.sni_callback != self._use_current_context:
+                self._previous_sni = listening.sni_callback
+                listening.sni_callback = self._use_current_context
+
+    def _use_current_context(
+        self, ssl_obj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext
+    ) -> int | None:
+        current = self._ssl_current
+        if current is not ctx:
+            ssl_obj.context = current
+            callback = current.sni_callback  # the new context's own, if any
+        else:
+            callback = self._previous_sni
+        return callback(ssl_obj, name, current) if callback is not None else None
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -433,8 +509,8 @@ class AnyTLSServer:
             log.info("rejected %s:%s: %s", addr[0], addr[1], exc or type(exc).__name__)
             conn.close()
 
-    async def close(self) -> None:
-        """Stop listening and close every session."""
+    def stop_listening(self) -> None:
+        """Accept no more connections; open sessions go on."""
         for task in list(self._tasks):
             task.cancel()
         for sock in self._raw_sockets:
@@ -442,6 +518,35 @@ class AnyTLSServer:
         self._raw_sockets.clear()
         for server in self.servers:
             server.close()
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open now over all sessions."""
+        return sum(len(conn.streams) for conn in self.connections)
+
+    async def shutdown(self, grace: float) -> int:
+        """Stop accepting, let open streams finish for up to ``grace`` seconds, then close.
+
+        Sessions without streams close at once, the others as soon as their last stream
+        ends; new streams on them are refused ("server is shutting down"). Returns the
+        number of streams still open when the grace period ran out (and were cut off).
+        """
+        self.draining = True
+        self.stop_listening()
+        for conn in list(self.connections):
+            if conn.core.user is None or not conn.streams:
+                conn.close("server shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.connections and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+        remaining = self.open_streams
+        await self.close()
+        return remaining
+
+    async def close(self) -> None:
+        """Stop listening and close every session."""
+        self.stop_listening()
         for conn in list(self.connections):
             conn.close("server shutting down", abort=True)
         for server in self.servers:

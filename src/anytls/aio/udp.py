@@ -133,6 +133,10 @@ class UotServerRelay(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.datagrams_in = 0
         self.datagrams_out = 0
+        # The user's live counters (anytls.aio.stats); None outside an AnyTLSServer.
+        self._stats = getattr(connection, "user_stats", None)
+        if self._stats is not None:
+            self._stats.udp_opened()
         stream.set_protocol(self)
         if version == 1:
             self._start(False, Address("0.0.0.0", 0))
@@ -340,6 +344,9 @@ class UotServerRelay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._release()
+        if self._stats is not None:
+            self._stats.udp_closed()
+            self._stats = None
         log.debug(
             "%s: closed after %d datagrams out, %d in",
             self.label,

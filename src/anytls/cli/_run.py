@@ -7,11 +7,16 @@ import atexit
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 
 #: Process ids of the worker processes this (parent) process forked.
 WORKER_PIDS: list[int] = []
+#: Parent: one socket per worker, for statistics requests (see anytls.aio.stats).
+WORKER_CHANNELS: list[socket.socket] = []
+#: Worker: its socket to the parent (None in the parent or without workers).
+PARENT_CHANNEL: socket.socket | None = None
 
 
 def fork_workers(count: int) -> int:
@@ -20,19 +25,58 @@ def fork_workers(count: int) -> int:
     Every worker binds the same port with SO_REUSEPORT and the kernel spreads new
     connections across them. The parent (index 0) terminates and reaps the others when it
     exits (signal handlers that should reach them, e.g. a reload, can use
-    :data:`WORKER_PIDS`); a worker is sent SIGTERM if its parent dies.
+    :data:`WORKER_PIDS`); a worker is sent SIGTERM if its parent dies. Each worker gets a
+    socket pair to the parent (:data:`WORKER_CHANNELS` / :data:`PARENT_CHANNEL`).
     """
+    global PARENT_CHANNEL
     if count <= 1 or not hasattr(os, "fork"):
         return 0
+    pairs = [socket.socketpair() for _ in range(count - 1)]
     for index in range(1, count):
         pid = os.fork()
         if pid == 0:
             WORKER_PIDS.clear()
+            WORKER_CHANNELS.clear()
+            for i, (parent_end, child_end) in enumerate(pairs, 1):
+                parent_end.close()
+                if i == index:
+                    PARENT_CHANNEL = child_end
+                else:
+                    child_end.close()
             _die_with_parent()
             return index
         WORKER_PIDS.append(pid)
+    for parent_end, child_end in pairs:
+        child_end.close()
+        WORKER_CHANNELS.append(parent_end)
     atexit.register(_reap_workers)
     return 0
+
+
+def signal_workers(sig: int) -> None:
+    """Send ``sig`` to every worker still running."""
+    for pid in WORKER_PIDS:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+async def wait_for_workers(timeout: float) -> None:  # noqa: ASYNC109
+    """Reap workers as they exit, for up to ``timeout`` seconds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while WORKER_PIDS:
+        for pid in list(WORKER_PIDS):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)  # noqa: ASYNC222 - does not block
+            except ChildProcessError:
+                done = pid
+            if done:
+                WORKER_PIDS.remove(pid)
+        if not WORKER_PIDS or loop.time() >= deadline:
+            return
+        await asyncio.sleep(0.05)
 
 
 def _reap_workers() -> None:

@@ -1,4 +1,8 @@
-"""``anytls-client``: flags compatible with anytls-go's client, plus a few extras."""
+"""``anytls-client``: flags compatible with anytls-go's client, plus a few extras.
+
+Settings come from flags and/or a TOML file (``-c client.toml``, see
+:mod:`anytls.config`); flags win. ``--check [HOST:PORT]`` tests the server once and exits.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +11,236 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .. import __version__
+from ..config import MASK, Schema, check_values, parse_args, schema_from_parser, to_toml
 from ..core.address import Address
-from ..errors import ConfigError
-from ..log import setup_logging
-from ..uri import parse_uri
+from ..errors import ConfigError, SessionClosedError, StreamOpenError
+from ..log import FORMATS, LEVELS, setup_logging
+from ..uri import format_uri, parse_uri
 from ._flags import long_options, normalise, parse_bool
 from ._run import run
 
 log = logging.getLogger("anytls.client")
 
-_SHORT = ("l", "s", "p", "m", "h")
+_SHORT = ("l", "s", "p", "m", "h", "c")
+PROG = "anytls-client"
+#: Target of ``--check`` when none is given.
+CHECK_TARGET = "www.gstatic.com:80"
+
+__all__ = ["build_parser", "config_from_args", "long_options", "main", "normalise"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
-        prog="anytls-client",
-        description="AnyTLS client with a local SOCKS5 + HTTP proxy port.",
+        prog=PROG,
+        description="AnyTLS client with a local SOCKS5 + HTTP proxy port. Every option can "
+        "also be set in a TOML file given with -c.",
         allow_abbrev=False,
     )
-    parser.add_argument("-l", metavar="HOST:PORT", default="127.0.0.1:1080",
-                        help="local SOCKS5/HTTP listen address (default 127.0.0.1:1080)")
-    parser.add_argument("-s", metavar="SERVER", required=True,
-                        help="server host:port or an anytls:// URI")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="TOML config file; its keys are the long option names (flags given here override it)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML (passwords masked) and exit",
+    )
+    parser.add_argument(
+        "--check",
+        nargs="?",
+        const=CHECK_TARGET,
+        metavar="HOST:PORT",
+        help="connect to the server, open one stream to HOST:PORT (default "
+        f"{CHECK_TARGET}), print the timings and exit (status 1 on failure)",
+    )
+    parser.add_argument(
+        "-l",
+        "--listen",
+        dest="l",
+        metavar="HOST:PORT",
+        default="127.0.0.1:1080",
+        help="local SOCKS5/HTTP listen address (default 127.0.0.1:1080)",
+    )
+    parser.add_argument(
+        "-s", "--server", dest="s", metavar="SERVER", help="server host:port or an anytls:// URI"
+    )
     parser.add_argument("--sni", metavar="NAME", help="TLS server name (an IP sends no SNI)")
-    parser.add_argument("-p", metavar="PASSWORD", help="password (unless in the URI)")
-    parser.add_argument("--insecure", nargs="?", const="true", default=None, metavar="BOOL",
-                        help="do not verify the server certificate")
-    parser.add_argument("-m", "--min-idle-session", type=int, default=5, metavar="N",
-                        help="idle sessions kept open (default 5)")
-    parser.add_argument("--idle-session-timeout", type=float, default=30.0, metavar="SECONDS")
-    parser.add_argument("--idle-session-check-interval", type=float, default=30.0,
-                        metavar="SECONDS")
-    parser.add_argument("--dr", action="store_true", help="disable session reuse")
-    parser.add_argument("--max-streams-per-session", type=int, default=1, metavar="N",
-                        help="concurrent streams one session may carry (default 1, as the "
-                        "Go clients; more means fewer TLS handshakes)")
-    parser.add_argument("--synack-timeout", type=float, default=3.0, metavar="SECONDS",
-                        help="close a reused v2 session whose new stream gets no SYNACK in "
-                        "time, and retry the stream on a fresh one (default 3; 0 = off)")
-    parser.add_argument("--heartbeat-interval", type=float, default=0.0, metavar="SECONDS",
-                        help="send a heartbeat to a v2 server after this much silence "
-                        "(default 0 = off)")
-    parser.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="close a session whose heartbeat is not answered in time "
-                        "(default 10)")
-    parser.add_argument("--auth", metavar="USER:PASS",
-                        help="require this username/password from local clients")
-    parser.add_argument("--udp-forward", action="append", default=[], metavar="LOCAL=TARGET",
-                        help="forward UDP arriving on LOCAL to TARGET through the server, "
-                        "e.g. 127.0.0.1:5353=8.8.8.8:53 (repeatable)")
-    parser.add_argument("--log-level", metavar="LEVEL",
-                        help="debug, info, warning, error (default: LOG_LEVEL env or info)")
+    parser.add_argument(
+        "-p", "--password", dest="p", metavar="PASSWORD", help="password (unless in the URI)"
+    )
+    parser.add_argument(
+        "--insecure",
+        nargs="?",
+        const="true",
+        default=None,
+        metavar="BOOL",
+        help="do not verify the server certificate",
+    )
+    parser.add_argument(
+        "-m",
+        "--min-idle-session",
+        type=int,
+        default=5,
+        metavar="N",
+        help="idle sessions kept open (default 5)",
+    )
+    parser.add_argument(
+        "--idle-session-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close idle sessions after this (default 30; values <= 5 mean 30)",
+    )
+    parser.add_argument(
+        "--idle-session-check-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how often idle sessions are checked (default 30)",
+    )
+    parser.add_argument(
+        "--dr",
+        "--disable-session-reuse",
+        dest="dr",
+        action="store_true",
+        help="disable session reuse (one session per connection)",
+    )
+    parser.add_argument(
+        "--max-streams-per-session",
+        type=int,
+        default=1,
+        metavar="N",
+        help="concurrent streams one session may carry (default 1, as the "
+        "Go clients; more means fewer TLS handshakes)",
+    )
+    parser.add_argument(
+        "--synack-timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="close a reused v2 session whose new stream gets no SYNACK in "
+        "time, and retry the stream on a fresh one (default 3; 0 = off)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="send a heartbeat to a v2 server after this much silence (default 0 = off)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a session whose heartbeat is not answered in time (default 10)",
+    )
+    parser.add_argument(
+        "--auth", metavar="USER:PASS", help="require this username/password from local clients"
+    )
+    parser.add_argument(
+        "--udp-forward",
+        action="append",
+        default=[],
+        metavar="LOCAL=TARGET",
+        help="forward UDP arriving on LOCAL to TARGET through the server, "
+        "e.g. 127.0.0.1:5353=8.8.8.8:53 (repeatable)",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
+        help="debug, info, warning, error (default: LOG_LEVEL env or info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json (one object per line, for log shippers)",
+    )
     parser.add_argument("--version", action="version", version=f"anytls {__version__}")
     return parser
+
+
+# ---------------------------------------------------------------------- validation
+
+
+def _listen_text(text: str) -> str:
+    # Go accepts ":PORT" for all interfaces.
+    return "0.0.0.0" + text if text.startswith(":") else text
+
+
+def _server(text: str) -> None:
+    if text.lower().startswith("anytls://"):
+        parse_uri(text)
+    else:
+        Address.parse(text)
+
+
+def _forwards(items: Sequence[str]) -> None:
+    from ..inbound.udp_forward import parse_forward
+
+    for item in items:
+        parse_forward(item)
+
+
+def _auth(text: str) -> None:
+    if ":" not in text:
+        raise ConfigError("expected USER:PASS")
+
+
+def _insecure(text: str) -> None:
+    try:
+        parse_bool(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _log_level(value: str) -> None:
+    if value.lower() not in LEVELS:
+        raise ConfigError(f"{value!r} is not one of debug, info, warning, error")
+
+
+VALIDATORS = {
+    "l": lambda text: Address.parse(_listen_text(text)),
+    "s": _server,
+    "udp_forward": _forwards,
+    "auth": _auth,
+    "insecure": _insecure,
+    "log_level": _log_level,
+}
+
+
+def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
+    """The config-file keys of ``anytls-client``."""
+    return schema_from_parser(
+        parser or build_parser(),
+        exclude=("config", "print_config", "check"),
+        kinds={"insecure": "gobool"},
+        secrets=("p",),
+        validators=VALIDATORS,
+    )
+
+
+def load_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Flags and config file → namespace (raises ConfigError for the file or a value)."""
+    parser = build_parser()
+    spec = schema(parser)
+    args = parse_args(parser, normalise(argv, _SHORT, long_options(parser)), spec)
+    check_values(args, spec)
+    return args
+
+
+def fail(message: str) -> None:
+    """Report a configuration problem in one line and exit with status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -70,10 +248,14 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ..aio.client import ClientConfig
 
     server = args.s
+    if not server:
+        raise ConfigError(
+            "no server: give -s HOST:PORT or an anytls:// link (or `server` in the config file)"
+        )
     sni = args.sni
     insecure = False
     password = args.p
-    if server.startswith("anytls://"):
+    if server.lower().startswith("anytls://"):
         uri = parse_uri(server)
         host, port = uri.host, uri.port
         password = uri.password or password
@@ -107,17 +289,123 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
-def _listen_text(text: str) -> str:
-    # Go accepts ":PORT" for all interfaces.
-    return "0.0.0.0" + text if text.startswith(":") else text
+# ---------------------------------------------------------------------- commands
+
+
+def _mask_server(text: str | None) -> str | None:
+    if text and text.lower().startswith("anytls://"):
+        try:
+            uri = parse_uri(text)
+        except ConfigError:
+            return text
+        if uri.password:
+            from dataclasses import replace
+
+            bare = format_uri(replace(uri, password=""))
+            return bare.replace("://", f"://{MASK}@", 1)
+    return text
+
+
+def _mask_auth(text: str | None) -> str | None:
+    return f"{text.partition(':')[0]}:{MASK}" if text else text
+
+
+def print_config(args: argparse.Namespace) -> None:
+    """``--print-config``: the effective settings as TOML."""
+    header = f"anytls-client {__version__}: effective configuration (passwords masked)"
+    if args.config:
+        header += f"\nfrom {args.config} and the command line"
+    render = {
+        "s": _mask_server,
+        "auth": _mask_auth,
+        "insecure": lambda v: None if v is None else parse_bool(v),
+    }
+    print(to_toml(args, schema(), header=header, render=render), end="")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def _hint(exc: BaseException) -> str:
+    text = str(exc)
+    if "failed verification" in text:
+        return ""  # the message already says what to do
+    if "ended" in text or "closed" in text:
+        return (
+            "; the server closed the session without a word: most likely a wrong "
+            "password (the server logs 'rejected ...: wrong password'), or the port is "
+            "not an AnyTLS server"
+        )
+    if "refused" in text.lower() or "connect call failed" in text.lower():
+        return "; is the server running, and is the port open in its firewall?"
+    if "timed out" in text:
+        return "; the server did not answer: check the address, port and firewall"
+    return ""
+
+
+async def check(config: Any, target: Address) -> int:
+    """Connect, open one stream to ``target`` and report; 0 on success, 1 on failure."""
+    from dataclasses import replace
+
+    from ..aio.client import Client
+
+    config = replace(config, min_idle_session=0)
+    where = f"{config.server_host}:{config.server_port}"
+    loop = asyncio.get_running_loop()
+    print(f"checking {where} (stream to {target})", flush=True)
+    client = Client(config)
+    try:
+        started = loop.time()
+        try:
+            stream = await client.open_stream(target)
+        except SessionClosedError as exc:
+            print(f"FAILED: {exc}{_hint(exc)}", flush=True)
+            return 1
+        handshake = loop.time() - started
+        ssl_object = stream.get_extra_info("ssl_object")
+        tls = ""
+        if ssl_object is not None:
+            tls = f"{ssl_object.version()}, {ssl_object.cipher()[0]}, "
+        verified = (
+            "certificate NOT verified (insecure)" if config.insecure else "certificate verified"
+        )
+        print(f"TLS handshake: {_ms(handshake)} ({tls}{verified})", flush=True)
+        opened = loop.time()
+        try:
+            await client.wait_acknowledged(stream)
+        except StreamOpenError as exc:
+            print(f"FAILED: the server could not open {target}: {exc}", flush=True)
+            return 1
+        except SessionClosedError as exc:
+            print(f"FAILED: {exc}{_hint(exc)}", flush=True)
+            return 1
+        version = client.server_version or stream.connection.core.peer_version or 1
+        if version >= 2:
+            print(f"stream open: {_ms(loop.time() - opened)} (server connected to {target})")
+        else:
+            print("stream open: not confirmed (a v1 server does not acknowledge streams)")
+        print(f"server protocol version: {version}")
+        print("OK", flush=True)
+        stream.close()
+        return 0
+    finally:
+        await client.close()
+
+
+# ---------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``anytls-client``."""
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(normalise(argv, _SHORT, long_options(parser)))
-    setup_logging(args.log_level)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = load_args(argv)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.print_config:
+        print_config(args)
+        return
     from ..aio.client import Client
     from ..inbound.mixed import MixedInbound
     from ..inbound.socks5_udp import udp_handler
@@ -133,8 +421,26 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise ConfigError("--auth: expected USER:PASS")
             auth = (user, pw)
         forwards = [parse_forward(text) for text in args.udp_forward]
+        target = Address.parse(args.check) if args.check else None
     except ConfigError as exc:
-        parser.error(str(exc))
+        fail(str(exc))
+    setup_logging(args.log_level or ("warning" if args.check else None), args.log_format)
+
+    if target is not None:
+
+        async def acheck(stop: asyncio.Event) -> None:
+            task = asyncio.create_task(check(config, target))
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not task.done():  # Ctrl-C
+                task.cancel()
+                raise SystemExit(130)
+            if task.result():
+                raise SystemExit(task.result())
+
+        run(acheck)
+        return
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
@@ -142,16 +448,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             await inbound.start(listen.host, listen.port)
         except OSError as exc:
-            log.error("cannot listen on %s: %s", listen, exc.strerror or exc)
+            log.error(
+                "cannot listen on %s: %s; choose another local port with -l",
+                listen,
+                exc.strerror or exc,
+            )
             raise SystemExit(1) from exc
         try:
             forwarders = await start_forwarders(client, forwards)
         except OSError as exc:
             log.error("--udp-forward: cannot bind: %s", exc.strerror or exc)
             raise SystemExit(1) from exc
-        log.info("anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s", __version__,
-                 listen, config.server_host, config.server_port,
-                 " (certificate not verified)" if config.insecure else "")
+        log.info(
+            "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s",
+            __version__,
+            listen,
+            config.server_host,
+            config.server_port,
+            " (certificate not verified)" if config.insecure else "",
+        )
         await stop.wait()
         log.info("shutting down")
         for forwarder in forwarders:

@@ -1,79 +1,309 @@
-"""``anytls-server``: flags compatible with anytls-go's server, plus a few extras."""
+"""``anytls-server``: flags compatible with anytls-go's server, plus a few extras.
+
+Settings come from flags and/or a TOML file (``-c server.toml``, see
+:mod:`anytls.config`); flags win. The running server reloads the file, its users and its
+certificate on SIGHUP, and on SIGTERM stops accepting, lets open streams finish for
+``--shutdown-grace`` seconds and exits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import logging
 import os
+import signal
+import ssl
 import sys
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from .. import __version__
+from ..config import Schema, check_values, parse_args, schema_from_parser, to_toml
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError
-from ..log import setup_logging
+from ..log import FORMATS, LEVELS, level_number, setup_logging
+from . import _run
 from ._flags import long_options, normalise
 from ._run import fork_workers, run
 
 log = logging.getLogger("anytls.server")
 
-_SHORT = ("l", "p", "h")
+_SHORT = ("l", "p", "h", "c")
+PROG = "anytls-server"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
-        prog="anytls-server",
-        description="AnyTLS server. With no --cert it makes a self-signed certificate.",
+        prog=PROG,
+        description="AnyTLS server. With no --cert it makes a self-signed certificate. "
+        "Every option can also be set in a TOML file given with -c.",
         allow_abbrev=False,
     )
-    parser.add_argument("-l", metavar="HOST:PORT", default="0.0.0.0:8443",
-                        help="listen address (default 0.0.0.0:8443)")
-    parser.add_argument("-p", metavar="PASSWORD", help="password of the default user")
-    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
-                        help="an extra user (repeatable)")
-    parser.add_argument("--padding-scheme", metavar="FILE",
-                        help="padding scheme file pushed to clients")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="TOML config file; its keys are the long option names (flags given here override it)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML (passwords masked) and exit",
+    )
+    parser.add_argument(
+        "--export",
+        choices=("sing-box", "mihomo"),
+        metavar="FORMAT",
+        help="print a client config for this server (sing-box: a complete "
+        "JSON config; mihomo: a YAML proxy entry) and exit",
+    )
+    parser.add_argument(
+        "--export-user",
+        metavar="NAME",
+        help="user whose password goes into --export (default: the first)",
+    )
+    parser.add_argument(
+        "-l",
+        "--listen",
+        dest="l",
+        metavar="HOST:PORT",
+        default="0.0.0.0:8443",
+        help="listen address (default 0.0.0.0:8443)",
+    )
+    parser.add_argument(
+        "-p", "--password", dest="p", metavar="PASSWORD", help="password of the user 'default'"
+    )
+    parser.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="an extra user (repeatable)",
+    )
+    parser.add_argument(
+        "--padding-scheme", metavar="FILE", help="padding scheme file pushed to clients"
+    )
     parser.add_argument("--cert", metavar="PEM", help="certificate chain file")
     parser.add_argument("--key", metavar="PEM", help="private key file")
-    parser.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="timeout for dialling destinations (default 5)")
-    parser.add_argument("--idle-session-timeout", type=float, default=600.0, metavar="SECONDS",
-                        help="close sessions with no stream and no traffic after this "
-                        "(default 600; 0 = never)")
-    parser.add_argument("--max-streams-per-session", type=int, default=0, metavar="N",
-                        help="refuse streams beyond N open in one session (default 0 = no limit)")
-    parser.add_argument("--heartbeat-interval", type=float, default=0.0, metavar="SECONDS",
-                        help="probe v2 clients silent this long; close if they do not answer "
-                        "(default 0 = off)")
-    parser.add_argument("--udp-idle-timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="close a UDP-over-TCP stream after this long without a "
-                        "datagram either way (default 60)")
-    parser.add_argument("--fallback", metavar="HOST:PORT",
-                        help="relay connections that fail authentication to this web server "
-                        "instead of closing them, so the port looks like that site")
-    parser.add_argument("--deny-private", action="store_true",
-                        help="refuse loopback, private and link-local destinations")
-    parser.add_argument("--max-connections", type=int, default=4096, metavar="N",
-                        help="simultaneous TLS connections (default 4096; 0 = no limit)")
-    parser.add_argument("--preface-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="time for a client to authenticate after TLS (default 10)")
-    parser.add_argument("--accept-proxy-protocol", action="store_true",
-                        help="expect a PROXY protocol v1/v2 header from a load balancer "
-                        "(HAProxy send-proxy) before TLS")
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
-                        help="processes sharing the port with SO_REUSEPORT "
-                        "(default 0 = one per CPU core)")
-    parser.add_argument("--log-level", metavar="LEVEL",
-                        help="debug, info, warning, error (default: LOG_LEVEL env or info)")
+    parser.add_argument(
+        "--public-host",
+        metavar="NAME",
+        help="host name or IP clients use to reach this server, for the share "
+        "links and --export (default: the listen address, else this "
+        "machine's name)",
+    )
+    parser.add_argument(
+        "--share-links",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="log an anytls:// link per user at start (default on)",
+    )
+    parser.add_argument(
+        "--qr", action="store_true", help="also print each link as a QR code on standard output"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="timeout for dialling destinations (default 5)",
+    )
+    parser.add_argument(
+        "--idle-session-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="close sessions with no stream and no traffic after this (default 600; 0 = never)",
+    )
+    parser.add_argument(
+        "--max-streams-per-session",
+        type=int,
+        default=0,
+        metavar="N",
+        help="refuse streams beyond N open in one session (default 0 = no limit)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="probe v2 clients silent this long; close if they do not answer (default 0 = off)",
+    )
+    parser.add_argument(
+        "--udp-idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close a UDP-over-TCP stream after this long without a "
+        "datagram either way (default 60)",
+    )
+    parser.add_argument(
+        "--fallback",
+        metavar="HOST:PORT",
+        help="relay connections that fail authentication to this web server "
+        "instead of closing them, so the port looks like that site",
+    )
+    parser.add_argument(
+        "--deny-private",
+        action="store_true",
+        help="refuse loopback, private and link-local destinations",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="simultaneous TLS connections (default 4096; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--preface-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time for a client to authenticate after TLS (default 10)",
+    )
+    parser.add_argument(
+        "--accept-proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol v1/v2 header from a load balancer "
+        "(HAProxy send-proxy) before TLS",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core)",
+    )
+    parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+        "(e.g. 127.0.0.1:9090; default off)",
+    )
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="log a traffic summary line this often (default 60; 0 = never)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM, let open streams finish for this long before closing them (default 10)",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
+        help="debug, info, warning, error (default: LOG_LEVEL env or info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json (one object per line, for log shippers)",
+    )
     parser.add_argument("--version", action="version", version=f"anytls {__version__}")
     return parser
 
 
+# ---------------------------------------------------------------------- validation
+
+
+def _listen_text(text: str) -> str:
+    # Go accepts ":PORT" for all interfaces.
+    return "0.0.0.0" + text if text.startswith(":") else text
+
+
+def _listen(text: str) -> Address:
+    return Address.parse(_listen_text(text))
+
+
+def _positive(value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{value:g} is not a positive number of seconds")
+
+
+def _not_negative(value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{value:g} is negative")
+
+
+def _log_level(value: str) -> None:
+    if value.lower() not in LEVELS:
+        raise ConfigError(f"{value!r} is not one of debug, info, warning, error")
+
+
+def _host(value: str) -> None:
+    if not value or any(c.isspace() or c in "/@[]" for c in value.strip("[]")):
+        raise ConfigError(f"{value!r} is not a host name or IP address")
+
+
+def _users(items: Sequence[str]) -> None:
+    for item in items:
+        name, sep, pw = item.partition(":")
+        if not sep or not name or not pw:
+            raise ConfigError(f"{item!r}: expected NAME:PASSWORD")
+
+
+VALIDATORS = {
+    "l": _listen,
+    "fallback": Address.parse,
+    "metrics": _listen,
+    "user": _users,
+    "connect_timeout": _positive,
+    "preface_timeout": _positive,
+    "udp_idle_timeout": _positive,
+    "idle_session_timeout": _not_negative,
+    "heartbeat_interval": _not_negative,
+    "stats_interval": _not_negative,
+    "shutdown_grace": _not_negative,
+    "log_level": _log_level,
+    "public_host": _host,
+}
+
+
+def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
+    """The config-file keys of ``anytls-server``."""
+    return schema_from_parser(
+        parser or build_parser(),
+        exclude=("config", "print_config", "export"),
+        keys={"user": "users"},
+        kinds={"user": "users", "padding_scheme": "padding", "cert": "path", "key": "path"},
+        secrets=("p", "user"),
+        validators=VALIDATORS,
+    )
+
+
+def load_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Flags and config file → namespace (raises ConfigError for the file or a value)."""
+    parser = build_parser()
+    spec = schema(parser)
+    args = parse_args(parser, normalise(argv, _SHORT, long_options(parser)), spec)
+    check_values(args, spec)
+    return args
+
+
+def fail(message: str) -> None:
+    """Report a configuration problem in one line and exit with status 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# ---------------------------------------------------------------------- settings
+
+
 def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
-    """Users from ``-p`` and ``--user NAME:PASSWORD`` flags."""
+    """Users from ``-p`` and ``--user NAME:PASSWORD`` flags (later ones win)."""
     users: dict[str, str] = {}
     if password:
         users["default"] = password
@@ -83,81 +313,334 @@ def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"--user {item!r}: expected NAME:PASSWORD")
         users[name] = pw
     if not users:
-        raise ConfigError("no password: give -p PASSWORD or --user NAME:PASSWORD")
+        raise ConfigError(
+            "no password: give -p PASSWORD or --user NAME:PASSWORD (or users in the config file)"
+        )
     return users
 
 
-def load_padding(path: str | None) -> PaddingScheme:
-    """The scheme in ``path`` (bytes as they are), or the default."""
-    if not path:
+def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
+    """The scheme in the file ``source`` (bytes as they are), inline lines, or the default."""
+    if not source:
         return PaddingScheme.default()
+    if not isinstance(source, str):
+        try:
+            return PaddingScheme.parse("\n".join(source).encode())
+        except ConfigError as exc:
+            raise ConfigError(f"padding_scheme: {exc}") from exc
     try:
-        with open(path, "rb") as f:
+        with open(source, "rb") as f:
             raw = f.read()
     except OSError as exc:
-        raise ConfigError(f"cannot read padding scheme {path!r}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read padding scheme {source!r}: {exc.strerror}") from exc
     try:
         return PaddingScheme.parse(raw)
     except ConfigError as exc:
-        raise ConfigError(f"padding scheme {path!r}: {exc}") from exc
+        raise ConfigError(f"padding scheme {source!r}: {exc}") from exc
 
 
-def _listen_text(text: str) -> str:
-    # Go accepts ":PORT" for all interfaces.
-    return "0.0.0.0" + text if text.startswith(":") else text
+def server_config(args: argparse.Namespace) -> Any:
+    """The :class:`~anytls.aio.server.ServerConfig` the flags describe."""
+    from ..aio.server import ServerConfig
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``anytls-server``."""
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(normalise(argv, _SHORT, long_options(parser)))
-    setup_logging(args.log_level)
-    from ..aio.server import AnyTLSServer, ServerConfig
-    from ..aio.tls import server_context
-
-    try:
-        listen = Address.parse(_listen_text(args.l))
-        users = parse_users(args.p, args.user)
-        padding = load_padding(args.padding_scheme)
-        fallback = Address.parse(args.fallback) if args.fallback else None
-        hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])
-        ctx = server_context(args.cert, args.key, hosts=hosts)
-        if not args.udp_idle_timeout > 0:
-            raise ConfigError("--udp-idle-timeout must be a positive number of seconds")
-    except ConfigError as exc:
-        parser.error(str(exc))
-    config = ServerConfig(
-        users=users,
-        padding=padding,
+    return ServerConfig(
+        users=parse_users(args.p, args.user),
+        padding=load_padding(args.padding_scheme),
         connect_timeout=args.connect_timeout,
         idle_session_timeout=args.idle_session_timeout,
         max_streams_per_session=args.max_streams_per_session,
         heartbeat_interval=args.heartbeat_interval,
         udp_idle_timeout=args.udp_idle_timeout,
         deny_private=args.deny_private,
-        fallback=fallback,
+        fallback=Address.parse(args.fallback) if args.fallback else None,
         max_connections=max(0, args.max_connections),
         preface_timeout=args.preface_timeout,
         accept_proxy_protocol=args.accept_proxy_protocol,
     )
+
+
+def tls_context(args: argparse.Namespace, listen: Address) -> ssl.SSLContext:
+    """The server's TLS context (self-signed unless --cert)."""
+    from ..aio.tls import server_context
+
+    hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])
+    if args.public_host:
+        hosts.append(args.public_host)
+    return server_context(args.cert, args.key, hosts=hosts)
+
+
+def _listen_error(listen: Address, exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        hint = (
+            "another program (or another anytls-server) already listens there; stop it "
+            "or choose another port with -l"
+        )
+    elif exc.errno == errno.EACCES:
+        hint = (
+            "ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (see "
+            "examples/anytls-server.service), or choose a port above 1024 with -l"
+        )
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        hint = "this machine has no such address; listen on 0.0.0.0 or one of its own addresses"
+    else:
+        hint = "check the -l address"
+    return f"cannot listen on {listen}: {text}; {hint}"
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def print_config(args: argparse.Namespace) -> None:
+    """``--print-config``: the effective settings as TOML."""
+    header = f"anytls-server {__version__}: effective configuration (passwords masked)"
+    if args.config:
+        header += f"\nfrom {args.config} and the command line"
+    print(to_toml(args, schema(), header=header), end="")
+
+
+def export(args: argparse.Namespace) -> None:
+    """``--export sing-box|mihomo``: a client config for this server."""
+    from ._share import mihomo_yaml, public_endpoint, singbox_json
+
+    users = parse_users(args.p, args.user)
+    name = args.export_user or next(iter(users))
+    if name not in users:
+        raise ConfigError(
+            f"--export-user {name!r}: no such user (users: {', '.join(sorted(users))})"
+        )
+    endpoint = public_endpoint(_listen(args.l), args.public_host, args.cert)
+    if endpoint.guessed:
+        print(
+            f"{PROG}: note: the server address {endpoint.host!r} is this machine's name; "
+            "give --public-host with the name or IP clients reach it at",
+            file=sys.stderr,
+        )
+    if args.export == "sing-box":
+        sys.stdout.write(singbox_json(endpoint, users[name]))
+    else:
+        sys.stdout.write(mihomo_yaml(endpoint, users[name], f"anytls-{endpoint.host}-{name}"))
+
+
+def announce_links(args: argparse.Namespace, listen: Address, users: dict[str, str]) -> None:
+    """Log each user's share link (and print QR codes with --qr)."""
+    from ._share import public_endpoint, qr_code, share_link
+
+    if not args.share_links and not args.qr:
+        return
+    try:
+        endpoint = public_endpoint(listen, args.public_host, args.cert)
+    except ConfigError as exc:
+        log.warning("no share links: %s", exc)
+        return
+    if endpoint.guessed:
+        log.info(
+            "share links use this machine's name %r; set --public-host to the name or IP "
+            "clients reach this server at",
+            endpoint.host,
+        )
+    for name, password in users.items():
+        link = share_link(endpoint, name, password)
+        if args.share_links:
+            log.info(
+                "share link for user %s: %s",
+                name,
+                link,
+                extra={"event": "share_link", "user": name, "link": link},
+            )
+        if args.qr:
+            sys.stdout.write(f"user {name}: {link}\n{qr_code(link)}\n")
+            sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------- running
+
+
+class Reloader:
+    """SIGHUP: re-read the config file, users and certificate; apply to new sessions."""
+
+    #: Settings that need a restart; a reload keeps the running value.
+    RESTART: ClassVar[dict[str, str]] = {
+        "l": "listen",
+        "workers": "workers",
+        "metrics": "metrics",
+        "accept_proxy_protocol": "accept_proxy_protocol",
+        "log_format": "log_format",
+    }
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        args: argparse.Namespace,
+        server: Any,
+        listen: Address,
+        level: int = logging.INFO,
+    ) -> None:
+        self.argv = argv
+        self.args = args
+        self.server = server
+        self.listen = listen
+        #: Level of the "reloaded" line (workers other than the first log at DEBUG).
+        self.level = level
+
+    def reload(self) -> None:
+        try:
+            new = load_args(self.argv)
+            for dest, key in self.RESTART.items():
+                if getattr(new, dest) != getattr(self.args, dest):
+                    log.warning("reload: %s changed; restart the server to apply it", key)
+                    setattr(new, dest, getattr(self.args, dest))
+            config = server_config(new)
+            ctx = tls_context(new, self.listen) if (new.cert or self.args.cert) else None
+        except (ConfigError, SystemExit) as exc:
+            log.error("reload failed, keeping the running settings: %s", exc)
+            return
+        old_users = self.server.config.users
+        added = sorted(set(config.users) - set(old_users))
+        removed = sorted(set(old_users) - set(config.users))
+        changed = sorted(
+            n for n in config.users if n in old_users and old_users[n] != config.users[n]
+        )
+        self.server.update(config, ctx)
+        logging.getLogger().setLevel(level_number(new.log_level))
+        self.args = new
+        parts = [f"{len(config.users)} user{'s' * (len(config.users) != 1)}"]
+        for label, names in (("added", added), ("removed", removed), ("new password", changed)):
+            if names:
+                parts.append(f"{label}: {', '.join(names)}")
+        if ctx is not None:
+            parts.append(f"certificate reloaded from {new.cert or 'a new self-signed one'}")
+        log.log(
+            self.level,
+            "reloaded (%s); open sessions keep going",
+            "; ".join(parts),
+            extra={"event": "reload", "users": len(config.users)},
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``anytls-server``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = load_args(argv)
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.print_config:
+        print_config(args)
+        return
+    try:
+        if args.export:
+            export(args)
+            return
+        listen = _listen(args.l)
+        config = server_config(args)
+    except ConfigError as exc:
+        fail(str(exc))
+    setup_logging(args.log_level, args.log_format)
+    try:
+        ctx = tls_context(args, listen)
+    except ConfigError as exc:
+        fail(str(exc))
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
 
     async def amain(stop: asyncio.Event) -> None:
+        from ..aio.server import AnyTLSServer
+        from ..aio.stats import (
+            MetricsServer,
+            SnapshotChannel,
+            gather_snapshots,
+            log_summaries,
+            serve_snapshot_requests,
+        )
+
+        loop = asyncio.get_running_loop()
         host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
+        server = AnyTLSServer(config, ctx)
         try:
-            server = AnyTLSServer(config, ctx)
             await server.start(host, listen.port, reuse_port=workers > 1)
         except OSError as exc:
-            log.error("cannot listen on %s: %s", listen, exc.strerror or exc)
+            log.error("%s", _listen_error(listen, exc))
             raise SystemExit(1) from exc
+        background: list[asyncio.Task[None]] = []
+        if _run.PARENT_CHANNEL is not None:
+            background.append(
+                loop.create_task(
+                    serve_snapshot_requests(_run.PARENT_CHANNEL, server.stats.snapshot)
+                )
+            )
+        channels = [SnapshotChannel(sock) for sock in _run.WORKER_CHANNELS]
+
+        async def snapshot() -> dict[str, Any]:
+            return await gather_snapshots(server.stats.snapshot, channels)
+
+        metrics = None
         if worker_index == 0:
-            log.info("anytls-server %s listening on %s (%d user%s, %d worker%s, padding md5 %s)",
-                     __version__, listen, len(users), "" if len(users) == 1 else "s",
-                     workers, "" if workers == 1 else "s", padding.md5)
+            if args.metrics:
+                where = _listen(args.metrics)
+                metrics = MetricsServer(snapshot)
+                try:
+                    await metrics.start(where.host, where.port)
+                except OSError as exc:
+                    log.error("--metrics: %s", _listen_error(where, exc))
+                    raise SystemExit(1) from exc
+                log.info("Prometheus metrics at http://%s/metrics", where)
+            announce_links(args, listen, dict(config.users))
+            if args.stats_interval > 0:
+                background.append(loop.create_task(log_summaries(snapshot, args.stats_interval)))
+            log.info(
+                "anytls-server %s listening on %s (%d user%s, %d worker%s, padding md5 %s)",
+                __version__,
+                listen,
+                len(config.users),
+                "" if len(config.users) == 1 else "s",
+                workers,
+                "" if workers == 1 else "s",
+                config.padding.md5,
+            )
+        # Worker processes other than the first say the same things at DEBUG.
+        level = logging.INFO if worker_index == 0 else logging.DEBUG
+        reloader = Reloader(argv, args, server, listen, level)
+
+        def on_hup() -> None:
+            _run.signal_workers(signal.SIGHUP)
+            reloader.reload()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
-        log.info("shutting down")
-        await server.close()
+
+        # Graceful stop: no new connections; open streams get the grace period.
+        _run.signal_workers(signal.SIGTERM)
+        grace = reloader.args.shutdown_grace
+        streams = server.open_streams
+        log.log(
+            logging.INFO if streams else level,
+            "shutting down: no new connections; %s",
+            f"waiting up to {grace:g} s for {streams} open stream{'s' * (streams != 1)}"
+            if streams
+            else "no open streams",
+        )
+        force = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, force.set)  # a second Ctrl-C: now
+        drain = loop.create_task(server.shutdown(grace))
+        forced = loop.create_task(force.wait())
+        await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
+        if drain.done():
+            cut = drain.result()
+        else:
+            cut = server.open_streams
+            drain.cancel()
+            await server.close()
+        forced.cancel()
+        for task in background:
+            task.cancel()
+        if metrics is not None:
+            await metrics.close()
+        await _run.wait_for_workers(grace + 5)
+        plural = "s" * (cut != 1)
+        note = f" ({cut} stream{plural} cut off after the grace period)" if cut else ""
+        log.log(logging.INFO if cut else level, "stopped%s", note)
 
     worker_index = fork_workers(workers)
     run(amain)

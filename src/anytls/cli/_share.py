@@ -1,0 +1,202 @@
+"""What a server tells its users: ``anytls://`` links, QR codes and client configs.
+
+:func:`public_endpoint` works out how clients should reach the server — the host
+(``--public-host``, else the listen address, else this machine's name), the TLS server
+name when the certificate does not cover that host, and whether the certificate must be
+accepted unverified (``insecure``: generated or self-signed). The link and the exported
+sing-box / mihomo configs are built from it.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from ..core.address import Address
+from ..errors import ConfigError
+from ..uri import ServerURI, format_uri
+
+#: Address of the local proxy port in exported client configs.
+EXPORT_LISTEN = "127.0.0.1"
+EXPORT_PORT = 1080
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How a client reaches this server."""
+
+    host: str
+    port: int
+    sni: str | None
+    insecure: bool
+    #: True when the host is a guess (listening on all interfaces, no --public-host).
+    guessed: bool = False
+
+    @property
+    def server_name(self) -> str | None:
+        """The TLS server name a client should use (None: no SNI / not needed)."""
+        if self.sni is not None:
+            return self.sni
+        return None if _is_ip(self.host) else self.host
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """The facts of a certificate file that matter to clients."""
+
+    self_signed: bool
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+
+    def covers(self, host: str) -> bool:
+        """Would a verifying client accept this certificate for ``host``?"""
+        if _is_ip(host):
+            return str(ipaddress.ip_address(host)) in self.ip_addresses
+        host = host.lower().rstrip(".")
+        for name in self.dns_names:
+            name = name.lower().rstrip(".")
+            if name == host:
+                return True
+            wildcard = name.startswith("*.") and host.count(".") >= 2
+            if wildcard and host.partition(".")[2] == name[2:]:
+                return True
+        return False
+
+
+def cert_info(path: str) -> CertInfo:
+    """Read the first certificate of a PEM chain file."""
+    from cryptography import x509
+
+    try:
+        with open(path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except OSError as exc:
+        raise ConfigError(f"cannot read certificate {path!r}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"certificate {path!r} is not a PEM certificate: {exc}") from exc
+    dns: list[str] = []
+    ips: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        dns = list(san.get_values_for_type(x509.DNSName))
+        ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return CertInfo(cert.issuer == cert.subject, tuple(dns), tuple(ips))
+
+
+def machine_name() -> str:
+    """This machine's host name (no network lookup)."""
+    return socket.gethostname() or "localhost"
+
+
+def public_endpoint(listen: Address, public_host: str | None, cert: str | None) -> Endpoint:
+    """How clients reach a server listening on ``listen`` with certificate file ``cert``."""
+    guessed = False
+    if public_host:
+        host = public_host
+    elif listen.host in ("", "0.0.0.0", "::"):
+        host, guessed = machine_name(), True
+    else:
+        host = listen.host
+    if not cert:
+        # A generated certificate: nothing to verify against.
+        return Endpoint(host, listen.port, None, True, guessed)
+    info = cert_info(cert)
+    sni = None
+    if not info.covers(host) and info.dns_names:
+        sni = next((n for n in info.dns_names if not n.startswith("*.")), info.dns_names[0])
+        if sni.startswith("*."):
+            sni = "www." + sni[2:]
+    return Endpoint(host, listen.port, sni, info.self_signed, guessed)
+
+
+def share_link(endpoint: Endpoint, user: str, password: str) -> str:
+    """The ``anytls://`` link for ``user`` (the user name as the ``#`` label)."""
+    uri = ServerURI(endpoint.host, endpoint.port, password, endpoint.sni, endpoint.insecure)
+    return f"{format_uri(uri)}#{quote(user, safe='')}"
+
+
+def qr_code(text: str) -> str:
+    """``text`` as a QR code drawn with Unicode half blocks (dark modules on light)."""
+    import qrcode
+
+    qr = qrcode.QRCode(border=2, error_correction=qrcode.constants.ERROR_CORRECT_L)
+    qr.add_data(text)
+    qr.make(fit=True)
+    out = io.StringIO()
+    qr.print_ascii(out=out, invert=True)
+    return out.getvalue().replace("\xa0", " ")  # qrcode draws light modules as NBSP
+
+
+def singbox_config(
+    endpoint: Endpoint, password: str, listen: str = EXPORT_LISTEN, port: int = EXPORT_PORT
+) -> dict[str, Any]:
+    """A complete sing-box client config: a mixed (SOCKS5 + HTTP) inbound → this server."""
+    tls: dict[str, Any] = {"enabled": True}
+    if endpoint.server_name:
+        tls["server_name"] = endpoint.server_name
+    if endpoint.insecure:
+        tls["insecure"] = True
+    return {
+        "log": {"level": "info"},
+        "inbounds": [{"type": "mixed", "tag": "mixed-in", "listen": listen, "listen_port": port}],
+        "outbounds": [
+            {
+                "type": "anytls",
+                "tag": "anytls-out",
+                "server": endpoint.host,
+                "server_port": endpoint.port,
+                "password": password,
+                "tls": tls,
+            },
+            {"type": "direct", "tag": "direct"},
+        ],
+        "route": {"final": "anytls-out"},
+    }
+
+
+def singbox_json(endpoint: Endpoint, password: str) -> str:
+    """:func:`singbox_config` as indented JSON."""
+    return json.dumps(singbox_config(endpoint, password), indent=2) + "\n"
+
+
+def _yaml_str(text: str) -> str:
+    # A double-quoted YAML scalar accepts JSON string escapes.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def mihomo_yaml(endpoint: Endpoint, password: str, name: str) -> str:
+    """A mihomo (Clash.Meta) ``proxies:`` entry for this server, as YAML."""
+    lines = [
+        f"# mihomo proxy for the anytls server at {endpoint.host}:{endpoint.port}",
+        "proxies:",
+        f"  - name: {_yaml_str(name)}",
+        "    type: anytls",
+        f"    server: {_yaml_str(endpoint.host)}",
+        f"    port: {endpoint.port}",
+        f"    password: {_yaml_str(password)}",
+        "    udp: true",
+        "    idle-session-check-interval: 30",
+        "    idle-session-timeout: 30",
+        "    min-idle-session: 0",
+    ]
+    if endpoint.server_name:
+        lines.append(f"    sni: {_yaml_str(endpoint.server_name)}")
+    if endpoint.insecure:
+        lines.append("    skip-cert-verify: true")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,68 @@
+"""CI smoke run of the benchmark (``benchmarks/bench.py --quick``) so it cannot rot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks" / "bench.py"
+PAIRS = [
+    "ours:ours",
+    "ours-client:sing-box-server",
+    "sing-box-client:ours-server",
+    "sing-box:sing-box",
+]
+CELL = re.compile(r"^-?[\d,]+(\.\d+)?( \(\d+(\.\d+)?×\))?$")
+
+
+def _table(text: str) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def _check_table(text: str) -> None:
+    rows = _table(text)
+    assert rows, f"no table in:\n{text}"
+    header, body = rows[0], rows[1:]
+    # The four pairs, plus "ours:ours-workers" when our server has --workers.
+    assert header[1:5] == PAIRS
+    assert header[5:] in ([], ["ours:ours-workers"])
+    ref = header.index("sing-box:sing-box")
+    assert len(body) >= 15
+    labels = " ".join(r[0] for r in body)
+    for word in ("download", "upload", "CPU-s/GB", "p50", "p99", "echo streams", "UDP",
+                 "RSS growth"):
+        assert word in labels, word
+    for row in body:
+        assert len(row) == len(header), row
+        for cell in row[1:]:
+            assert CELL.match(cell), f"not a number: {cell!r} in {row}"
+    # sing-box:sing-box is the reference: its own ratio is 1.00× wherever it is non-zero.
+    for row in body:
+        if "(" in row[ref]:
+            assert row[ref].endswith("(1.00×)"), row
+
+
+def test_benchmark_quick(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr}\n{proc.stdout}"
+    _check_table(proc.stdout)
+    assert out.exists()
+    text = out.read_text()
+    assert text.startswith("# anytls benchmark results")
+    assert "- machine:" in text and "- date:" in text
+    _check_table(text)
