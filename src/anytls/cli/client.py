@@ -362,7 +362,8 @@ async def check(config: Any, target: Address) -> int:
         except SessionClosedError as exc:
             print(f"FAILED: {exc}{_hint(exc)}", flush=True)
             return 1
-        handshake = loop.time() - started
+        opened = loop.time()  # the stream went out with the first packet (0-RTT)
+        handshake = opened - started
         ssl_object = stream.get_extra_info("ssl_object")
         tls = ""
         if ssl_object is not None:
@@ -371,7 +372,6 @@ async def check(config: Any, target: Address) -> int:
             "certificate NOT verified (insecure)" if config.insecure else "certificate verified"
         )
         print(f"TLS handshake: {_ms(handshake)} ({tls}{verified})", flush=True)
-        opened = loop.time()
         try:
             await client.wait_acknowledged(stream)
         except StreamOpenError as exc:
