@@ -241,3 +241,24 @@ def test_reader_garbage_bounded(chunks: list[bytes]) -> None:
             assert len(reader._buf) < MAX_ADDRESS_SIZE
     except RemoteProtocolError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # Found by fuzz/fuzz_address.py: undecodable argv bytes arrive as lone surrogates
+        # (surrogateescape) and made the length check raise UnicodeEncodeError.
+        ("\udccd\udccdhost:80", "not valid UTF-8"),
+        # int() raises ValueError past 4300 digits; reachable from a peer through an HTTP
+        # CONNECT target (fuzz/fuzz_http_proxy.py, parse_request_head).
+        ("host:" + "1" * 5000, "0..65535"),
+        ("[::1]:" + "9" * 4301, "0..65535"),
+    ],
+)
+def test_parse_rejects_instead_of_crashing(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Address.parse(text)
+
+
+def test_parse_port_with_leading_zeros_still_accepted() -> None:
+    assert Address.parse("host:" + "0" * 5000 + "80") == Address("host", 80)

@@ -244,3 +244,21 @@ def test_garbage_after_method_only_remote_errors(prefix: bytes, data: bytes) -> 
 @given(st.text(max_size=40))
 def test_check_basic_auth_never_raises(value: str) -> None:
     assert check_basic_auth(value, "u", "p") in (True, False)
+
+
+def test_host_line_after_an_lf_only_head_is_not_taken_for_the_heads() -> None:
+    # Found by fuzz/fuzz_http_proxy.py: the Host check looked for the end of the head at
+    # "\r\n\r\n" before "\n\n", so a Host line in the bytes after an LF-only head counted,
+    # and the same request was accepted or rejected depending on how it was chunked.
+    head = b"GET http://example.com/ HTTP/1.1\n\n"
+    tail = b"\x01(\x00GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    first = _parse(head)
+    full = _parse(head + tail)
+    assert full.target == first.target == Address("example.com", 80)
+    assert full.leftover == tail
+
+
+def test_connect_port_with_thousands_of_digits_is_a_remote_error() -> None:
+    # int() raised ValueError (4300-digit limit) out of parse_request_head.
+    with pytest.raises(RemoteProtocolError, match="bad CONNECT target"):
+        parse_request_head(b"CONNECT a:" + b"1" * 5000 + b" HTTP/1.1\r\n\r\n")

@@ -99,3 +99,39 @@ def test_shape_preserves_bytes(n: int, sizes: list[int]) -> None:
     data = _frames(n)
     records = shape_packet(data, sizes)
     assert _parse_records(records) == data
+
+
+def test_numbers_beyond_64_bits_are_rejected_not_raised() -> None:
+    # Found by fuzz/fuzz_padding.py: int() raises ValueError past 4300 digits, which escaped
+    # parse() (and a client's receive_data on an UpdatePaddingScheme frame). Go's Atoi
+    # fails on anything outside int64, so such numbers are invalid like any other junk.
+    long = "9" * 5000
+    with pytest.raises(ConfigError):
+        PaddingScheme.parse(f"stop={long}\n1=1-2".encode())
+    with pytest.raises(ConfigError):
+        PaddingScheme.parse(f"stop={1 << 63}".encode())
+    scheme = PaddingScheme.parse(f"stop=2\n1=5-{long},{1 << 63}-9,c,7-7\n{long}=1-1".encode())
+    assert scheme.lines == {1: ((CHECK, CHECK), (7, 7))}
+    edge = PaddingScheme.parse(
+        f"stop=-{1 << 63}\n1=1-{(1 << 63) - 1},00000000000000000000042-42".encode()
+    )
+    assert edge.stop == -(1 << 63)
+    assert edge.lines[1] == ((1, (1 << 63) - 1), (42, 42))
+    zeros = PaddingScheme.parse(("stop=" + "0" * 5000 + "3\n1=+" + "0" * 5000 + "5-5").encode())
+    assert (zeros.stop, zeros.lines[1]) == (3, ((5, 5),))
+
+
+def test_client_session_rejects_a_pushed_scheme_with_a_huge_number() -> None:
+    # The same bug seen from the wire: before the fix, ValueError escaped
+    # Session.receive_data, whose contract is to raise only RemoteProtocolError.
+    from anytls.core.constants import Command
+    from anytls.core.events import PaddingSchemeRejected
+    from anytls.core.frame import encode_frame
+    from anytls.core.session import Session
+
+    client = Session.client("password")
+    client.initiate()
+    frame = encode_frame(Command.UPDATE_PADDING_SCHEME, 0, b"stop=" + b"1" * 5000)
+    (event,) = client.receive_data(frame)
+    assert isinstance(event, PaddingSchemeRejected)
+    assert client.padding == PaddingScheme.default()

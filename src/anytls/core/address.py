@@ -123,11 +123,21 @@ class Address:
                 )
             if any(c.isspace() or c in "/@[]" for c in host):
                 raise ConfigError(f"{text!r}: {host!r} is not a valid host name")
-            if len(host.encode("utf-8")) > MAX_DOMAIN_SIZE:
+            try:
+                size = len(host.encode("utf-8"))
+            except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes in argv
+                raise ConfigError(f"{text!r}: {host!r} is not valid UTF-8") from None
+            if size > MAX_DOMAIN_SIZE:
                 raise ConfigError(f"{text!r}: host name longer than {MAX_DOMAIN_SIZE} bytes")
-        if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 0xFFFF:
+        # Leading zeros off and length first: int() raises ValueError past 4300 digits.
+        digits = port_text.lstrip("0") or "0"
+        if (
+            not (port_text.isascii() and port_text.isdigit())
+            or len(digits) > 5
+            or int(digits) > 0xFFFF
+        ):
             raise ConfigError(f"{text!r}: port {port_text!r} is not a number in 0..65535")
-        return cls(host, int(port_text))
+        return cls(host, int(digits))
 
 
 def decode_address(

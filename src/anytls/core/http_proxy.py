@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -30,6 +31,8 @@ from .address import MAX_DOMAIN_SIZE, Address
 MAX_HEAD_SIZE = 64 * 1024
 
 _PLACEHOLDER_HOST = b"Host: anytls.invalid\r\n"
+#: End of a request head, as h11 finds it.
+_BLANK_LINE = re.compile(b"\n\r?\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +71,11 @@ def _parse(data: bytes) -> tuple[h11.Request, bytes] | None:
         # h11 insists on Host for HTTP/1.1; proxy clients often omit it on CONNECT, and for
         # absolute-form requests it is ignored anyway (RFC 9112 §3.2.2). Retry with one.
         first, sep, rest = data.partition(b"\n")
-        head = rest.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].lower()
-        if not sep or head.startswith(b"host:") or b"\nhost:" in head:
+        # Look for Host only inside the head: it ends at the first blank line, by h11's own
+        # rule (\n\r?\n), so a "Host:" line in the body or a pipelined request is not seen.
+        end = _BLANK_LINE.search(data)
+        head = data[: end.start() if end else len(data)].lower()
+        if not sep or b"\nhost:" in head:
             raise RemoteProtocolError(f"bad HTTP proxy request: {exc}") from None
         try:
             retried = _h11_request(first + sep + _PLACEHOLDER_HOST + rest)

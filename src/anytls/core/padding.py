@@ -37,12 +37,22 @@ DEFAULT_SCHEME_TEXT = (
 CHECK = -1
 
 
+#: Go's ``int`` on the 64-bit platforms the reference runs on.
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def _atoi(text: str) -> int | None:
-    """Go ``strconv.Atoi``-like: optional sign then digits, nothing else."""
+    """Go ``strconv.Atoi``-like: optional sign then digits, nothing else, fitting 64 bits."""
     body = text[1:] if text[:1] in "+-" else text
     if not body.isascii() or not body.isdigit():
         return None
-    return int(text)
+    # Out of range for Go is an error too; dropping leading zeros and checking the length
+    # first also keeps int() away from its 4300-digit limit, where it raises ValueError.
+    digits = body.lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    value = -int(digits) if text[:1] == "-" else int(digits)
+    return value if _INT64_MIN <= value <= _INT64_MAX else None
 
 
 @dataclass(frozen=True)
