@@ -135,3 +135,12 @@ def test_client_session_rejects_a_pushed_scheme_with_a_huge_number() -> None:
     (event,) = client.receive_data(frame)
     assert isinstance(event, PaddingSchemeRejected)
     assert client.padding == PaddingScheme.default()
+
+
+def test_hostile_scheme_padding_is_capped() -> None:
+    from anytls.core.padding import MAX_PADDING_PER_PACKET
+
+    scheme = PaddingScheme.parse(b"stop=2\n1=" + b",".join([b"65535-65535"] * 5000))
+    records = shape_packet(_frames(10), scheme.sizes(1))
+    assert sum(len(r) for r in records) <= 17 + MAX_PADDING_PER_PACKET + 7 * 8
+    assert _parse_records(records) == _frames(10)

@@ -241,3 +241,11 @@ def test_garbage_raises_only_remote_errors(data: bytes, role: str) -> None:
         return
     session.data_to_send()
     assert len(session._rbuf) <= 7 + 65535
+
+
+def test_rejected_preface_is_not_kept() -> None:
+    server = Session.server({"a": "b"})
+    with pytest.raises(AuthenticationError):
+        server.receive_data(bytes(70034))
+    assert server.closed
+    assert server.receive_data(bytes(1000)) == []

@@ -35,6 +35,9 @@ DEFAULT_SCHEME_TEXT = (
 
 #: A check mark in a packet's size list.
 CHECK = -1
+#: Padding bytes one packet may add. Real schemes add a few KiB; this stops a hostile
+#: pushed scheme (thousands of 64 KiB entries) from making one write hundreds of MB.
+MAX_PADDING_PER_PACKET = 256 * 1024
 
 
 #: Go's ``int`` on the 64-bit platforms the reference runs on.
@@ -140,6 +143,7 @@ def shape_packet(data: bytes, sizes: list[int]) -> list[bytes]:
     view = memoryview(data)
     pos = 0
     total = len(data)
+    wasted = 0
     for size in sizes:
         remaining = total - pos
         if size == CHECK:
@@ -150,12 +154,17 @@ def shape_packet(data: bytes, sizes: list[int]) -> list[bytes]:
             records.append(bytes(view[pos : pos + size]))
             pos += size
         elif remaining > 0:
-            pad = size - remaining - HEADER_SIZE
+            pad = min(size - remaining - HEADER_SIZE, MAX_PADDING_PER_PACKET - wasted)
             chunk = bytes(view[pos:])
             records.append(chunk + waste_frame(pad) if pad > 0 else chunk)
+            wasted += max(pad, 0)
             pos = total
+        elif wasted < MAX_PADDING_PER_PACKET:
+            pad = min(size, MAX_PADDING_PER_PACKET - wasted)
+            records.append(waste_frame(pad))
+            wasted += pad
         else:
-            records.append(waste_frame(size))
+            break
     if pos < total:
         records.append(bytes(view[pos:]))
     return records

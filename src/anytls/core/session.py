@@ -26,7 +26,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-from ..errors import ConfigError, LocalProtocolError, SessionClosedError, StreamClosedError
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    LocalProtocolError,
+    SessionClosedError,
+    StreamClosedError,
+)
 from .auth import PrefaceReader, build_preface
 from .constants import HEADER, HEADER_SIZE, MAX_FRAME_DATA, PROTOCOL_VERSION, Command, Role
 from .events import (
@@ -368,7 +374,12 @@ class Session:
             self._heartbeat_deadline = None
         if self.state is SessionState.AUTHENTICATING:
             assert self._preface is not None
-            user = self._preface.feed(data)
+            try:
+                user = self._preface.feed(data)
+            except AuthenticationError:
+                self._preface = None  # drop the rejected bytes; the session is over
+                self.close()
+                raise
             if user is None:
                 return events
             self.user = user
