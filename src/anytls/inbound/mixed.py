@@ -236,7 +236,7 @@ class MixedInbound:
         """Start listening."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: _Handshake(self), host, port, reuse_address=True
+            lambda: _Handshake(self), host, port, reuse_address=True, backlog=4096
         )
 
     @property
