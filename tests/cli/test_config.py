@@ -43,6 +43,8 @@ SERVER_SAMPLES: dict[str, Any] = {
     "fallback": "127.0.0.1:80",
     "deny_private": True,
     "max_connections": 100,
+    "stream_buffer": 65536,
+    "session_buffer": 524288,
     "preface_timeout": 4,
     "accept_proxy_protocol": True,
     "workers": 3,

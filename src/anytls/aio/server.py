@@ -70,6 +70,10 @@ class ServerConfig:
     """Refuse loopback, private and link-local destinations (SSRF guard)."""
     fallback: Address | None = None
     """Relay connections that fail authentication to this web server instead of closing."""
+    stream_buffer: int = 256 * 1024
+    """Bytes buffered towards one destination before the session's reads pause."""
+    session_buffer: int = 1024 * 1024
+    """Bytes buffered towards one client before its streams' sources pause."""
     accept_proxy_protocol: bool = False
     """Expect a PROXY protocol v1/v2 header (from HAProxy or another L4 balancer) first."""
     max_connections: int = 4096
@@ -193,6 +197,9 @@ class _ServerStream(asyncio.Protocol):
         pending, self.pending = self.pending, []
         for chunk in pending:
             transport.write(chunk)
+        # Per-stream cap: past this many unsent bytes towards the destination, the session
+        # stops reading (AnyTLS has no per-stream flow control).
+        transport.set_write_buffer_limits(high=config.stream_buffer)
         stream.set_protocol(StreamSide(transport))  # type: ignore[arg-type]
         stream.resume_reading()
         transport.resume_reading()
@@ -225,6 +232,7 @@ class ServerConnection(SessionConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        transport.set_write_buffer_limits(high=self.config.session_buffer)  # type: ignore[attr-defined]
         if self._real_peer is not None:
             # Behind a PROXY-protocol balancer: log and limit the real client.
             host, port = self._real_peer

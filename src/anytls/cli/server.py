@@ -161,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="simultaneous TLS connections (default 4096; 0 = no limit)",
     )
     parser.add_argument(
+        "--stream-buffer",
+        type=int,
+        default=256 * 1024,
+        metavar="BYTES",
+        help="bytes buffered towards one destination before the session pauses (default 262144)",
+    )
+    parser.add_argument(
+        "--session-buffer",
+        type=int,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="bytes buffered towards one client before its sources pause (default 1048576)",
+    )
+    parser.add_argument(
         "--preface-timeout",
         type=float,
         default=10.0,
@@ -354,6 +368,8 @@ def server_config(args: argparse.Namespace) -> Any:
         deny_private=args.deny_private,
         fallback=Address.parse(args.fallback) if args.fallback else None,
         max_connections=max(0, args.max_connections),
+        stream_buffer=max(16 * 1024, args.stream_buffer),
+        session_buffer=max(16 * 1024, args.session_buffer),
         preface_timeout=args.preface_timeout,
         accept_proxy_protocol=args.accept_proxy_protocol,
     )
