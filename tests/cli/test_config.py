@@ -39,6 +39,7 @@ SERVER_SAMPLES: dict[str, Any] = {
     "idle_session_timeout": 120.5,
     "max_streams_per_session": 9,
     "heartbeat_interval": 15,
+    "heartbeat_timeout": 4,
     "udp_idle_timeout": 30,
     "fallback": "127.0.0.1:80",
     "deny_private": True,

@@ -157,6 +157,10 @@ class ClientConnection(SessionConnection):
     def stream_closed(self, stream: Stream) -> None:
         self.client._stream_closed(self)
 
+    def close(self, reason: str = "closed", abort: bool = False) -> None:
+        super().close(reason, abort)
+        self.client._session_closed(self, reason)  # leaves the pool at once
+
     def session_closed(self, reason: str) -> None:
         if not self.version_known.done():
             self.version_known.cancel()
@@ -262,7 +266,7 @@ class Client:
     def _session_closed(self, conn: ClientConnection, reason: str) -> None:
         if self.sessions.get(conn.seq) is conn:
             del self.sessions[conn.seq]
-        log.debug("session %d closed: %s", conn.seq, reason)
+            log.debug("session %d closed: %s", conn.seq, reason)
 
     def _arm_reaper(self) -> None:
         if self._reaper is None and not self._closed:

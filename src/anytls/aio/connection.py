@@ -67,7 +67,8 @@ class SessionConnection(asyncio.BufferedProtocol):
         self.arm_timer()
 
     def eof_received(self) -> bool:
-        self.close("the peer closed the connection")
+        # The peer's TCP side is gone: a TLS close_notify exchange could only time out.
+        self.close("the peer closed the connection", abort=True)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

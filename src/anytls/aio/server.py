@@ -64,6 +64,8 @@ class ServerConfig:
     """Seconds a session with no open stream and no traffic is kept (0 = forever)."""
     heartbeat_interval: float = 0.0
     """Seconds of client silence before the server sends a heartbeat (v2 only; 0 = off)."""
+    heartbeat_timeout: float = 10.0
+    """Seconds to wait for the heartbeat answer before the session is closed."""
     udp_idle_timeout: float = 60.0
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
     deny_private: bool = False
@@ -218,6 +220,7 @@ class ServerConnection(SessionConnection):
                 version=config.version,
                 idle_timeout=config.idle_session_timeout,
                 heartbeat_interval=config.heartbeat_interval,
+                heartbeat_timeout=config.heartbeat_timeout,
             )
         )
         self.server = server

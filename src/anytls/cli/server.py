@@ -161,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="simultaneous TLS connections (default 4096; 0 = no limit)",
     )
     parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a session whose heartbeat is not answered in time (default 10)",
+    )
+    parser.add_argument(
         "--stream-buffer",
         type=int,
         default=256 * 1024,
@@ -364,6 +371,7 @@ def server_config(args: argparse.Namespace) -> Any:
         idle_session_timeout=args.idle_session_timeout,
         max_streams_per_session=args.max_streams_per_session,
         heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
         deny_private=args.deny_private,
         fallback=Address.parse(args.fallback) if args.fallback else None,
