@@ -118,11 +118,12 @@ def refused_port(host: str = "127.0.0.1") -> int:
 # --------------------------------------------------------------------------- TCP echo
 
 
-class _EchoProtocol(asyncio.Protocol):
-    """Writes every chunk straight back; pauses reading under write backpressure.
+class _TrackedProtocol(asyncio.Protocol):
+    """Base of the TCP server protocols: counts connections in ``stats`` and keeps each
+    open transport in ``conns`` (so the server can abort them on exit).
 
-    On EOF from the peer it finishes writing what is buffered and closes (the peer sees
-    EOF after the last echoed byte), which gives correct half-close behaviour.
+    Returning False from ``eof_received`` makes the transport close itself after flushing
+    its write buffer.
     """
 
     def __init__(self, stats: ServerStats, conns: set[asyncio.BaseTransport]) -> None:
@@ -137,6 +138,26 @@ class _EchoProtocol(asyncio.Protocol):
         self._stats.connections += 1
         self._stats.active += 1
         self._stats.peers.append(transport.get_extra_info("peername"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stats.active -= 1
+        if self._transport is not None:
+            self._conns.discard(self._transport)
+
+
+class _EchoProtocol(_TrackedProtocol):
+    """Writes every chunk straight back; pauses reading under write backpressure.
+
+    On EOF from the peer it finishes writing what is buffered and closes (the peer sees
+    EOF after the last echoed byte), which gives correct half-close behaviour.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        transport = cast(asyncio.Transport, transport)
         with contextlib.suppress(OSError, AttributeError):
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -156,15 +177,6 @@ class _EchoProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        # Returning False makes the transport close itself after flushing the buffer.
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stats.active -= 1
-        if self._transport is not None:
-            self._conns.discard(self._transport)
 
 
 async def _serve_tcp(factory: Any, host: str, port: int) -> asyncio.Server:
@@ -199,7 +211,7 @@ async def tcp_echo_server(host: str = "127.0.0.1", port: int = 0) -> AsyncIterat
 # --------------------------------------------------------------------------- TCP source
 
 
-class _SourceProtocol(asyncio.Protocol):
+class _SourceProtocol(_TrackedProtocol):
     """Sends ``data`` on connect, then shuts down its write side and drains the peer.
 
     It only closes after the peer's EOF (or on server exit) so unread inbound bytes never
@@ -207,18 +219,12 @@ class _SourceProtocol(asyncio.Protocol):
     """
 
     def __init__(self, data: bytes, stats: ServerStats, conns: set[asyncio.BaseTransport]) -> None:
+        super().__init__(stats, conns)
         self._data = data
-        self._stats = stats
-        self._conns = conns
-        self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
         transport = cast(asyncio.Transport, transport)
-        self._transport = transport
-        self._conns.add(transport)
-        self._stats.connections += 1
-        self._stats.active += 1
-        self._stats.peers.append(transport.get_extra_info("peername"))
         transport.write(self._data)
         self._stats.bytes_out += len(self._data)
         if transport.can_write_eof():
@@ -228,14 +234,6 @@ class _SourceProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._stats.bytes_in += len(data)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stats.active -= 1
-        if self._transport is not None:
-            self._conns.discard(self._transport)
 
 
 @contextlib.asynccontextmanager

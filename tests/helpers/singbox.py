@@ -27,22 +27,15 @@ sing-box 1.14 config notes (verified with ``sing-box check``/``run`` 1.14.4):
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import json
 import os
-import re
-import signal
 import subprocess
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from .net import wait_port, wait_port_sync
+from .process import ManagedProcess, Sleep, StartupSteps, WaitPort
 
 __all__ = [
     "SingBox",
@@ -54,9 +47,6 @@ __all__ = [
 ]
 
 START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
-
-_LIVE: weakref.WeakSet[SingBox] = weakref.WeakSet()
 
 
 class SingBoxError(AssertionError):
@@ -104,13 +94,16 @@ def _listen_ports(config: dict[str, Any]) -> list[tuple[str, int]]:
     return out
 
 
-class SingBox:
+class SingBox(ManagedProcess):
     """A running ``sing-box run`` process (async or sync context manager).
 
     ``workdir`` receives ``config.json`` and ``sing-box.log`` (stdout+stderr). Paths in the
     config are used as given (pass absolute paths). Attributes after start: ``proc``,
     ``config_path``, ``log_path``, ``ports`` (the inbound (host, port) list).
     """
+
+    _error = SingBoxError
+    _log_poll = 0.05
 
     def __init__(
         self,
@@ -142,35 +135,19 @@ class SingBox:
         env = dict(os.environ)
         if self.env:
             env.update(self.env)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    singbox_bin(),
-                    "run",
-                    "--disable-color",
-                    "-D",
-                    str(self.workdir),
-                    "-c",
-                    str(self.config_path),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env=env,
-            )
-        _LIVE.add(self)
+        argv = [
+            singbox_bin(),
+            "run",
+            "--disable-color",
+            "-D",
+            str(self.workdir),
+            "-c",
+            str(self.config_path),
+        ]
+        self._launch(argv, env)
 
-    def _fail_start(self, why: str) -> None:
-        rc = self.proc.poll() if self.proc else None
-        self._stop_sync()
-        raise SingBoxError(
-            f"{self.name} {why} (rc={rc}); ports={self.ports}\n--- log ---\n{self.log_text()}"
-        )
-
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            self._fail_start("exited during start-up")
+    def _fail_context(self) -> str:
+        return f"ports={self.ports}"
 
     def _started_logged(self) -> bool:
         """True once "sing-box started" is logged (always True if the log can't show it).
@@ -185,150 +162,31 @@ class SingBox:
             return True
         return "sing-box started" in self.log_text()
 
-    async def start(self) -> SingBox:
-        self._spawn()
+    def _startup(self) -> StartupSteps:
         deadline = time.monotonic() + self.start_timeout
-        try:
-            for host, port in self.ports:
-                while True:
-                    self._check_alive()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._fail_start(f"did not listen on {host}:{port} in time")
-                    try:
-                        await wait_port(host, port, timeout=min(0.5, remaining))
-                        break
-                    except TimeoutError:
-                        continue
-            while not self._started_logged():
+        for host, port in self.ports:
+            while True:
                 self._check_alive()
-                if time.monotonic() >= deadline:
-                    self._fail_start("never logged 'sing-box started'")
-                await asyncio.sleep(0.02)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._fail(f"did not listen on {host}:{port} in time")
+                try:
+                    yield WaitPort(host, port, min(0.5, remaining))
+                    break
+                except TimeoutError:
+                    continue
+        while not self._started_logged():
             self._check_alive()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    def start_sync(self) -> SingBox:
-        self._spawn()
-        deadline = time.monotonic() + self.start_timeout
-        try:
-            for host, port in self.ports:
-                while True:
-                    self._check_alive()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._fail_start(f"did not listen on {host}:{port} in time")
-                    try:
-                        wait_port_sync(host, port, timeout=min(0.5, remaining))
-                        break
-                    except TimeoutError:
-                        continue
-            while not self._started_logged():
-                self._check_alive()
-                if time.monotonic() >= deadline:
-                    self._fail_start("never logged 'sing-box started'")
-                time.sleep(0.02)
-            self._check_alive()
-        except BaseException:
-            self._stop_sync()
-            raise
-        return self
-
-    def _stop_sync(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        _LIVE.discard(self)
-
-    async def stop(self) -> None:
-        """SIGTERM, wait up to 5 s (without blocking the loop), then SIGKILL; reap."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + STOP_TIMEOUT
-            try:
-                while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
-            finally:
-                # Even if cancelled while waiting: never leave the child behind.
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                proc.wait()
-        _LIVE.discard(self)
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+            if time.monotonic() >= deadline:
+                self._fail("never logged 'sing-box started'")
+            yield Sleep(0.02)
+        self._check_alive()
 
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
-    async def __aenter__(self) -> SingBox:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    def __enter__(self) -> SingBox:
-        return self.start_sync()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop_sync()
-
     # ------------------------------------------------------------------ logs
-    def log_text(self) -> str:
-        """Everything sing-box has written so far (stdout + stderr)."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    async def wait_log(
-        self,
-        pattern: str | re.Pattern[str],
-        timeout: float = 10.0,  # noqa: ASYNC109
-    ) -> str:
-        """Wait until the log matches ``pattern`` (regex); return the matching line."""
-        rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.log_text().splitlines():
-                if rx.search(line):
-                    return line
-            if time.monotonic() >= deadline:
-                raise AssertionError(
-                    f"{self.name}: log never matched {rx.pattern!r} in {timeout}s\n"
-                    f"--- log ---\n{self.log_text()}"
-                )
-            await asyncio.sleep(0.05)
-
     def log_lines(self, level: str | None = None) -> list[str]:
         """Log lines, optionally only those of a level (e.g. ``"ERROR"``)."""
         lines = self.log_text().splitlines()
@@ -338,15 +196,6 @@ class SingBox:
 
     def __repr__(self) -> str:
         return f"<SingBox {self.name} pid={self.pid} ports={self.ports} rc={self.returncode}>"
-
-
-@atexit.register
-def _kill_leftovers() -> None:  # pragma: no cover - safety net only
-    for sb in list(_LIVE):
-        if sb.proc is not None and sb.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                sb.proc.kill()
-                sb.proc.wait(5)
 
 
 # ---------------------------------------------------------------------- config builders
