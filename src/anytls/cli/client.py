@@ -11,14 +11,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import MASK, Schema, check_values, parse_args, schema_from_parser, to_toml
+from ..config import MASK, Schema, schema_from_parser, to_toml
 from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
-from ..log import FORMATS, LEVELS, setup_logging
+from ..log import setup_logging
 from ..uri import format_uri, parse_uri
+from . import _common
 from ._flags import long_options, normalise, parse_bool
 from ._run import run
 
@@ -40,17 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "also be set in a TOML file given with -c.",
         allow_abbrev=False,
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help="TOML config file; its keys are the long option names (flags given here override it)",
-    )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the effective configuration as TOML (passwords masked) and exit",
-    )
+    _common.add_config_arguments(parser)
     parser.add_argument(
         "--check",
         nargs="?",
@@ -152,28 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="forward UDP arriving on LOCAL to TARGET through the server, "
         "e.g. 127.0.0.1:5353=8.8.8.8:53 (repeatable)",
     )
-    parser.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        type=str.lower,
-        help="debug, info, warning, error (default: LOG_LEVEL env or info)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=FORMATS,
-        default="text",
-        help="text (default) or json (one object per line, for log shippers)",
-    )
-    parser.add_argument("--version", action="version", version=f"anytls {__version__}")
+    _common.add_logging_arguments(parser)
     return parser
 
 
 # ---------------------------------------------------------------------- validation
 
 
-def _listen_text(text: str) -> str:
-    # Go accepts ":PORT" for all interfaces.
-    return "0.0.0.0" + text if text.startswith(":") else text
+_listen_text = _common.listen_text
 
 
 def _server(text: str) -> None:
@@ -202,18 +179,13 @@ def _insecure(text: str) -> None:
         raise ConfigError(str(exc)) from exc
 
 
-def _log_level(value: str) -> None:
-    if value.lower() not in LEVELS:
-        raise ConfigError(f"{value!r} is not one of debug, info, warning, error")
-
-
 VALIDATORS = {
     "l": lambda text: Address.parse(_listen_text(text)),
     "s": _server,
     "udp_forward": _forwards,
     "auth": _auth,
     "insecure": _insecure,
-    "log_level": _log_level,
+    "log_level": _common.check_log_level,
 }
 
 
@@ -230,17 +202,12 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
 
 def load_args(argv: Sequence[str]) -> argparse.Namespace:
     """Flags and config file → namespace (raises ConfigError for the file or a value)."""
-    parser = build_parser()
-    spec = schema(parser)
-    args = parse_args(parser, normalise(argv, _SHORT, long_options(parser)), spec)
-    check_values(args, spec)
-    return args
+    return _common.load_args(build_parser, schema, _SHORT, argv)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Report a configuration problem in one line and exit with status 2."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    _common.fail(PROG, message)
 
 
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -18,16 +18,15 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
-from ..config import Schema, check_values, parse_args, schema_from_parser, to_toml
+from ..config import Schema, schema_from_parser, to_toml
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError
-from ..log import FORMATS, LEVELS, level_number, setup_logging
-from . import _run
-from ._flags import long_options, normalise
+from ..log import level_number, setup_logging
+from . import _common, _run
 from ._run import fork_workers, run
 
 log = logging.getLogger("anytls.server")
@@ -44,17 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option can also be set in a TOML file given with -c.",
         allow_abbrev=False,
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        metavar="FILE",
-        help="TOML config file; its keys are the long option names (flags given here override it)",
-    )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the effective configuration as TOML (passwords masked) and exit",
-    )
+    _common.add_config_arguments(parser)
     parser.add_argument(
         "--export",
         choices=("sing-box", "mihomo"),
@@ -221,28 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM, let open streams finish for this long before closing them (default 10)",
     )
-    parser.add_argument(
-        "--log-level",
-        metavar="LEVEL",
-        type=str.lower,
-        help="debug, info, warning, error (default: LOG_LEVEL env or info)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=FORMATS,
-        default="text",
-        help="text (default) or json (one object per line, for log shippers)",
-    )
-    parser.add_argument("--version", action="version", version=f"anytls {__version__}")
+    _common.add_logging_arguments(parser)
     return parser
 
 
 # ---------------------------------------------------------------------- validation
 
 
-def _listen_text(text: str) -> str:
-    # Go accepts ":PORT" for all interfaces.
-    return "0.0.0.0" + text if text.startswith(":") else text
+_listen_text = _common.listen_text
 
 
 def _listen(text: str) -> Address:
@@ -257,11 +232,6 @@ def _positive(value: float) -> None:
 def _not_negative(value: float) -> None:
     if not value >= 0:
         raise ConfigError(f"{value:g} is negative")
-
-
-def _log_level(value: str) -> None:
-    if value.lower() not in LEVELS:
-        raise ConfigError(f"{value!r} is not one of debug, info, warning, error")
 
 
 def _host(value: str) -> None:
@@ -288,7 +258,7 @@ VALIDATORS = {
     "heartbeat_interval": _not_negative,
     "stats_interval": _not_negative,
     "shutdown_grace": _not_negative,
-    "log_level": _log_level,
+    "log_level": _common.check_log_level,
     "public_host": _host,
 }
 
@@ -307,17 +277,12 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
 
 def load_args(argv: Sequence[str]) -> argparse.Namespace:
     """Flags and config file → namespace (raises ConfigError for the file or a value)."""
-    parser = build_parser()
-    spec = schema(parser)
-    args = parse_args(parser, normalise(argv, _SHORT, long_options(parser)), spec)
-    check_values(args, spec)
-    return args
+    return _common.load_args(build_parser, schema, _SHORT, argv)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Report a configuration problem in one line and exit with status 2."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    _common.fail(PROG, message)
 
 
 # ---------------------------------------------------------------------- settings

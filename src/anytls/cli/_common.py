@@ -1,0 +1,81 @@
+"""Plumbing shared by ``anytls-client`` and ``anytls-server``.
+
+Argument definitions both programs declare identically, the flags + config file →
+namespace step, and the one-line error exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
+
+from .. import __version__
+from ..config import Schema, check_values, parse_args
+from ..errors import ConfigError
+from ..log import FORMATS, LEVELS
+from ._flags import long_options, normalise
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``-c/--config`` and ``--print-config``."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="TOML config file; its keys are the long option names (flags given here override it)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML (passwords masked) and exit",
+    )
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--log-level``, ``--log-format`` and ``--version``."""
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        type=str.lower,
+        help="debug, info, warning, error (default: LOG_LEVEL env or info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json (one object per line, for log shippers)",
+    )
+    parser.add_argument("--version", action="version", version=f"anytls {__version__}")
+
+
+def listen_text(text: str) -> str:
+    """A listen address with Go's ``:PORT`` (all interfaces) spelled out."""
+    return "0.0.0.0" + text if text.startswith(":") else text
+
+
+def check_log_level(value: str) -> None:
+    """Config validator for ``log_level``."""
+    if value.lower() not in LEVELS:
+        raise ConfigError(f"{value!r} is not one of debug, info, warning, error")
+
+
+def load_args(
+    parser_factory: Callable[[], argparse.ArgumentParser],
+    schema_factory: Callable[[argparse.ArgumentParser], Schema],
+    short: Iterable[str],
+    argv: Sequence[str],
+) -> argparse.Namespace:
+    """Flags and config file → namespace (raises ConfigError for the file or a value)."""
+    parser = parser_factory()
+    spec = schema_factory(parser)
+    args = parse_args(parser, normalise(argv, short, long_options(parser)), spec)
+    check_values(args, spec)
+    return args
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Report a configuration problem in one line and exit with status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
