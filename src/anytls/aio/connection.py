@@ -218,8 +218,7 @@ class SessionConnection(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        for chunk in chunks:
-            self.bytes_out += len(chunk)
+        self.bytes_out += sum(map(len, chunks))
         if len(chunks) == 1:
             transport.write(chunks[0])
         else:

@@ -253,12 +253,9 @@ class ServerConnection(SessionConnection):
                                                    self._preface_timed_out)
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._preauth is not None:
-            # Kept only until authentication, for --fallback (bounded by the preface size).
-            if len(self._preauth) < PREAUTH_LIMIT:
-                self._preauth += shared_buffer()[:nbytes]
-            if self.core.user is not None:
-                self._preauth = None
+        # Kept only until authentication, for --fallback (bounded by the preface size).
+        if self._preauth is not None and len(self._preauth) < PREAUTH_LIMIT:
+            self._preauth += shared_buffer()[:nbytes]
         super().buffer_updated(nbytes)
         if self._preauth is not None and self.core.user is not None:
             self._preauth = None
