@@ -10,7 +10,7 @@ import pytest
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.errors import StreamOpenError
-from tests.helpers.echo import refused_port, tcp_echo_server
+from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 
 PASSWORD = "pool-pw"
 
@@ -225,6 +225,56 @@ def test_server_caps_streams_per_session() -> None:
                 await client.open_connection(*echo)
             for _, writer in first:
                 writer.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_unacknowledged_stream_times_out_and_the_session_stays_usable() -> None:
+    async def main() -> None:
+        server, port = await start(connect_timeout=30.0)
+        listener, hole, fillers = blackhole()
+        async with tcp_echo_server() as echo, client_for(port, ack_timeout=0.5) as client:
+            await ping(client, echo)  # the pooled session is known to be v2
+            started = time.monotonic()
+            with pytest.raises(StreamOpenError, match=r"did not acknowledge .* within 0\.5 s"):
+                await client.open_connection("127.0.0.1", hole)
+            assert 0.4 < time.monotonic() - started < 3
+            (conn,) = client.sessions.values()
+            assert conn.streams == {}  # the timed-out stream was closed
+            await ping(client, echo)
+            assert client.sessions_opened == 1
+        for s in (*fillers, listener):
+            s.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_open_closes_its_stream_on_both_sides() -> None:
+    async def main() -> None:
+        server, port = await start(connect_timeout=30.0)
+        listener, hole, fillers = blackhole()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            opening = asyncio.create_task(client.open_connection("127.0.0.1", hole))
+            for _ in range(100):
+                if server.open_streams:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.open_streams == 1  # the server is dialling the black hole
+            opening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            (conn,) = client.sessions.values()
+            assert conn.streams == {}
+            for _ in range(100):
+                if not server.open_streams:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.open_streams == 0  # FIN arrived, the dial was abandoned
+        for s in (*fillers, listener):
+            s.close()
         await server.close()
 
     asyncio.run(main())

@@ -187,6 +187,32 @@ def test_padding_stops_after_stop_packets() -> None:
     assert client.data_to_send() == [encode_frame(Command.PSH, sid, b"y")]
 
 
+def test_small_frames_coalesce_into_one_write_once_padding_is_over() -> None:
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    pump(client, server)
+    client.send_data(sid, b"x")
+    client.send_data(sid, b"z")
+    assert len(client.data_to_send()) >= 2  # packets 2 and 3 are shaped one by one
+    for _ in range(4):  # packets 4..7
+        client.send_data(sid, b"x")
+        client.data_to_send()
+    sid2 = client.open_stream(DEST)
+    client.send_data(sid2, b"hello")
+    client.end_stream(sid)
+    (chunk,) = client.data_to_send()  # SYN + destination + data + FIN: one TLS record
+    assert chunk == b"".join([
+        encode_frame(Command.SYN, sid2),
+        encode_frame(Command.PSH, sid2, DEST),
+        encode_frame(Command.PSH, sid2, b"hello"),
+        encode_frame(Command.FIN, sid),
+    ])
+    big = bytes(40000)
+    client.send_data(sid2, big)
+    client.send_data(sid2, b"tail")
+    assert len(client.data_to_send()) == 2  # past one record's worth: no copying join
+
+
 def _client_stream_bytes() -> tuple[bytes, list]:
     """A realistic client byte stream and the events the server must produce."""
     client, server = new_pair()

@@ -27,6 +27,7 @@ from typing import Any, cast
 __all__ = [
     "ServerAddr",
     "ServerStats",
+    "blackhole",
     "echo_roundtrip",
     "pattern",
     "pattern_sha256",
@@ -368,3 +369,19 @@ async def echo_roundtrip(
             with contextlib.suppress(BaseException):
                 await send_task
     return received
+
+
+def blackhole() -> tuple[socket.socket, int, list[socket.socket]]:
+    """A listener whose accept queue is full: new SYNs are dropped, connects just hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    return listener, port, fillers

@@ -4,7 +4,6 @@ other streams of the session carry on untouched (sha-checked)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import socket
@@ -14,27 +13,11 @@ import pytest
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import ServerConfig, serve
 from anytls.inbound.mixed import MixedInbound
-from tests.helpers.echo import refused_port, tcp_echo_server
+from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 from tests.helpers.proxyclient import open_socks5_raw
 from tests.helpers.socks5_udp import Socks5Error
 
 PASSWORD = "dest-faults"
-
-
-def blackhole() -> tuple[socket.socket, int, list[socket.socket]]:
-    """A listener whose accept queue is full: new SYNs are dropped, connects just hang."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            s.connect(("127.0.0.1", port))
-        fillers.append(s)
-    return listener, port, fillers
 
 
 async def reset_server() -> asyncio.Server:

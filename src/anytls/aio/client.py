@@ -167,6 +167,14 @@ class ClientConnection(SessionConnection):
         self.client._session_closed(self, reason)
 
 
+def _ack_timed_out(stream: Stream, timeout: float) -> None:
+    if not stream.acknowledged.done():
+        stream.acknowledged.set_exception(
+            StreamOpenError(f"the server did not acknowledge the stream within {timeout:g} s")
+        )
+        stream.close()
+
+
 class Client:
     """Sessions to one AnyTLS server, pooled as :class:`ClientConfig` says."""
 
@@ -313,15 +321,21 @@ class Client:
             )
             if not done:
                 return  # nothing said v2: treat as a v1 server
-        if stream.acknowledged.done() or conn.core.peer_version >= 2:
+        ack = stream.acknowledged
+        if ack.done() or conn.core.peer_version >= 2:
+            # A timer instead of asyncio.timeout + shield: one future and no extra loop
+            # iterations between the SYNACK and the caller (this is on every stream open).
+            timer = None
+            if not ack.done():
+                timer = conn.loop.call_later(timeout, _ack_timed_out, stream, timeout)
             try:
-                async with asyncio.timeout(timeout):
-                    error = await asyncio.shield(stream.acknowledged)
-            except TimeoutError as exc:
-                stream.close()
-                raise StreamOpenError(
-                    f"the server did not acknowledge the stream within {timeout:g} s"
-                ) from exc
+                error = await ack
+            except asyncio.CancelledError:
+                stream.close()  # the caller gave up: do not leave the stream open
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
             if error is not None:
                 stream.close()
                 raise StreamOpenError(f"remote: {error}")

@@ -132,6 +132,7 @@ class _ServerStream(asyncio.Protocol):
         self.pending_size = 0
         self.task: asyncio.Task[None] | None = None
         self.ended = False
+        self.dial_timed_out = False
 
     def data_received(self, data: bytes) -> None:
         if self.destination is None:
@@ -166,20 +167,35 @@ class _ServerStream(asyncio.Protocol):
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
+    def _dial_timed_out(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.dial_timed_out = True
+            self.task.cancel()
+
     async def dial(self, destination: Address) -> None:
         loop = asyncio.get_running_loop()
         stream = self.stream
         config = self.connection.config
+        # A plain timer rather than asyncio.timeout: cheaper, and this runs per stream.
+        timer = loop.call_later(config.connect_timeout, self._dial_timed_out)
         try:
-            async with asyncio.timeout(config.connect_timeout):
-                host = destination.host
-                if config.deny_private:
-                    # Dial the address that was checked, never the name again.
-                    host = (await resolve_allowed(destination, True))[0][1]
-                transport, _ = await loop.create_connection(
-                    lambda: _HeldSocketSide(stream), host, destination.port,
-                    **_dial_options(loop),
-                )
+            host = destination.host
+            if config.deny_private:
+                # Dial the address that was checked, never the name again.
+                host = (await resolve_allowed(destination, True))[0][1]
+            transport, _ = await loop.create_connection(
+                lambda: _HeldSocketSide(stream), host, destination.port,
+                **_dial_options(loop),
+            )
+        except asyncio.CancelledError:
+            if not self.dial_timed_out:
+                raise
+            exc = TimeoutError(f"timed out after {config.connect_timeout:g} s")
+            text = _dial_error_text(exc, destination)
+            log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
+            self.connection.core.send_synack(stream.stream_id, text)
+            stream.close()
+            return
         except Exception as exc:
             if not isinstance(exc, OSError | TimeoutError):
                 log.error("%s stream %d: dialling %s failed", self.connection.peer,
@@ -189,13 +205,15 @@ class _ServerStream(asyncio.Protocol):
             self.connection.core.send_synack(stream.stream_id, text)
             stream.close()
             return
+        finally:
+            timer.cancel()
         if self.ended or stream.is_closing():
             transport.close()
             return
         log.debug("%s stream %d: connected to %s", self.connection.peer, stream.stream_id,
                   destination)
         self.connection.core.send_synack(stream.stream_id)
-        self.connection.schedule_flush()
+        self.connection.flush()  # now: the client is waiting for it
         pending, self.pending = self.pending, []
         for chunk in pending:
             transport.write(chunk)

@@ -17,6 +17,7 @@ the same layout with other ATYP codes; :class:`AddressCodes` selects them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -48,8 +49,13 @@ class AddressCodes(NamedTuple):
 SOCKS_CODES = AddressCodes(ipv4=0x01, domain=0x03, ipv6=0x04)
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """Return ``host`` as an IP address, or None when it is not an IP literal."""
+    """Return ``host`` as an IP address, or None when it is not an IP literal.
+
+    Cached: the same destinations recur on every stream, and ``ipaddress`` parsing is
+    slow next to the rest of a stream open.
+    """
     # Cheap pre-check so ordinary domain names never pay for an exception.
     if not host or (":" not in host and not _IPV4_CHARS.issuperset(host)):
         return None

@@ -59,6 +59,21 @@ _unpack_from = HEADER.unpack_from
 
 #: Alert text sent to a client that opens a stream before sending Settings.
 ALERT_NO_SETTINGS = "client did not send its settings"
+#: Once padding is over, frames queued together and totalling at most this many bytes are
+#: returned as one chunk (one TLS record: the largest TLS plaintext fragment).
+COALESCE_LIMIT = 16384
+
+
+def _extend_coalesced(out: list[bytes], packets: list[bytes]) -> None:
+    """Append unshaped ``packets`` to ``out``, joined into one write when all are small.
+
+    Small frames queued together (SYN + destination, data + FIN) then leave as one TLS
+    record instead of one record per frame; large data is never copied.
+    """
+    if len(packets) > 1 and sum(map(len, packets)) <= COALESCE_LIMIT:
+        out.append(b"".join(packets))
+    else:
+        out.extend(packets)
 
 
 class SessionState(enum.Enum):
@@ -337,14 +352,14 @@ class Session:
             return out
         self._packets = []
         if not self._shaping:
-            out.extend(packets)
+            _extend_coalesced(out, packets)
             return out
         padding = self.padding
         for index, packet in enumerate(packets):
             self._packet_counter += 1
             if self._packet_counter >= padding.stop:
                 self._shaping = False
-                out.extend(packets[index:])
+                _extend_coalesced(out, packets[index:])
                 break
             out.extend(shape_packet(packet, padding.sizes(self._packet_counter)))
         return out

@@ -62,9 +62,12 @@ class _Phase(enum.Enum):
 _UNSPECIFIED = Address("0.0.0.0", 0)
 
 
+_UNSPECIFIED_ENCODED = _UNSPECIFIED.encode()
+
+
 def reply(code: Reply, bind: Address | None = None) -> bytes:
     """Return the request reply ``05 REP 00 ATYP BND.ADDR BND.PORT`` (bind 0.0.0.0:0)."""
-    return bytes((5, code, 0)) + (bind or _UNSPECIFIED).encode()
+    return bytes((5, code, 0)) + (bind.encode() if bind else _UNSPECIFIED_ENCODED)
 
 
 class Socks5Handshake:
