@@ -113,6 +113,8 @@ async def test_socks5_echo_8mib_inprocess_self_signed(tmp_path: Path) -> None:
     ):
         elapsed = await socks_echo_check(mixed_port(sb), host, port, 8 * MIB)
         assert len(server.connections) >= 1  # sing-box keeps its session open
+        for conn in server.connections:  # the suite Go itself would choose
+            assert conn.get_extra_info("cipher")[0] == "TLS_AES_128_GCM_SHA256"
     print(f"8 MiB echo, sing-box client (SOCKS5) -> anytls.serve: {elapsed:.3f} s")
 
 

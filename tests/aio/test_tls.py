@@ -1,0 +1,67 @@
+"""TLS contexts: Go's TLS 1.3 suite order on both ends, generated certificates."""
+
+from __future__ import annotations
+
+import ssl
+
+from anytls.aio.tls import client_context, prefer_go_ciphersuites, server_context
+
+
+def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> str:
+    """Run a TLS handshake in memory; return the suite the server chose."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname="localhost")
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done: set[str] = set()
+    for _ in range(10):
+        for name, obj in (("c", c), ("s", s)):
+            if name not in done:
+                try:
+                    obj.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if done == {"c", "s"}:
+            break
+    assert done == {"c", "s"}
+    cipher = s.cipher()
+    assert cipher is not None and cipher == c.cipher()
+    return cipher[0]
+
+
+def stock_client() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_server_chooses_aes128_like_go_even_when_the_client_prefers_aes256() -> None:
+    client = stock_client()
+    assert client.get_ciphers()[0]["name"] == "TLS_AES_256_GCM_SHA384"  # OpenSSL's order
+    assert handshake(client, server_context()) == "TLS_AES_128_GCM_SHA256"
+
+
+def test_client_offers_aes128_first_like_go() -> None:
+    ours = client_context(insecure=True)
+    assert [c["name"] for c in ours.get_ciphers()[:3]] == [
+        "TLS_AES_128_GCM_SHA256",
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_AES_256_GCM_SHA384",
+    ]
+    # A server that honours the client's order gets AES-128 from us, AES-256 from stock.
+    server = server_context()
+    server.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert handshake(ours, server) == "TLS_AES_128_GCM_SHA256"
+    assert handshake(stock_client(), server) == "TLS_AES_256_GCM_SHA384"
+
+
+def test_prefer_go_ciphersuites_reports_success_and_keeps_other_settings() -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    options = ctx.options
+    assert prefer_go_ciphersuites(ctx)
+    assert ctx.options == options
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
