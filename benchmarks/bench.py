@@ -90,13 +90,15 @@ QUICK = Params(8 << 20, 50, 20, 256 << 10, 100, 50, 1000)
 class Metric:
     key: str
     label: str
-    better: str  # "higher" or "lower"
+    better: str  # "higher", "lower", or "info" (shown without a ratio)
     fmt: str = "auto"
 
 
 METRICS = [
     Metric("down_MBps", "bulk download MB/s", "higher"),
     Metric("up_MBps", "bulk upload MB/s", "higher"),
+    Metric("down2_MBps", "2 concurrent downloads, total MB/s", "higher"),
+    Metric("down2_server_busy_procs", "(server processes busy in those 2 downloads)", "info"),
     Metric("down_cpu_client_s_per_gb", "client CPU-s/GB, download", "lower"),
     Metric("down_cpu_server_s_per_gb", "server CPU-s/GB, download", "lower"),
     Metric("up_cpu_client_s_per_gb", "client CPU-s/GB, upload", "lower"),
@@ -424,14 +426,15 @@ def table(medians: dict[str, dict[str, float]], params: Params, runs: int) -> st
     }
     ref = medians.get(REFERENCE, {})
     for m in METRICS:
-        label = m.label.format(**subst) + (" ↑" if m.better == "higher" else " ↓")
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(m.better, "")
+        label = m.label.format(**subst) + arrow
         cells = []
         for name in names:
             v = medians[name].get(m.key)
             if v is None:
                 cells.append("n/a")
                 continue
-            r = ref.get(m.key)
+            r = ref.get(m.key) if m.better != "info" else None
             ratio = f" ({v / r:.2f}×)" if r else ""
             cells.append(fmt(v) + ratio)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -532,6 +535,9 @@ in this order, on freshly started client and server processes for every pair and
   (upload); timed from the request to the last byte counted (upload: to the sink's
   acknowledgement of all bytes). CPU-s/GB: utime+stime from /proc/<pid>/stat of the
   client and server processes before/after, per 10^9 bytes moved.
+- 2 concurrent downloads: two streams (so two sessions: neither client multiplexes a busy
+  session) downloading half the bulk size each at the same time; total MB/s. The next row
+  counts the server processes that used at least a quarter of the server's CPU meanwhile.
 - stream open + first byte: sequential SOCKS5 handshake + CONNECT to an echo target, write
   1 byte, read it back, close (10 warm-up iterations not counted).
 - concurrent: all streams opened at once, each writes and reads back its bytes; wall time.
@@ -550,7 +556,11 @@ core, sharing the port with SO_REUSEPORT); its CPU and RSS figures are summed ov
 parent and the forked workers (VmRSS counts pages still shared after the fork once per
 process). A single bulk stream is served by one worker, so it shows the multi-process
 overhead rather than a speed-up; the concurrent and idle-stream phases spread over the
-workers.
+workers. SO_REUSEPORT places each new session on a worker by a hash of its addresses, so
+the two concurrent downloads land on different workers in about half the runs (see the
+busy-processes row). On a 2-core machine that also runs the client and the load generator,
+one download already keeps both cores busy (about 1.7 CPU-seconds per GB across the three
+processes), so a second worker has no idle core to add throughput with here.
 """
 
 

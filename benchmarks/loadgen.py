@@ -83,6 +83,23 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def busy_processes(before: dict[int, float], after: dict[int, float]) -> int:
+    """How many processes used at least a quarter of the tree's CPU between two samples."""
+    used = {p: after[p] - before.get(p, 0.0) for p in after}
+    total = sum(used.values())
+    return sum(1 for u in used.values() if total > 0 and u >= total / 4)
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """utime + stime in seconds of ``pid`` and each descendant, by pid."""
+    out = {}
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = _stat_fields(p)
+            out[p] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def rss_mib(pid: int) -> float:
     """VmRSS of a process plus its descendants', in MiB (pages shared after fork count
     once per process)."""
@@ -427,6 +444,40 @@ async def _bulk(
     }
 
 
+async def phase_two_downloads(
+    proxy: tuple[str, int], port: int, size: int, server_pid: int
+) -> dict[str, float]:
+    """Two bulk downloads of ``size // 2`` bytes at once (two streams, two sessions).
+
+    Also counts the server processes that did a real share of the work (a server with
+    several workers shows whether the two sessions landed on different ones).
+    """
+    loop = asyncio.get_running_loop()
+    each = size // 2
+    socks = [await socks_connect(proxy, port) for _ in range(2)]
+
+    async def download(sock: socket.socket) -> None:
+        await loop.sock_sendall(sock, b"D" + struct.pack("!Q", each))
+        buf = bytearray(1 << 20)
+        got = 0
+        while got < each:
+            n = await loop.sock_recv_into(sock, buf)
+            if n == 0:
+                raise ConnectionError(f"download EOF after {got} of {each} bytes")
+            got += n
+
+    try:
+        cpu0 = cpu_by_process(server_pid)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(download(sock) for sock in socks))
+        elapsed = time.perf_counter() - t0
+        busy = busy_processes(cpu0, cpu_by_process(server_pid))
+    finally:
+        for sock in socks:
+            sock.close()
+    return {"down2_MBps": 2 * each / 1e6 / elapsed, "down2_server_busy_procs": busy}
+
+
 class _UdpClient(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.handler: Callable[[int], None] | None = None
@@ -582,6 +633,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                       args.server_pid),
                 bulk_timeout,
             )
+        await phase(
+            "two downloads",
+            phase_two_downloads(proxy, targets.bulk, args.bulk_bytes, args.server_pid),
+            bulk_timeout,
+        )
         await phase("latency", phase_latency(proxy, targets.echo, args.latency_iters), 120)
         await phase(
             "concurrent",
