@@ -72,6 +72,33 @@ def test_non_connect_many_sizes_and_three_targets() -> None:
     asyncio.run(main())
 
 
+def test_datagram_handler_gets_queued_then_live_datagrams_in_order() -> None:
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client)
+            assoc.sendto(b"queued-1", echo)
+            assoc.sendto(b"queued-2", echo)
+            async with asyncio.timeout(5):
+                while assoc.queue.qsize() < 2:
+                    await asyncio.sleep(0.01)
+            got: list[tuple[bytes, Address]] = []
+            assoc.set_datagram_handler(lambda payload, source: got.append((payload, source)))
+            assert [p for p, _ in got] == [b"queued-1", b"queued-2"]  # handed over at once
+            for i in range(20):
+                assoc.sendto(b"live-%d" % i, echo)
+            async with asyncio.timeout(5):
+                while len(got) < 22:
+                    await asyncio.sleep(0.01)
+            assert [p for p, _ in got[2:]] == [b"live-%d" % i for i in range(20)]
+            assert all((s.host, s.port) == (echo[0], echo[1]) for _, s in got)
+            assert assoc.queue.qsize() == 0  # nothing went to the queue meanwhile
+            assoc.close()
+            with pytest.raises(StreamClosedError):
+                await asyncio.wait_for(assoc.recvfrom(), 5)  # still reports the end
+
+    asyncio.run(main())
+
+
 def test_connect_mode_and_domain_target() -> None:
     async def main() -> None:
         async with Env() as env, udp_echo_server() as echo:

@@ -20,6 +20,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..core.address import Address
@@ -379,6 +380,7 @@ class UdpAssociation(asyncio.Protocol):
         self._dns = _DnsCache()
         self._resolving: dict[str, list[tuple[bytes, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handler: Callable[[bytes, Address], None] | None = None
         stream.set_protocol(self)
         stream.write(encode_request(connect is not None, connect or Address("0.0.0.0", 0)))
 
@@ -455,6 +457,23 @@ class UdpAssociation(asyncio.Protocol):
         """The next datagram's payload."""
         return (await self.recvfrom())[0]
 
+    def set_datagram_handler(self, handler: Callable[[bytes, Address], None]) -> None:
+        """Call ``handler(payload, source)`` for every datagram instead of queueing it.
+
+        For relays: no task wakes per datagram. Datagrams already queued are handed over
+        first; :meth:`recvfrom` then only reports the end of the association.
+        """
+        self._handler = handler
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if item is None:
+                self.queue.put_nowait(None)
+                return
+            handler(*item)
+
     def data_received(self, data: bytes) -> None:
         try:
             packets = self.decoder.feed(data)
@@ -463,7 +482,11 @@ class UdpAssociation(asyncio.Protocol):
             self.error = exc
             self.close()
             return
+        handler = self._handler
         for address, payload in packets:
+            if handler is not None:
+                handler(payload, address or self.connect)  # type: ignore[arg-type]
+                continue
             if self.queue.qsize() >= RECV_QUEUE_LIMIT:
                 self.dropped += 1
                 continue

@@ -11,6 +11,8 @@ connection ends (or the stream does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import logging
 
@@ -91,12 +93,13 @@ class Socks5UdpRelay:
             for payload, target in self.pending:
                 self.assoc.sendto(payload, target)
             self.pending.clear()
-            replies = loop.create_task(self._replies())
+            self.assoc.set_datagram_handler(self._reply)
+            ended = loop.create_task(self._association_ended())
             try:
-                await asyncio.wait([control_proto.lost, replies],
+                await asyncio.wait([control_proto.lost, ended],
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
-                replies.cancel()
+                ended.cancel()
         finally:
             udp.close()
             if self.assoc is not None:
@@ -129,18 +132,18 @@ class Socks5UdpRelay:
         except AnyTLSError:
             self.control.close()
 
-    async def _replies(self) -> None:
+    def _reply(self, payload: bytes, source: Address) -> None:
+        if self.udp is not None and self.client_addr is not None:
+            self.udp.sendto(build_udp_datagram(source, payload), self.client_addr)
+
+    async def _association_ended(self) -> None:
         assert self.assoc is not None
-        while True:
-            try:
-                payload, source = await self.assoc.recvfrom()
-            except AnyTLSError:
-                self.control.close()
-                return
-            if self.udp is not None and self.client_addr is not None:
-                self.udp.sendto(build_udp_datagram(source, payload), self.client_addr)
+        with contextlib.suppress(AnyTLSError):
+            await self.assoc.recvfrom()  # only returns (raises) once the stream is gone
+        self.control.close()
 
 
+@functools.lru_cache(maxsize=256)
 def _norm(ip: str) -> str:
     try:
         addr = ipaddress.ip_address(ip.split("%")[0])
