@@ -55,7 +55,7 @@ PAIRS: list[tuple[str, str, str]] = [
     ("sing-box:sing-box", "sing-box", "sing-box"),
     # Our server with its default worker count (one process per core, SO_REUSEPORT); the
     # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
-    ("ours:ours-workers", "ours", "ours-workers"),
+    ("ours:ours-workers", "ours-workers", "ours-workers"),
 ]
 REFERENCE = "sing-box:sing-box"
 
@@ -344,10 +344,12 @@ class Pair:
         wait_ready(server, server_port, log, f"{self.name}: {self.server_impl} server")
 
         mixed_port = free_port_tcp_udp()
-        if self.client_impl == "ours":
+        if self.client_impl.startswith("ours"):
             argv = [*ours("client"), "-l", f"127.0.0.1:{mixed_port}", "-s",
                     f"127.0.0.1:{server_port}", "-p", PASSWORD, "--insecure",
                     "--log-level", "warning"]
+            if self.client_impl == "ours-workers":
+                argv += ["--workers", "0"]  # one process per core
             log = self.workdir / "anytls-client.log"
         else:
             argv, log = self._singbox("client", singbox_client_config(mixed_port, server_port))

@@ -278,3 +278,41 @@ def test_cancelled_open_closes_its_stream_on_both_sides() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("max_streams", [1, 3])
+def test_pool_pick_matches_the_policy_as_streams_come_and_go(max_streams: int) -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with (
+            tcp_echo_server() as echo,
+            client_for(port, max_streams_per_session=max_streams) as client,
+        ):
+            def agrees() -> bool:
+                expected = client.policy.choose([c.info() for c in client.sessions.values()])
+                picked = client._choose()
+                return (picked.seq if picked else None) == expected
+
+            opened = await asyncio.gather(
+                *(client.open_connection(*echo) for _ in range(12))
+            )
+            assert agrees()
+            for i, (reader, writer) in enumerate(opened):
+                writer.write(b"x")
+                assert await reader.readexactly(1) == b"x"
+                if i % 3 == 0:
+                    writer.close()
+                    await asyncio.sleep(0.01)
+                    assert agrees()
+            newest = max(client.sessions)
+            client.sessions[newest].close("test")
+            assert agrees()
+            for _, writer in opened:
+                writer.close()
+            await asyncio.sleep(0.05)
+            assert agrees()
+            await ping(client, echo)
+            assert agrees()
+        await server.close()
+
+    asyncio.run(main())

@@ -78,17 +78,23 @@ def test_datagram_handler_gets_queued_then_live_datagrams_in_order() -> None:
             assoc = await open_udp(env.client)
             assoc.sendto(b"queued-1", echo)
             assoc.sendto(b"queued-2", echo)
-            async with asyncio.timeout(5):
-                while assoc.queue.qsize() < 2:
-                    await asyncio.sleep(0.01)
+            for _ in range(500):
+                if assoc.queue.qsize() == 2:
+                    break
+                await asyncio.sleep(0.01)
             got: list[tuple[bytes, Address]] = []
-            assoc.set_datagram_handler(lambda payload, source: got.append((payload, source)))
+            all_in = asyncio.Event()
+
+            def handler(payload: bytes, source: Address) -> None:
+                got.append((payload, source))
+                if len(got) == 22:
+                    all_in.set()
+
+            assoc.set_datagram_handler(handler)
             assert [p for p, _ in got] == [b"queued-1", b"queued-2"]  # handed over at once
             for i in range(20):
                 assoc.sendto(b"live-%d" % i, echo)
-            async with asyncio.timeout(5):
-                while len(got) < 22:
-                    await asyncio.sleep(0.01)
+            await asyncio.wait_for(all_in.wait(), 5)
             assert [p for p, _ in got[2:]] == [b"live-%d" % i for i in range(20)]
             assert all((s.host, s.port) == (echo[0], echo[1]) for _, s in got)
             assert assoc.queue.qsize() == 0  # nothing went to the queue meanwhile

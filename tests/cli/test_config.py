@@ -71,6 +71,7 @@ CLIENT_SAMPLES: dict[str, Any] = {
     "heartbeat_timeout": 5,
     "auth": "user:pass",
     "udp_forward": ["127.0.0.1:5353=1.1.1.1:53"],
+    "workers": 2,
     "log_level": "warning",
     "log_format": "json",
 }

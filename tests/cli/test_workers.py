@@ -1,4 +1,4 @@
-"""anytls-server --workers: several processes share the port and all of them serve."""
+"""--workers: several processes share the port and all of them serve (server and client)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from anytls.aio.client import Client, ClientConfig
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
+from tests.helpers.proxyclient import open_socks5_raw
 
 
 def children_of(pid: int) -> list[int]:
@@ -67,3 +68,48 @@ def test_default_is_one_worker_per_core(tmp_path: Path) -> None:
         assert server.proc is not None
         assert len(children_of(server.proc.pid)) == (os.cpu_count() or 1) - 1
         assert f"{os.cpu_count()} worker" in server.log_text()
+
+
+def _socket_fds(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
+
+
+def test_client_workers_share_the_local_port_each_with_its_own_pool(tmp_path: Path) -> None:
+    server_port, mixed_port = free_port(), free_port()
+    with (
+        AnyTLSProcess.server(server_port, ["-p", "pw", "--workers", "1"], tmp_path),
+        AnyTLSProcess.client(
+            mixed_port,
+            ["-s", f"127.0.0.1:{server_port}", "-p", "pw", "--insecure", "--workers", "2",
+             "--log-level", "info"],
+            tmp_path,
+        ) as client,
+    ):
+        assert client.proc is not None
+        (worker,) = children_of(client.proc.pid)
+        pids = [client.proc.pid, worker]
+        before = {pid: _socket_fds(pid) for pid in pids}
+
+        async def traffic() -> None:
+            async with tcp_echo_server() as echo:
+                for i in range(40):
+                    reader, writer, _ = await open_socks5_raw("127.0.0.1", mixed_port, *echo)
+                    writer.write(b"%d" % i)
+                    assert await reader.readexactly(len(b"%d" % i)) == b"%d" % i
+                    writer.close()
+
+        asyncio.run(traffic())
+        # Each process served some of the 40 connections (SO_REUSEPORT spreads them) and
+        # keeps the session it used in its own pool.
+        assert all(_socket_fds(pid) > before[pid] for pid in pids)
+        assert "2 workers" in client.log_text()
+        client.proc.send_signal(signal.SIGTERM)
+        client.proc.wait(10)
+    assert not Path(f"/proc/{worker}").exists() or _zombie(worker)

@@ -118,6 +118,7 @@ class ClientConnection(SessionConnection):
         stream_id = self.core.open_stream(destination.encode(), self.loop.time())
         stream = self.add_stream(stream_id)
         self.idle_since = None
+        self.client._update_available(self)
         self.schedule_flush()
         self.arm_timer()
         return stream
@@ -188,6 +189,9 @@ class Client:
         #: The server's protocol version once a session learned it (0 = unknown).
         self.server_version = 0
         self.sessions: dict[int, ClientConnection] = {}
+        #: ``seq`` of the sessions that can take one more stream (the policy's rule, kept
+        #: up to date as streams open and close, so picking one costs no walk of the pool).
+        self._available: set[int] = set()
         self.sessions_opened = 0
         self.streams_retried = 0
         self._seq = itertools.count(1)
@@ -238,6 +242,7 @@ class Client:
         conn.core.initiate()
         conn.flush()
         self.sessions[seq] = conn
+        self._update_available(conn)
         self.sessions_opened += 1
         log.debug("session %d to %s opened", seq, where)
         self._arm_reaper()
@@ -247,9 +252,9 @@ class Client:
         if self._closed:
             raise SessionClosedError("the client is closed")
         if not fresh and self.config.reuse_sessions:
-            seq = self.policy.choose([c.info() for c in self.sessions.values()])
-            if seq is not None:
-                return self.sessions[seq]
+            conn = self._choose()
+            if conn is not None:
+                return conn
             # Several streams may share one session: join a handshake already under way.
             if self._pending is not None and self._pending_claims < self.policy.max_streams:
                 self._pending_claims += 1
@@ -263,7 +268,29 @@ class Client:
             if self._pending is task:
                 self._pending = None
 
+    def _update_available(self, conn: ClientConnection) -> None:
+        if (
+            self.sessions.get(conn.seq) is conn
+            and not conn.is_closed
+            and self.policy.can_take(len(conn.streams))
+        ):
+            self._available.add(conn.seq)
+        else:
+            self._available.discard(conn.seq)
+
+    def _choose(self) -> ClientConnection | None:
+        """The newest session that can take a stream (:meth:`PoolPolicy.choose`'s rule)."""
+        available = self._available
+        while available:
+            seq = max(available)
+            conn = self.sessions.get(seq)
+            if conn is not None and not conn.is_closed and self.policy.can_take(len(conn.streams)):
+                return conn
+            available.discard(seq)  # closing since it was last updated
+        return None
+
     def _stream_closed(self, conn: ClientConnection) -> None:
+        self._update_available(conn)
         if conn.streams or conn.is_closed or self._closed:
             return
         if not self.config.reuse_sessions:
@@ -274,6 +301,7 @@ class Client:
     def _session_closed(self, conn: ClientConnection, reason: str) -> None:
         if self.sessions.get(conn.seq) is conn:
             del self.sessions[conn.seq]
+            self._available.discard(conn.seq)
             log.debug("session %d closed: %s", conn.seq, reason)
 
     def _arm_reaper(self) -> None:

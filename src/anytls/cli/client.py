@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -19,7 +21,7 @@ from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
 from ..log import setup_logging
 from ..uri import format_uri, parse_uri
-from . import _common
+from . import _common, _run
 from ._flags import long_options, normalise, parse_bool
 from ._run import run
 
@@ -142,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LOCAL=TARGET",
         help="forward UDP arriving on LOCAL to TARGET through the server, "
         "e.g. 127.0.0.1:5353=8.8.8.8:53 (repeatable)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the local port with SO_REUSEPORT, each with its own "
+        "session pool (default 1; 0 = one per CPU core)",
     )
     _common.add_logging_arguments(parser)
     return parser
@@ -409,11 +419,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(acheck)
         return
 
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
         inbound = MixedInbound(client, auth=auth, udp_handler=udp_handler(client))
         try:
-            await inbound.start(listen.host, listen.port)
+            await inbound.start(listen.host, listen.port, reuse_port=workers > 1)
         except OSError as exc:
             log.error(
                 "cannot listen on %s: %s; choose another local port with -l",
@@ -422,25 +434,32 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             raise SystemExit(1) from exc
         try:
-            forwarders = await start_forwarders(client, forwards)
+            forwarders = await start_forwarders(client, forwards, reuse_port=workers > 1)
         except OSError as exc:
             log.error("--udp-forward: cannot bind: %s", exc.strerror or exc)
             raise SystemExit(1) from exc
-        log.info(
-            "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s",
+        # Worker processes other than the first say the same things at DEBUG.
+        level = logging.INFO if worker_index == 0 else logging.DEBUG
+        log.log(
+            level,
+            "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s%s",
             __version__,
             listen,
             config.server_host,
             config.server_port,
             " (certificate not verified)" if config.insecure else "",
+            f", {workers} workers" if workers > 1 else "",
         )
         await stop.wait()
-        log.info("shutting down")
+        _run.signal_workers(signal.SIGTERM)
+        log.log(level, "shutting down")
         for forwarder in forwarders:
             await forwarder.close()
         await inbound.close()
         await client.close()
+        await _run.wait_for_workers(10)
 
+    worker_index = _run.fork_workers(workers)
     run(amain)
 
 

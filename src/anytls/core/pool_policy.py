@@ -50,15 +50,15 @@ class PoolPolicy:
     max_streams: int = 1
     """Concurrent streams one session may carry (1 = the Go clients' behaviour)."""
 
+    def can_take(self, streams: int) -> bool:
+        """Whether a usable session with ``streams`` open streams may take one more."""
+        return streams < self.max_streams
+
     def choose(self, sessions: Sequence[SessionInfo]) -> int | None:
         """The ``seq`` of the session a new stream should use, or None to open one."""
         best: int | None = None
         for info in sessions:
-            if (
-                info.usable
-                and info.streams < self.max_streams
-                and (best is None or info.seq > best)
-            ):
+            if info.usable and self.can_take(info.streams) and (best is None or info.seq > best):
                 best = info.seq
         return best
 

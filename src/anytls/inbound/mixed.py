@@ -232,11 +232,12 @@ class MixedInbound:
         self.handshakes: set[_Handshake] = set()
         self.server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        """Start listening."""
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Start listening (``reuse_port``: share the port with other processes)."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: _Handshake(self), host, port, reuse_address=True, backlog=4096
+            lambda: _Handshake(self), host, port, reuse_address=True, backlog=4096,
+            reuse_port=reuse_port or None,
         )
 
     @property

@@ -107,11 +107,16 @@ class UdpForwarder:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    async def start(self) -> None:
-        """Bind the local socket (raises :class:`OSError` when it cannot)."""
+    async def start(self, *, reuse_port: bool = False) -> None:
+        """Bind the local socket (raises :class:`OSError` when it cannot).
+
+        ``reuse_port``: share the port with other processes; the kernel keeps each local
+        sender on one of them.
+        """
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _LocalSocket(self), local_addr=(self.local.host, self.local.port)
+            lambda: _LocalSocket(self), local_addr=(self.local.host, self.local.port),
+            reuse_port=reuse_port or None,
         )
         self.transport = transport
         self._protocol = protocol
@@ -277,6 +282,8 @@ async def start_forwarders(
     client: Client,
     forwards: list[tuple[Address, Address]],
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    *,
+    reuse_port: bool = False,
 ) -> list[UdpForwarder]:
     """Start one :class:`UdpForwarder` per ``(local, target)``; on a bind error close the
     ones already started and re-raise the :class:`OSError`."""
@@ -284,7 +291,7 @@ async def start_forwarders(
     try:
         for local, target in forwards:
             forwarder = UdpForwarder(client, local, target, idle_timeout)
-            await forwarder.start()
+            await forwarder.start(reuse_port=reuse_port)
             started.append(forwarder)
     except BaseException:
         for forwarder in started:
