@@ -9,6 +9,7 @@ import pytest
 
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
+from anytls.core.address import Address
 from anytls.errors import StreamOpenError
 from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 
@@ -313,6 +314,118 @@ def test_pool_pick_matches_the_policy_as_streams_come_and_go(max_streams: int) -
             assert agrees()
             await ping(client, echo)
             assert agrees()
+        await server.close()
+
+    asyncio.run(main())
+
+
+class Opened:
+    """Collects what :meth:`Client.open_stream_then` reports."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[tuple[object, object]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def __call__(self, stream: object, exc: object) -> None:
+        assert not self.future.done(), "done() called twice"
+        self.future.set_result((stream, exc))
+
+    async def result(self) -> tuple[object, object]:
+        return await asyncio.wait_for(self.future, 10)
+
+
+async def echo_through(stream: object, data: bytes) -> bytes:
+    from anytls.aio.stream import Stream
+
+    assert isinstance(stream, Stream)
+    got = bytearray()
+    arrived = asyncio.Event()
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, chunk: bytes) -> None:
+            got.extend(chunk)
+            if len(got) >= len(data):
+                arrived.set()
+
+    stream.set_protocol(Sink())
+    stream.write(data)
+    await asyncio.wait_for(arrived.wait(), 10)
+    stream.close()
+    return bytes(got)
+
+
+def test_open_stream_then_uses_no_task_on_a_pooled_session() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            first = Opened()
+            pending = client.open_stream_then(Address(*echo), first)
+            assert pending.task is not None  # no session yet: opened in a task
+            stream, exc = await first.result()
+            assert exc is None and await echo_through(stream, b"one") == b"one"
+            await asyncio.sleep(0.01)
+            second = Opened()
+            pending = client.open_stream_then(Address(*echo), second)
+            assert pending.task is None and pending.stream is not None  # callback path
+            stream, exc = await second.result()
+            assert exc is None and await echo_through(stream, b"two") == b"two"
+            assert client.sessions_opened == 1
+            await asyncio.sleep(0.01)
+            refused = Opened()
+            pending = client.open_stream_then(Address("127.0.0.1", refused_port()), refused)
+            assert pending.task is None
+            stream, exc = await refused.result()
+            assert stream is None
+            assert isinstance(exc, StreamOpenError) and "refused" in str(exc)
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_open_stream_then_retries_once_when_the_pooled_session_is_dead() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port, synack_timeout=0.3) as client:
+            await ping(client, echo)
+            (sconn,) = server.connections
+            assert sconn.transport is not None
+            sconn.transport.pause_reading()  # the pooled session's tunnel is dead
+            opened = Opened()
+            pending = client.open_stream_then(Address(*echo), opened)
+            assert pending.task is None
+            stream, exc = await opened.result()
+            assert exc is None
+            assert await echo_through(stream, b"after the stall") == b"after the stall"
+            assert client.streams_retried == 1 and client.sessions_opened == 2
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_open_stream_then_cancel_closes_the_stream_and_stays_silent() -> None:
+    async def main() -> None:
+        server, port = await start(connect_timeout=30.0)
+        listener, hole, fillers = blackhole()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            opened = Opened()
+            pending = client.open_stream_then(Address("127.0.0.1", hole), opened)
+            assert pending.stream is not None
+            for _ in range(100):
+                if server.open_streams:
+                    break
+                await asyncio.sleep(0.01)
+            pending.cancel()
+            assert pending.stream.is_closing()
+            for _ in range(100):
+                if not server.open_streams:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.open_streams == 0
+            assert not opened.future.done()  # a cancelled open reports nothing
+        for s in (*fillers, listener):
+            s.close()
         await server.close()
 
     asyncio.run(main())

@@ -89,3 +89,37 @@ def test_refused_reset_and_stalled_destinations() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
+    async def main() -> None:
+        server = await serve(
+            ServerConfig(users={"u": PASSWORD}, connect_timeout=30.0), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)
+        listener, hole, fillers = blackhole()
+        async with tcp_echo_server() as echo, Client(config) as client:
+            inbound = MixedInbound(client)
+            await inbound.start("127.0.0.1", 0)
+            _, w, _ = await open_socks5_raw("127.0.0.1", inbound.port, *echo)  # pools a session
+            w.close()
+            await asyncio.sleep(0.05)
+            for timeout in (0.3, 0.3):  # SOCKS client gives up while the server is dialling
+                with pytest.raises(TimeoutError):
+                    await open_socks5_raw("127.0.0.1", inbound.port, "127.0.0.1", hole,
+                                          timeout=timeout)
+            for _ in range(200):
+                if not server.open_streams and not inbound.handshakes:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.open_streams == 0  # both abandoned streams were closed (FIN)
+            assert not inbound.handshakes
+            (conn,) = client.sessions.values()
+            assert conn.streams == {}
+            await inbound.close()
+        for s in (*fillers, listener):
+            s.close()
+        await server.close()
+
+    asyncio.run(main())

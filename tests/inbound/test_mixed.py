@@ -335,6 +335,26 @@ async def test_socks5_request_pipelined_with_data(proxy: AnyTLSProcess) -> None:
 
 
 @async_test
+async def test_socks5_pipelined_data_beyond_the_early_data_limit(proxy: AnyTLSProcess) -> None:
+    """1 MiB sent right behind the request: buffered up to the limit, then reading pauses
+    until the stream is connected; every byte arrives, in order."""
+    async with tcp_echo_server() as (host, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            async with asyncio.timeout(20):
+                payload = pattern(1 << 20)
+                writer.write(
+                    b"\x05\x01\x00" + b"\x05\x01\x00" + encode_address(host, port) + payload
+                )
+                assert await reader.readexactly(2) == b"\x05\x00"
+                assert (await reader.readexactly(3 + 7))[:2] == b"\x05\x00"
+                got = await reader.readexactly(len(payload))
+        finally:
+            await aclose(writer)
+    assert sha256_hex(got) == sha256_hex(payload)
+
+
+@async_test
 async def test_http_connect_pipelined_with_data(proxy: AnyTLSProcess) -> None:
     """CONNECT head and tunnelled bytes in one segment, before the 200 arrives."""
     async with tcp_echo_server() as (_host, port):

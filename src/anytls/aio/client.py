@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import __version__
@@ -31,7 +32,7 @@ from ..core.events import (
 from ..core.padding import PaddingScheme
 from ..core.pool_policy import PoolPolicy, SessionInfo, normalise_interval
 from ..core.session import Session
-from ..errors import SessionClosedError, StreamOpenError
+from ..errors import AnyTLSError, SessionClosedError, StreamOpenError
 from .connection import SessionConnection
 from .stream import Stream
 
@@ -166,6 +167,110 @@ class ClientConnection(SessionConnection):
         if not self.version_known.done():
             self.version_known.cancel()
         self.client._session_closed(self, reason)
+
+
+OpenCallback = Callable[["Stream | None", "AnyTLSError | None"], None]
+
+
+class PendingOpen:
+    """A stream being opened for :meth:`Client.open_stream_then`; ``cancel()`` stops it."""
+
+    def __init__(self, client: Client, destination: Address, done: OpenCallback) -> None:
+        self.client = client
+        self.destination = destination
+        self.done = done
+        self.stream: Stream | None = None
+        self.task: asyncio.Task[Stream] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.finished = False
+
+    @classmethod
+    def in_task(
+        cls, client: Client, destination: Address, done: OpenCallback, *, fresh: bool
+    ) -> PendingOpen:
+        """Run :meth:`Client.open_stream_acknowledged` in a task."""
+        pending = cls(client, destination, done)
+        pending._start_task(fresh)
+        return pending
+
+    @classmethod
+    def on_session(
+        cls, client: Client, conn: ClientConnection, destination: Address, done: OpenCallback
+    ) -> PendingOpen:
+        """Open on ``conn`` (a v2 session) and wait for the SYNACK by callback."""
+        pending = cls(client, destination, done)
+        stream = pending.stream = conn.open_stream(destination)
+        timeout = client.config.ack_timeout
+        pending.timer = conn.loop.call_later(timeout, _ack_timed_out, stream, timeout)
+        stream.acknowledged.add_done_callback(pending._acknowledged)
+        return pending
+
+    def _start_task(self, fresh: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(
+            self.client.open_stream_acknowledged(self.destination, fresh=fresh)
+        )
+        self.task.add_done_callback(self._task_done)
+
+    def _acknowledged(self, ack: asyncio.Future[str | None]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        stream = self.stream
+        if self.finished or stream is None:
+            return
+        if ack.cancelled():
+            return
+        exc = ack.exception()
+        if exc is None:
+            error = ack.result()
+            if error is None:
+                self._finish(stream, None)
+                return
+            stream.close()
+            self._finish(None, StreamOpenError(f"remote: {error}"))
+            return
+        if (
+            isinstance(exc, SessionClosedError)
+            and self.client.config.retry_dead_session
+            and stream.stream_id >= 2
+            and not stream.bytes_received
+        ):
+            # The pooled session died before answering: once more, on a new session.
+            self.client._note_retry(self.destination, exc)
+            self.stream = None
+            self._start_task(fresh=True)
+            return
+        self._finish(None, exc if isinstance(exc, AnyTLSError) else AnyTLSError(str(exc)))
+
+    def _task_done(self, task: asyncio.Task[Stream]) -> None:
+        if task.cancelled() or self.finished:
+            return
+        exc = task.exception()
+        if exc is None:
+            self._finish(task.result(), None)
+        elif isinstance(exc, AnyTLSError):
+            self._finish(None, exc)
+        else:
+            log.error("opening a stream to %s failed", self.destination, exc_info=exc)
+            self._finish(None, AnyTLSError(f"opening a stream failed: {exc!r}"))
+
+    def _finish(self, stream: Stream | None, exc: AnyTLSError | None) -> None:
+        self.finished = True
+        self.done(stream, exc)
+
+    def cancel(self) -> None:
+        """Give up: the stream (if any) is closed and ``done`` is not called."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.stream is not None:
+            self.stream.close()
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _ack_timed_out(stream: Stream, timeout: float) -> None:
@@ -368,14 +473,16 @@ class Client:
                 stream.close()
                 raise StreamOpenError(f"remote: {error}")
 
-    async def open_stream_acknowledged(self, destination: Address) -> Stream:
+    async def open_stream_acknowledged(
+        self, destination: Address, *, fresh: bool = False
+    ) -> Stream:
         """Open a stream and wait for the server's SYNACK (see :meth:`wait_acknowledged`).
 
         If the session dies before the SYNACK (the watchdog fired, or the connection
         dropped) and nothing was received yet, the stream is retried once on a fresh
-        session, so a stale pooled session costs a delay, not an error.
+        session, so a stale pooled session costs a delay, not an error. ``fresh`` starts
+        on a new session right away.
         """
-        fresh = False
         while True:
             stream = await self.open_stream(destination, fresh=fresh)
             try:
@@ -387,9 +494,27 @@ class Client:
                     raise
                 if stream.bytes_received:
                     raise
-                log.info("retrying %s on a fresh session: %s", destination, exc)
-                self.streams_retried += 1
+                self._note_retry(destination, exc)
                 fresh = True
+
+    def _note_retry(self, destination: Address, exc: BaseException) -> None:
+        log.info("retrying %s on a fresh session: %s", destination, exc)
+        self.streams_retried += 1
+
+    def open_stream_then(self, destination: Address, done: OpenCallback) -> PendingOpen:
+        """Like :meth:`open_stream_acknowledged`, reporting through a callback.
+
+        ``done(stream, None)`` once the server acknowledged the stream, or
+        ``done(None, error)`` with the :class:`AnyTLSError` that stopped it. On a pooled
+        session that already spoke v2 (the common case) no task is created: the stream goes
+        out at once and ``done`` runs from the SYNACK's callback. Otherwise (a new session,
+        a v1 or not yet known server) it runs :meth:`open_stream_acknowledged` in a task.
+        ``cancel()`` on the result abandons the attempt and closes the stream.
+        """
+        conn = None if self._closed or not self.config.reuse_sessions else self._choose()
+        if conn is None or not conn.version_known.done() or conn.core.peer_version < 2:
+            return PendingOpen.in_task(self, destination, done, fresh=False)
+        return PendingOpen.on_session(self, conn, destination, done)
 
     async def open_connection(
         self, host: str, port: int, *, limit: int = 2**18

@@ -4,7 +4,8 @@
 anything else is read as an HTTP proxy request (CONNECT, or an absolute-URI request that
 is forwarded in origin form). The handshake runs in a plain protocol on the accepted
 transport; once the tunnelled stream is acknowledged the transport is spliced to it, so
-the relay path has no task and no ``StreamReader``.
+the relay path has no task and no ``StreamReader`` (and on a pooled session, neither has
+the stream open: :meth:`~anytls.aio.client.Client.open_stream_then` reports by callback).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from ..aio.client import Client
+from ..aio.client import Client, PendingOpen
 from ..aio.relay import splice
 from ..aio.stream import Stream
 from ..core.address import Address
@@ -25,8 +26,13 @@ log = logging.getLogger("anytls.inbound")
 
 #: Seconds a local client has to finish its SOCKS5/HTTP handshake.
 HANDSHAKE_TIMEOUT = 30.0
+#: Bytes a local client may send after its request, before the reply, that are buffered
+#: for the stream; past this, reading pauses until the stream is connected.
+EARLY_DATA_LIMIT = 256 * 1024
 
 UdpHandler = Callable[[asyncio.Transport, Address], Awaitable[None]]
+OpenCallback = Callable[[Stream | None, AnyTLSError | None], None]
+_SOCKS_SUCCEEDED = reply(Reply.SUCCEEDED)
 
 
 def socks_reply_for(error: BaseException) -> Reply:
@@ -65,8 +71,10 @@ class _Handshake(asyncio.Protocol):
         self.socks: Socks5Handshake | None = None
         self.http = False
         self.task: asyncio.Task[None] | None = None
+        self.pending: PendingOpen | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.peer = "?"
+        self.address: Address | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -88,6 +96,8 @@ class _Handshake(asyncio.Protocol):
         self._done()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.pending is not None:
+            self.pending.cancel()  # the local client left before the server answered
 
     def _done(self) -> None:
         if self.timer is not None:
@@ -97,8 +107,11 @@ class _Handshake(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
-        if self.task is not None:
+        if self.task is not None or self.pending is not None:
+            # Early data while the server dials: kept for the stream, within a bound.
             self.buf += data
+            if len(self.buf) > EARLY_DATA_LIMIT:
+                self.transport.pause_reading()
             return
         try:
             if self.socks is None and not self.http:
@@ -129,7 +142,7 @@ class _Handshake(asyncio.Protocol):
         command, address = request
         self.buf += self.socks.leftover
         if command == Command.CONNECT:
-            self._start(self._socks_connect(address))
+            self._open(address, self._socks_opened)
         elif command == Command.UDP_ASSOCIATE and self.inbound.udp_handler is not None:
             self._done()
             self.transport.pause_reading()
@@ -155,48 +168,51 @@ class _Handshake(asyncio.Protocol):
             self.transport.write(response(407, "Proxy Authentication Required"))
             self._abort()
             return
-        self._start(self._http_connect(request))
+        self._open(request.target, lambda stream, exc: self._http_opened(request, stream, exc))
 
-    def _start(self, coro: Awaitable[None]) -> None:
+    def eof_received(self) -> bool:
+        if self.pending is not None:
+            # Gone before the server answered (reading stays on while it dials, so this is
+            # noticed): abandon the stream now rather than when the dial ends.
+            log.info("local client %s: left before %s was connected", self.peer, self.address)
+            self.pending.cancel()
+            self.pending = None
+        return False
+
+    def _open(self, address: Address, then: OpenCallback) -> None:
         assert self.transport is not None
-        self.transport.pause_reading()
-        self.task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self.task.add_done_callback(self._task_done)
+        if len(self.buf) > EARLY_DATA_LIMIT:
+            self.transport.pause_reading()
+        self.address = address
+        self.pending = self.inbound.client.open_stream_then(address, then)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _socks_opened(self, stream: Stream | None, exc: AnyTLSError | None) -> None:
+        assert self.transport is not None
+        self.pending = None
         self._done()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("local client %s: handler failed", self.peer, exc_info=task.exception())
-            self._abort()
-
-    async def _open(self, address: Address) -> Stream:
-        return await self.inbound.client.open_stream_acknowledged(address)
-
-    async def _socks_connect(self, address: Address) -> None:
-        assert self.transport is not None
-        try:
-            stream = await self._open(address)
-        except AnyTLSError as exc:
-            log.info("local client %s: CONNECT %s failed: %s", self.peer, address, exc)
+        if stream is None:
+            log.info("local client %s: CONNECT %s failed: %s", self.peer, self.address, exc)
             if not self.transport.is_closing():
-                self.transport.write(reply(socks_reply_for(exc)))
+                self.transport.write(reply(socks_reply_for(exc or AnyTLSError("failed"))))
                 self._abort()
             return
         if self.transport.is_closing():
             stream.close()
             return
-        log.debug("local client %s: CONNECT %s", self.peer, address)
-        self.transport.write(reply(Reply.SUCCEEDED))
+        log.debug("local client %s: CONNECT %s", self.peer, self.address)
+        self.transport.write(_SOCKS_SUCCEEDED)
         self._splice(stream)
 
-    async def _http_connect(self, request: HttpProxyRequest) -> None:
+    def _http_opened(
+        self, request: HttpProxyRequest, stream: Stream | None, exc: AnyTLSError | None
+    ) -> None:
         assert self.transport is not None
-        address = request.target
-        try:
-            stream = await self._open(address)
-        except AnyTLSError as exc:
-            log.info("local client %s: %s %s failed: %s", self.peer, request.method, address, exc)
-            status, reason = http_status_for(exc)
+        self.pending = None
+        self._done()
+        if stream is None:
+            log.info("local client %s: %s %s failed: %s", self.peer, request.method,
+                     request.target, exc)
+            status, reason = http_status_for(exc or AnyTLSError("failed"))
             if not self.transport.is_closing():
                 self.transport.write(response(status, reason))
                 self._abort()
