@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 from anytls.aio.tls import client_context, prefer_go_ciphersuites, server_context
@@ -65,3 +66,37 @@ def test_prefer_go_ciphersuites_reports_success_and_keeps_other_settings() -> No
     assert prefer_go_ciphersuites(ctx)
     assert ctx.options == options
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def _records(data: bytes) -> list[bytes]:
+    out = []
+    while data:
+        length = int.from_bytes(data[3:5], "big")
+        out.append(data[: 5 + length])
+        data = data[5 + length :]
+    return out
+
+
+def tickets_sent(server_ctx: ssl.SSLContext) -> int:
+    """Records the server writes when it completes the handshake (its tickets, in TLS 1.3)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = stock_client().wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(4):
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.do_handshake()
+        s_in.write(c_out.read())
+        try:
+            server.do_handshake()
+        except ssl.SSLWantReadError:
+            c_in.write(s_out.read())
+            continue
+        return len(_records(s_out.read()))  # written after the client's Finished
+    raise AssertionError("no handshake")
+
+
+def test_server_sends_one_session_ticket_like_go() -> None:
+    ours = server_context()
+    assert tickets_sent(ours) == 1
+    ours.num_tickets = 2  # OpenSSL's default, for contrast
+    assert tickets_sent(ours) == 2

@@ -127,6 +127,8 @@ def server_context(
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     prefer_go_ciphersuites(ctx)
+    # One TLS 1.3 session ticket per handshake, as Go servers send (OpenSSL's default is 2).
+    ctx.num_tickets = 1
     if cert:
         try:
             ctx.load_cert_chain(cert, key or None)
