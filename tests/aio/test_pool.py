@@ -429,3 +429,79 @@ def test_open_stream_then_cancel_closes_the_stream_and_stays_silent() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_open_stream_then_closes_a_stream_that_arrives_after_cancel() -> None:
+    from anytls.aio.client import PendingOpen
+
+    class FakeStream:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def main() -> None:
+        fake = FakeStream()
+
+        async def opened() -> FakeStream:
+            return fake
+
+        pending = PendingOpen(None, Address("127.0.0.1", 1), lambda s, e: None)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(opened())
+        await asyncio.wait([task])
+        pending.task = task  # type: ignore[assignment]
+        pending.cancel()  # the local client left just as the task finished
+        pending._task_done(task)  # type: ignore[arg-type]
+        assert fake.closed
+
+    asyncio.run(main())
+
+
+def test_cancel_during_the_version_probe_closes_the_stream() -> None:
+    from anytls.aio.tls import server_context
+
+    async def main() -> None:
+        ctx = server_context()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # TLS up, then never a frame: the version stays unknown
+
+        silent_server = await asyncio.start_server(silent, "127.0.0.1", 0, ssl=ctx)
+        port = silent_server.sockets[0].getsockname()[1]
+        async with client_for(port) as client:
+            opening = asyncio.create_task(client.open_connection("127.0.0.1", 9))
+            for _ in range(100):
+                if client.sessions and next(iter(client.sessions.values())).streams:
+                    break
+                await asyncio.sleep(0.01)
+            (conn,) = client.sessions.values()
+            assert conn.streams and not conn.version_known.done()  # inside the probe
+            opening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            assert conn.streams == {}
+        silent_server.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_acknowledgement_is_reported_not_dropped() -> None:
+    from anytls.errors import StreamClosedError
+
+    async def main() -> None:
+        server, port = await start(connect_timeout=30.0)
+        listener, hole, fillers = blackhole()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            opened = Opened()
+            pending = client.open_stream_then(Address("127.0.0.1", hole), opened)
+            assert pending.stream is not None
+            pending.stream.acknowledged.cancel()
+            stream, exc = await opened.result()
+            assert stream is None and isinstance(exc, StreamClosedError)
+            assert pending.stream.is_closing()
+        for s in (*fillers, listener):
+            s.close()
+        await server.close()
+
+    asyncio.run(main())

@@ -192,3 +192,26 @@ def test_deny_private_applies_to_udp() -> None:
             assert echo.stats.datagrams == 0
 
     asyncio.run(main())
+
+
+def test_a_failing_datagram_handler_ends_only_its_association() -> None:
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client)
+
+            def broken(payload: bytes, source: Address) -> None:
+                raise RuntimeError("handler bug")
+
+            assoc.set_datagram_handler(broken)
+            assoc.sendto(b"boom", echo)
+            with pytest.raises(StreamClosedError):
+                await asyncio.wait_for(assoc.recvfrom(), 5)
+            (conn,) = env.client.sessions.values()
+            assert not conn.is_closed  # the TLS session and its other streams live on
+            other = await open_udp(env.client)
+            other.sendto(b"still fine", echo)
+            assert (await asyncio.wait_for(other.recvfrom(), 5))[0] == b"still fine"
+            assert env.client.sessions_opened == 1
+            other.close()
+
+    asyncio.run(main())

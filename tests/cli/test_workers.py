@@ -8,6 +8,8 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from anytls.aio.client import Client, ClientConfig
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port
@@ -113,3 +115,16 @@ def test_client_workers_share_the_local_port_each_with_its_own_pool(tmp_path: Pa
         client.proc.send_signal(signal.SIGTERM)
         client.proc.wait(10)
     assert not Path(f"/proc/{worker}").exists() or _zombie(worker)
+
+
+def test_worker_count_defaults_and_port_zero(caplog: pytest.LogCaptureFixture) -> None:
+    from anytls.cli import _run
+    from anytls.core.address import Address
+
+    assert _run.worker_count(3, Address("127.0.0.1", 1080)) == 3
+    assert _run.worker_count(0, Address("127.0.0.1", 1080)) == (os.cpu_count() or 1)
+    assert _run.worker_count(1, Address("127.0.0.1", 0)) == 1
+    with caplog.at_level("WARNING"):
+        assert _run.worker_count(4, Address("127.0.0.1", 0)) == 1
+    assert "port 0" in caplog.text
+    assert not _run.forked()  # nothing was forked in this process

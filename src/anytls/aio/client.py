@@ -32,7 +32,7 @@ from ..core.events import (
 from ..core.padding import PaddingScheme
 from ..core.pool_policy import PoolPolicy, SessionInfo, normalise_interval
 from ..core.session import Session
-from ..errors import AnyTLSError, SessionClosedError, StreamOpenError
+from ..errors import AnyTLSError, SessionClosedError, StreamClosedError, StreamOpenError
 from .connection import SessionConnection
 from .stream import Stream
 
@@ -220,6 +220,8 @@ class PendingOpen:
         if self.finished or stream is None:
             return
         if ack.cancelled():
+            stream.close()
+            self._finish(None, StreamClosedError("the stream open was cancelled"))
             return
         exc = ack.exception()
         if exc is None:
@@ -244,9 +246,13 @@ class PendingOpen:
         self._finish(None, exc if isinstance(exc, AnyTLSError) else AnyTLSError(str(exc)))
 
     def _task_done(self, task: asyncio.Task[Stream]) -> None:
-        if task.cancelled() or self.finished:
+        if task.cancelled():
             return
         exc = task.exception()
+        if self.finished:
+            if exc is None:
+                task.result().close()  # cancel() came after the task had finished
+            return
         if exc is None:
             self._finish(task.result(), None)
         elif isinstance(exc, AnyTLSError):
@@ -456,13 +462,13 @@ class Client:
                 return  # nothing said v2: treat as a v1 server
         ack = stream.acknowledged
         if ack.done() or conn.core.peer_version >= 2:
-            # A timer instead of asyncio.timeout + shield: one future and no extra loop
-            # iterations between the SYNACK and the caller (this is on every stream open).
+            # A timer rather than asyncio.timeout; the shield keeps a cancelled caller from
+            # cancelling the stream's own future (others may watch it).
             timer = None
             if not ack.done():
                 timer = conn.loop.call_later(timeout, _ack_timed_out, stream, timeout)
             try:
-                error = await ack
+                error = await asyncio.shield(ack)
             except asyncio.CancelledError:
                 stream.close()  # the caller gave up: do not leave the stream open
                 raise
@@ -496,6 +502,9 @@ class Client:
                     raise
                 self._note_retry(destination, exc)
                 fresh = True
+            except BaseException:
+                stream.close()  # cancelled (even during the version probe) or failed
+                raise
 
     def _note_retry(self, destination: Address, exc: BaseException) -> None:
         log.info("retrying %s on a fresh session: %s", destination, exc)

@@ -43,8 +43,9 @@ def prefer_go_ciphersuites(ctx: ssl.SSLContext) -> bool:
     AES-256-GCM first: a Python server would then choose a different suite than Go/sing-box
     (visible in every ServerHello) and pay about 30 % more per byte for it. This calls
     OpenSSL's ``SSL_CTX_set_ciphersuites`` on the context's ``SSL_CTX`` through ctypes,
-    after checking that the pointer really is that context. Returns False (and changes
-    nothing) wherever that is not possible.
+    only when the one libssl mapped is the very version ``ssl`` was built with and the
+    pointer reads back the context's options. Returns whether the suites are now in Go's
+    order; where any check fails nothing is changed.
     """
     if sys.implementation.name != "cpython":
         return False
@@ -55,8 +56,12 @@ def prefer_go_ciphersuites(ctx: ssl.SSLContext) -> bool:
         libssl = ctypes.CDLL(path)
         get_options = libssl.SSL_CTX_get_options
         set_suites = libssl.SSL_CTX_set_ciphersuites
+        version_num = libssl.OpenSSL_version_num
     except (OSError, AttributeError):
         return False
+    version_num.argtypes, version_num.restype = [], ctypes.c_ulong
+    if version_num() != ssl.OPENSSL_VERSION_NUMBER:
+        return False  # e.g. an interpreter with its own OpenSSL inside _ssl
     get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
     set_suites.argtypes, set_suites.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
     # PySSLContext starts with PyObject_HEAD followed by its SSL_CTX pointer.

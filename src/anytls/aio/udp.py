@@ -472,7 +472,7 @@ class UdpAssociation(asyncio.Protocol):
             if item is None:
                 self.queue.put_nowait(None)
                 return
-            handler(*item)
+            handler(*item)  # the caller's own call: its exceptions reach the caller
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -485,7 +485,14 @@ class UdpAssociation(asyncio.Protocol):
         handler = self._handler
         for address, payload in packets:
             if handler is not None:
-                handler(payload, address or self.connect)  # type: ignore[arg-type]
+                try:
+                    handler(payload, address or self.connect)  # type: ignore[arg-type]
+                except Exception as exc:
+                    # Only this association ends, never the session that carries it.
+                    log.error("UDP association: datagram handler failed", exc_info=exc)
+                    self.error = exc
+                    self.close()
+                    return
                 continue
             if self.queue.qsize() >= RECV_QUEUE_LIMIT:
                 self.dropped += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -51,6 +52,30 @@ def fork_workers(count: int) -> int:
         WORKER_CHANNELS.append(parent_end)
     atexit.register(_reap_workers)
     return 0
+
+
+def worker_count(requested: int, listen: object) -> int:
+    """Processes to run: ``requested``, or one per core for 0; 1 where that cannot work.
+
+    ``listen`` is the listen address (its ``port`` 0 means "any": each worker would get a
+    different port, so one process serves it).
+    """
+    count = requested if requested > 0 else (os.cpu_count() or 1)
+    if count > 1 and not hasattr(os, "fork"):
+        logging.getLogger("anytls").warning("no fork() here: running one process")
+        return 1
+    if count > 1 and getattr(listen, "port", None) == 0:
+        logging.getLogger("anytls").warning(
+            "listening on port 0 (any free port): running one process, since each worker "
+            "would get a port of its own"
+        )
+        return 1
+    return count
+
+
+def forked() -> bool:
+    """True when this process is one of several workers (so sockets need SO_REUSEPORT)."""
+    return bool(WORKER_PIDS) or PARENT_CHANNEL is not None
 
 
 def signal_workers(sig: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -419,13 +418,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(acheck)
         return
 
-    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    workers = _run.worker_count(args.workers, listen)
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
         inbound = MixedInbound(client, auth=auth, udp_handler=udp_handler(client))
         try:
-            await inbound.start(listen.host, listen.port, reuse_port=workers > 1)
+            await inbound.start(listen.host, listen.port, reuse_port=_run.forked())
         except OSError as exc:
             log.error(
                 "cannot listen on %s: %s; choose another local port with -l",
@@ -434,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             raise SystemExit(1) from exc
         try:
-            forwarders = await start_forwarders(client, forwards, reuse_port=workers > 1)
+            forwarders = await start_forwarders(client, forwards, reuse_port=_run.forked())
         except OSError as exc:
             log.error("--udp-forward: cannot bind: %s", exc.strerror or exc)
             raise SystemExit(1) from exc

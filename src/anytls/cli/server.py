@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -530,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ctx = tls_context(args, listen)
     except ConfigError as exc:
         fail(str(exc))
-    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
+    workers = _run.worker_count(args.workers, listen)
 
     async def amain(stop: asyncio.Event) -> None:
         from ..aio.server import AnyTLSServer
@@ -546,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
         server = AnyTLSServer(config, ctx)
         try:
-            await server.start(host, listen.port, reuse_port=workers > 1)
+            await server.start(host, listen.port, reuse_port=_run.forked())
         except OSError as exc:
             log.error("%s", _listen_error(listen, exc))
             raise SystemExit(1) from exc
