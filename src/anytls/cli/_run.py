@@ -146,6 +146,26 @@ def tune_malloc() -> None:
     mallopt(m_trim_threshold, 64 * 1024 * 1024)
 
 
+def tune_gc() -> None:
+    """Leave start-up objects out of garbage collection and collect young objects less often.
+
+    Everything imported and configured so far lives until exit: ``gc.freeze()`` moves it to
+    the permanent generation, so full collections no longer walk it. A proxy allocates
+    thousands of short-lived objects per second that are freed by reference counting; a
+    higher first threshold runs the cycle collector about ten times less often.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
+
+
+#: Allocations (minus deallocations) between young-generation collections (CPython: 700).
+GC_YOUNG_THRESHOLD = 7000
+
+
 def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop_event)`` on uvloop when available; SIGINT/SIGTERM set the event."""
 
@@ -158,6 +178,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await main(stop)
 
     tune_malloc()
+    tune_gc()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop missing
