@@ -505,3 +505,88 @@ def test_a_cancelled_acknowledgement_is_reported_not_dropped() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_optimistic_open_reports_before_the_synack_for_a_recent_destination() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            first = Opened()
+            pending = client.open_stream_then(Address(*echo), first)
+            stream, exc = await first.result()
+            assert exc is None and not pending.optimistic  # unknown place: waited
+            assert await echo_through(stream, b"a") == b"a"
+            await asyncio.sleep(0.01)
+
+            acked_when_reported: list[bool] = []
+
+            def done(stream: object, exc: object) -> None:
+                acked_when_reported.append(pending.stream.acknowledged.done())  # type: ignore[union-attr]
+                second(stream, exc)
+
+            second = Opened()
+            pending = client.open_stream_then(Address(*echo), done)
+            assert pending.optimistic and not second.future.done()  # never synchronous
+            stream, exc = await second.result()
+            assert exc is None and acked_when_reported == [False]  # 0-RTT
+            assert await echo_through(stream, b"b") == b"b"
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_optimistic_open_that_fails_closes_the_stream_and_forgets_the_place() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with client_for(port) as client:
+            async with tcp_echo_server() as echo:
+                where = Address(*echo)
+                opened = Opened()
+                client.open_stream_then(where, opened)
+                stream, _ = await opened.result()
+                assert await echo_through(stream, b"a") == b"a"
+                await asyncio.sleep(0.01)
+            # The echo server is gone: the port now refuses.
+            optimistic = Opened()
+            pending = client.open_stream_then(where, optimistic)
+            assert pending.optimistic
+            stream, exc = await optimistic.result()
+            assert exc is None and stream is not None  # reported open before the answer
+            for _ in range(200):
+                if stream.is_closing():  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.01)
+            assert stream.is_closing()  # type: ignore[attr-defined]
+            assert where not in client._reachable
+            waited = Opened()
+            pending = client.open_stream_then(where, waited)
+            assert not pending.optimistic  # back to waiting: a real error this time
+            stream, exc = await waited.result()
+            assert stream is None and isinstance(exc, StreamOpenError) and "refused" in str(exc)
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_no_optimistic_open_on_a_quiet_session_or_when_disabled() -> None:
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo:
+            for config, quiet in (({}, True), ({"optimistic_connect": 0}, False)):
+                async with client_for(port, **config) as client:
+                    opened = Opened()
+                    client.open_stream_then(Address(*echo), opened)
+                    stream, _ = await opened.result()
+                    assert await echo_through(stream, b"a") == b"a"
+                    await asyncio.sleep(0.01)
+                    if quiet:  # the server was last heard 11 s ago
+                        (conn,) = client.sessions.values()
+                        conn.core.touch(conn.loop.time() - 11)
+                    again = Opened()
+                    pending = client.open_stream_then(Address(*echo), again)
+                    assert not pending.optimistic
+                    stream, exc = await again.result()
+                    assert exc is None and await echo_through(stream, b"b") == b"b"
+        await server.close()
+
+    asyncio.run(main())

@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         "time, and retry the stream on a fresh one (default 3; 0 = off)",
     )
     parser.add_argument(
+        "--optimistic-connect",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="answer a SOCKS5/HTTP CONNECT at once, before the server has connected, when "
+        "the destination was connected within this many seconds over a live session, as "
+        "the Go clients always do (default 30; 0 = always wait, so every failure gets a "
+        "SOCKS/HTTP error code)",
+    )
+    parser.add_argument(
         "--heartbeat-interval",
         type=float,
         default=0.0,
@@ -260,6 +270,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         reuse_sessions=not args.dr,
         max_streams_per_session=max(1, args.max_streams_per_session),
         synack_timeout=max(0.0, args.synack_timeout),
+        optimistic_connect=max(0.0, args.optimistic_connect),
         heartbeat_interval=max(0.0, args.heartbeat_interval),
         heartbeat_timeout=args.heartbeat_timeout,
     )

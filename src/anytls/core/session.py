@@ -210,6 +210,11 @@ class Session:
         return stream_id in self._streams
 
     # ------------------------------------------------------------------ client side
+    @property
+    def last_activity(self) -> float:
+        """When data last arrived from the peer (or :meth:`touch` was called)."""
+        return self._last_activity
+
     def touch(self, now: float) -> None:
         """Record activity at ``now`` (e.g. when the session is created)."""
         self._last_activity = now
