@@ -11,6 +11,7 @@ from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.core.address import Address
 from anytls.errors import StreamOpenError
+from tests.helpers.aio import wait_until
 from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 
 PASSWORD = "pool-pw"
@@ -234,19 +235,18 @@ def test_server_caps_streams_per_session() -> None:
 def test_unacknowledged_stream_times_out_and_the_session_stays_usable() -> None:
     async def main() -> None:
         server, port = await start(connect_timeout=30.0)
-        listener, hole, fillers = blackhole()
+        hole = blackhole()
         async with tcp_echo_server() as echo, client_for(port, ack_timeout=0.5) as client:
             await ping(client, echo)  # the pooled session is known to be v2
             started = time.monotonic()
             with pytest.raises(StreamOpenError, match=r"did not acknowledge .* within 0\.5 s"):
-                await client.open_connection("127.0.0.1", hole)
+                await client.open_connection("127.0.0.1", hole.port)
             assert 0.4 < time.monotonic() - started < 3
             (conn,) = client.sessions.values()
             assert conn.streams == {}  # the timed-out stream was closed
             await ping(client, echo)
             assert client.sessions_opened == 1
-        for s in (*fillers, listener):
-            s.close()
+        hole.close()
         await server.close()
 
     asyncio.run(main())
@@ -255,27 +255,20 @@ def test_unacknowledged_stream_times_out_and_the_session_stays_usable() -> None:
 def test_cancelled_open_closes_its_stream_on_both_sides() -> None:
     async def main() -> None:
         server, port = await start(connect_timeout=30.0)
-        listener, hole, fillers = blackhole()
+        hole = blackhole()
         async with tcp_echo_server() as echo, client_for(port) as client:
             await ping(client, echo)
-            opening = asyncio.create_task(client.open_connection("127.0.0.1", hole))
-            for _ in range(100):
-                if server.open_streams:
-                    break
-                await asyncio.sleep(0.01)
+            opening = asyncio.create_task(client.open_connection("127.0.0.1", hole.port))
+            await wait_until(lambda: server.open_streams, 1)
             assert server.open_streams == 1  # the server is dialling the black hole
             opening.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await opening
             (conn,) = client.sessions.values()
             assert conn.streams == {}
-            for _ in range(100):
-                if not server.open_streams:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: not server.open_streams, 1)
             assert server.open_streams == 0  # FIN arrived, the dial was abandoned
-        for s in (*fillers, listener):
-            s.close()
+        hole.close()
         await server.close()
 
     asyncio.run(main())
@@ -406,26 +399,19 @@ def test_open_stream_then_retries_once_when_the_pooled_session_is_dead() -> None
 def test_open_stream_then_cancel_closes_the_stream_and_stays_silent() -> None:
     async def main() -> None:
         server, port = await start(connect_timeout=30.0)
-        listener, hole, fillers = blackhole()
+        hole = blackhole()
         async with tcp_echo_server() as echo, client_for(port) as client:
             await ping(client, echo)
             opened = Opened()
-            pending = client.open_stream_then(Address("127.0.0.1", hole), opened)
+            pending = client.open_stream_then(Address("127.0.0.1", hole.port), opened)
             assert pending.stream is not None
-            for _ in range(100):
-                if server.open_streams:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: server.open_streams, 1)
             pending.cancel()
             assert pending.stream.is_closing()
-            for _ in range(100):
-                if not server.open_streams:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: not server.open_streams, 1)
             assert server.open_streams == 0
             assert not opened.future.done()  # a cancelled open reports nothing
-        for s in (*fillers, listener):
-            s.close()
+        hole.close()
         await server.close()
 
     asyncio.run(main())
@@ -470,10 +456,9 @@ def test_cancel_during_the_version_probe_closes_the_stream() -> None:
         port = silent_server.sockets[0].getsockname()[1]
         async with client_for(port) as client:
             opening = asyncio.create_task(client.open_connection("127.0.0.1", 9))
-            for _ in range(100):
-                if client.sessions and next(iter(client.sessions.values())).streams:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: client.sessions and next(iter(client.sessions.values())).streams, 1
+            )
             (conn,) = client.sessions.values()
             assert conn.streams and not conn.version_known.done()  # inside the probe
             opening.cancel()
@@ -490,18 +475,17 @@ def test_a_cancelled_acknowledgement_is_reported_not_dropped() -> None:
 
     async def main() -> None:
         server, port = await start(connect_timeout=30.0)
-        listener, hole, fillers = blackhole()
+        hole = blackhole()
         async with tcp_echo_server() as echo, client_for(port) as client:
             await ping(client, echo)
             opened = Opened()
-            pending = client.open_stream_then(Address("127.0.0.1", hole), opened)
+            pending = client.open_stream_then(Address("127.0.0.1", hole.port), opened)
             assert pending.stream is not None
             pending.stream.acknowledged.cancel()
             stream, exc = await opened.result()
             assert stream is None and isinstance(exc, StreamClosedError)
             assert pending.stream.is_closing()
-        for s in (*fillers, listener):
-            s.close()
+        hole.close()
         await server.close()
 
     asyncio.run(main())
@@ -552,10 +536,7 @@ def test_optimistic_open_that_fails_closes_the_stream_and_forgets_the_place() ->
             assert pending.optimistic
             stream, exc = await optimistic.result()
             assert exc is None and stream is not None  # reported open before the answer
-            for _ in range(200):
-                if stream.is_closing():  # type: ignore[attr-defined]
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(stream.is_closing, 2)  # type: ignore[attr-defined]
             assert stream.is_closing()  # type: ignore[attr-defined]
             assert where not in client._reachable
             waited = Opened()

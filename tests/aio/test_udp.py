@@ -15,6 +15,7 @@ from anytls.aio.udp import open_udp
 from anytls.core.address import Address
 from anytls.core.uot import UOT_V2_MAGIC
 from anytls.errors import StreamClosedError
+from tests.helpers.aio import wait_until
 from tests.helpers.echo import udp_echo_server
 
 PASSWORD = "udp-pw"
@@ -78,10 +79,7 @@ def test_datagram_handler_gets_queued_then_live_datagrams_in_order() -> None:
             assoc = await open_udp(env.client)
             assoc.sendto(b"queued-1", echo)
             assoc.sendto(b"queued-2", echo)
-            for _ in range(500):
-                if assoc.queue.qsize() == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: assoc.queue.qsize() == 2, 5)
             got: list[tuple[bytes, Address]] = []
             all_in = asyncio.Event()
 

@@ -21,7 +21,7 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
-__all__ = ["DEFAULT_TIMEOUT", "async_test", "run_async"]
+__all__ = ["DEFAULT_TIMEOUT", "async_test", "run_async", "wait_until"]
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -82,3 +82,14 @@ def async_test(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+async def wait_until(condition: Callable[[], object], timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    """Poll ``condition()`` every 10 ms until it is true or ``timeout`` seconds passed.
+
+    Returns either way: the caller asserts the state it expects afterwards.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition() and loop.time() < deadline:  # noqa: ASYNC110 - polling is the point
+        await asyncio.sleep(0.01)

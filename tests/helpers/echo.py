@@ -371,7 +371,19 @@ async def echo_roundtrip(
     return received
 
 
-def blackhole() -> tuple[socket.socket, int, list[socket.socket]]:
+@dataclass
+class Blackhole:
+    """A loopback port whose connects hang (see :func:`blackhole`); ``close()`` frees it."""
+
+    port: int
+    sockets: list[socket.socket]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def blackhole() -> Blackhole:
     """A listener whose accept queue is full: new SYNs are dropped, connects just hang."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -384,4 +396,4 @@ def blackhole() -> tuple[socket.socket, int, list[socket.socket]]:
         with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
         fillers.append(s)
-    return listener, port, fillers
+    return Blackhole(port, [*fillers, listener])

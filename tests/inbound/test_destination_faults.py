@@ -13,6 +13,7 @@ import pytest
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import ServerConfig, serve
 from anytls.inbound.mixed import MixedInbound
+from tests.helpers.aio import wait_until
 from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 from tests.helpers.proxyclient import open_socks5_raw
 from tests.helpers.socks5_udp import Socks5Error
@@ -47,7 +48,7 @@ def test_refused_reset_and_stalled_destinations() -> None:
         config = ClientConfig(
             "127.0.0.1", port, PASSWORD, insecure=True, max_streams_per_session=50
         )
-        listener, hole, fillers = blackhole()
+        hole = blackhole()
         resetter = await reset_server()
         async with tcp_echo_server() as echo, Client(config) as client:
             inbound = MixedInbound(client)
@@ -69,9 +70,9 @@ def test_refused_reset_and_stalled_destinations() -> None:
             assert await http_connect_status(mixed, f"127.0.0.1:{refused_port()}") == 502
             # never answers → SOCKS reply 6 (TTL expired = timeout), HTTP 504
             with pytest.raises(Socks5Error) as stalled:
-                await open_socks5_raw("127.0.0.1", mixed, "127.0.0.1", hole)
+                await open_socks5_raw("127.0.0.1", mixed, "127.0.0.1", hole.port)
             assert stalled.value.reply == 6
-            assert await http_connect_status(mixed, f"127.0.0.1:{hole}") == 504
+            assert await http_connect_status(mixed, f"127.0.0.1:{hole.port}") == 504
             # accepts then resets → the SOCKS client sees its connection end
             rport = resetter.sockets[0].getsockname()[1]
             r2, w2, _ = await open_socks5_raw("127.0.0.1", mixed, "127.0.0.1", rport)
@@ -83,9 +84,7 @@ def test_refused_reset_and_stalled_destinations() -> None:
             w.close()
             await inbound.close()
         resetter.close()
-        for s in fillers:
-            s.close()
-        listener.close()
+        hole.close()
         await server.close()
 
     asyncio.run(main())
@@ -98,7 +97,7 @@ def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
         )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)
-        listener, hole, fillers = blackhole()
+        hole = blackhole()
         async with tcp_echo_server() as echo, Client(config) as client:
             inbound = MixedInbound(client)
             await inbound.start("127.0.0.1", 0)
@@ -107,19 +106,15 @@ def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
             await asyncio.sleep(0.05)
             for timeout in (0.3, 0.3):  # SOCKS client gives up while the server is dialling
                 with pytest.raises(TimeoutError):
-                    await open_socks5_raw("127.0.0.1", inbound.port, "127.0.0.1", hole,
+                    await open_socks5_raw("127.0.0.1", inbound.port, "127.0.0.1", hole.port,
                                           timeout=timeout)
-            for _ in range(200):
-                if not server.open_streams and not inbound.handshakes:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: not server.open_streams and not inbound.handshakes, 2)
             assert server.open_streams == 0  # both abandoned streams were closed (FIN)
             assert not inbound.handshakes
             (conn,) = client.sessions.values()
             assert conn.streams == {}
             await inbound.close()
-        for s in (*fillers, listener):
-            s.close()
+        hole.close()
         await server.close()
 
     asyncio.run(main())
