@@ -11,10 +11,10 @@ percent-*decoded* and ``insecure`` is honoured.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from .core.address import is_ip_literal
 from .errors import ConfigError
 
 SCHEME = "anytls"
@@ -23,13 +23,6 @@ DEFAULT_PORT = 443
 _TRUE = frozenset(("1", "true"))
 _FALSE = frozenset(("0", "false"))
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -51,7 +44,7 @@ class ServerURI:
     def effective_sni(self) -> str | None:
         """The SNI to send: ``sni``, else ``host``; None when that is an IP literal."""
         name = self.sni if self.sni is not None else self.host
-        if not name or _is_ip(name):
+        if not name or is_ip_literal(name):
             return None
         return name
 
@@ -71,7 +64,7 @@ def parse_uri(text: str) -> ServerURI:
     userinfo, at, hostport = parts.netloc.rpartition("@")
     if hostport.startswith("["):
         host, bracket, _ = hostport[1:].partition("]")
-        if not bracket or not _is_ip(host) or ":" not in host:
+        if not bracket or not is_ip_literal(host) or ":" not in host:
             raise ConfigError(f"bad anytls URI {shown!r}: {hostport!r} is not a valid [IPv6] host")
     else:
         # Keep the host as written (urlsplit would lowercase it).

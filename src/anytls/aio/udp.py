@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..core.address import Address
+from ..core.address import Address, Buffer
 from ..core.uot import (
     UOT_V2_MAGIC,
     UotPacketDecoder,
@@ -378,14 +378,14 @@ class UdpAssociation(asyncio.Protocol):
         #: Resolve domain targets locally (non-connect mode) instead of sending the name.
         self.resolve_domains = resolve_domains
         self._dns = _DnsCache()
-        self._resolving: dict[str, list[tuple[bytes, int]]] = {}
+        self._resolving: dict[str, list[tuple[Buffer, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handler: Callable[[bytes, Address], None] | None = None
         stream.set_protocol(self)
         stream.write(encode_request(connect is not None, connect or Address("0.0.0.0", 0)))
 
     # ---------------------------------------------------------------- sending
-    def sendto(self, data: bytes, address: Address | tuple[str, int]) -> None:
+    def sendto(self, data: Buffer, address: Address | tuple[str, int]) -> None:
         """Send one datagram to ``address`` (non-connect mode)."""
         if self.connect is not None:
             raise ValueError("this association is in connect mode: use send()")
@@ -396,7 +396,7 @@ class UdpAssociation(asyncio.Protocol):
             return
         self._write(encode_packet(address, data))
 
-    def _sendto_name(self, data: bytes, address: Address) -> None:
+    def _sendto_name(self, data: Buffer, address: Address) -> None:
         if self.closed:
             raise StreamClosedError("the UDP association is closed") from self.error
         host = address.host

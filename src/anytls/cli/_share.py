@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from ..core.address import Address
+from ..core.address import Address, is_ip_literal
 from ..errors import ConfigError
 from ..uri import ServerURI, format_uri
 
@@ -42,15 +42,8 @@ class Endpoint:
         """The TLS server name a client should use (None: no SNI / not needed)."""
         if self.sni is not None:
             return self.sni
-        return None if _is_ip(self.host) else self.host
+        return None if is_ip_literal(self.host) else self.host
 
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -63,7 +56,7 @@ class CertInfo:
 
     def covers(self, host: str) -> bool:
         """Would a verifying client accept this certificate for ``host``?"""
-        if _is_ip(host):
+        if is_ip_literal(host):
             return str(ipaddress.ip_address(host)) in self.ip_addresses
         host = host.lower().rstrip(".")
         for name in self.dns_names:

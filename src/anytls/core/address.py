@@ -65,6 +65,11 @@ def _parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
+def is_ip_literal(host: str) -> bool:
+    """True when ``host`` is an IPv4 or IPv6 address rather than a name."""
+    return _parse_ip(host) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A destination: ``host`` is a domain name, or an IPv4/IPv6 literal without brackets."""
@@ -80,7 +85,7 @@ class Address:
     @property
     def is_ip(self) -> bool:
         """True when ``host`` is an IPv4 or IPv6 literal."""
-        return _parse_ip(self.host) is not None
+        return is_ip_literal(self.host)
 
     def encode(self, codes: AddressCodes = SOCKS_CODES) -> bytes:
         """Return ``ATYP | address | port`` (SOCKS5 codes unless ``codes`` says otherwise)."""

@@ -18,7 +18,7 @@ import logging
 
 from ..aio.client import Client
 from ..aio.udp import UdpAssociation, open_udp
-from ..core.address import Address
+from ..core.address import Address, Buffer
 from ..core.socks5 import Reply, build_udp_datagram, parse_udp_datagram, reply
 from ..errors import AnyTLSError, ProtocolError
 
@@ -62,7 +62,7 @@ class Socks5UdpRelay:
         self.client_addr: tuple[str | int, ...] | None = None
         self.assoc: UdpAssociation | None = None
         self.udp: asyncio.DatagramTransport | None = None
-        self.pending: list[tuple[bytes, Address]] = []
+        self.pending: list[tuple[Buffer, Address]] = []
         self.datagrams = 0
 
     async def run(self) -> None:
@@ -125,10 +125,10 @@ class Socks5UdpRelay:
         self.datagrams += 1
         if self.assoc is None:
             if len(self.pending) < 256:
-                self.pending.append((bytes(payload), target))
+                self.pending.append((payload, target))
             return
         try:
-            self.assoc.sendto(bytes(payload), target)
+            self.assoc.sendto(payload, target)
         except AnyTLSError:
             self.control.close()
 

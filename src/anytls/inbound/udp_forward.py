@@ -106,6 +106,7 @@ class UdpForwarder:
         self.dropped = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, *, reuse_port: bool = False) -> None:
         """Bind the local socket (raises :class:`OSError` when it cannot).
@@ -120,6 +121,7 @@ class UdpForwarder:
         )
         self.transport = transport
         self._protocol = protocol
+        self.loop = loop
         log.info("UDP forward %s → %s (via the server)", self.address_text, self.target)
 
     @property
@@ -138,7 +140,8 @@ class UdpForwarder:
         if self._closed:
             return
         key = (str(addr[0]), int(addr[1]))
-        loop = asyncio.get_running_loop()
+        loop = self.loop
+        assert loop is not None  # started
         peer = self.peers.get(key)
         if peer is None:
             if len(self.peers) >= self.max_associations:
@@ -205,22 +208,25 @@ class UdpForwarder:
             pending, peer.pending = peer.pending, []
             for data in pending:
                 self._send(peer, data)
-            while True:
-                try:
-                    payload = await assoc.recv()
-                except AnyTLSError as exc:
-                    if assoc.error is not None:
-                        log.info(
-                            "udp forward %s: association for %s ended: %s",
-                            self.address_text,
-                            _text(peer.addr),
-                            exc.__cause__ or exc,
-                        )
-                    return
+
+            def to_local(payload: bytes, _source: Address) -> None:
                 peer.last = loop.time()
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.sendto(payload, peer.addr)
                     self.datagrams_in += 1
+
+            # Replies go out from the stream's callback; this task only waits for the end.
+            assoc.set_datagram_handler(to_local)
+            try:
+                await assoc.recvfrom()
+            except AnyTLSError as exc:
+                if assoc.error is not None:
+                    log.info(
+                        "udp forward %s: association for %s ended: %s",
+                        self.address_text,
+                        _text(peer.addr),
+                        exc.__cause__ or exc,
+                    )
         finally:
             if peer.assoc is not None:
                 peer.assoc.close()
