@@ -154,7 +154,7 @@ class ClientConnection(SessionConnection):
                 stream._acked(event.error)
                 if event.error is not None:
                     self.streams.pop(event.stream_id, None)
-                    stream._lose(StreamOpenError(f"remote: {event.error}"))
+                    stream._lose(remote_error(event.error))
                     self.stream_closed(stream)
         elif type(event) is ServerSettingsReceived:
             self._learn_version(event.peer_version)
@@ -281,14 +281,9 @@ class PendingOpen:
                 self._finish(stream, None)
                 return
             stream.close()
-            self._finish(None, StreamOpenError(f"remote: {error}"))
+            self._finish(None, remote_error(error))
             return
-        if (
-            isinstance(exc, SessionClosedError)
-            and self.client.config.retry_dead_session
-            and stream.stream_id >= 2
-            and not stream.bytes_received
-        ):
+        if self.client._may_retry(stream, exc, fresh=False):
             # The pooled session died before answering: once more, on a new session.
             self.client._note_retry(self.destination, exc)
             self.stream = None
@@ -331,6 +326,11 @@ class PendingOpen:
             self.task.cancel()
 
 
+def remote_error(error: str) -> StreamOpenError:
+    """The error for a stream the server refused with ``error`` in its SYNACK."""
+    return StreamOpenError(f"remote: {error}")
+
+
 def _ack_timed_out(stream: Stream, timeout: float) -> None:
     if not stream.acknowledged.done():
         stream.acknowledged.set_exception(
@@ -353,7 +353,7 @@ class Client:
         self.server_version = 0
         self.sessions: dict[int, ClientConnection] = {}
         #: ``seq`` of the sessions that can take one more stream (the policy's rule, kept
-        #: up to date as streams open and close, so picking one costs no walk of the pool).
+        #: up to date as streams open and close, so picking one builds nothing per session).
         self._available: set[int] = set()
         #: Destination → when a stream to it was last acknowledged (optimistic opens).
         self._reachable: OrderedDict[Address, float] = OrderedDict()
@@ -433,12 +433,11 @@ class Client:
             if self._pending is task:
                 self._pending = None
 
+    def _can_take(self, conn: ClientConnection) -> bool:
+        return not conn.is_closed and self.policy.can_take(len(conn.streams))
+
     def _update_available(self, conn: ClientConnection) -> None:
-        if (
-            self.sessions.get(conn.seq) is conn
-            and not conn.is_closed
-            and self.policy.can_take(len(conn.streams))
-        ):
+        if self.sessions.get(conn.seq) is conn and self._can_take(conn):
             self._available.add(conn.seq)
         else:
             self._available.discard(conn.seq)
@@ -449,7 +448,7 @@ class Client:
         while available:
             seq = max(available)
             conn = self.sessions.get(seq)
-            if conn is not None and not conn.is_closed and self.policy.can_take(len(conn.streams)):
+            if conn is not None and self._can_take(conn):
                 return conn
             available.discard(seq)  # closing since it was last updated
         return None
@@ -531,7 +530,7 @@ class Client:
                     timer.cancel()
             if error is not None:
                 stream.close()
-                raise StreamOpenError(f"remote: {error}")
+                raise remote_error(error)
 
     async def open_stream_acknowledged(
         self, destination: Address, *, fresh: bool = False
@@ -549,16 +548,24 @@ class Client:
                 await self.wait_acknowledged(stream)
                 return stream
             except SessionClosedError as exc:
-                reused = stream.stream_id >= 2
-                if fresh or not reused or not self.config.retry_dead_session:
-                    raise
-                if stream.bytes_received:
+                if not self._may_retry(stream, exc, fresh):
                     raise
                 self._note_retry(destination, exc)
                 fresh = True
             except BaseException:
                 stream.close()  # cancelled (even during the version probe) or failed
                 raise
+
+    def _may_retry(self, stream: Stream, exc: BaseException, fresh: bool) -> bool:
+        """Whether ``stream``, failed with ``exc`` before its SYNACK, may be tried again on
+        a new session: its pooled session died, and nothing came back on it."""
+        return (
+            isinstance(exc, SessionClosedError)
+            and not fresh
+            and stream.stream_id >= 2  # the first stream of a session opened it afresh
+            and self.config.retry_dead_session
+            and not stream.bytes_received
+        )
 
     def _note_retry(self, destination: Address, exc: BaseException) -> None:
         log.info("retrying %s on a fresh session: %s", destination, exc)
