@@ -571,3 +571,31 @@ def test_no_optimistic_open_on_a_quiet_session_or_when_disabled() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_closing_or_cancelling_an_optimistic_open_keeps_the_place_reachable() -> None:
+    async def main() -> None:
+        server, port = await start(connect_timeout=30.0)
+        hole = blackhole()
+        where = Address("127.0.0.1", hole.port)
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            await ping(client, echo)
+            client._note_reachable(where)  # as if it had answered a moment ago
+            # Cancelled before it was even reported.
+            pending = client.open_stream_then(where, Opened())
+            assert pending.optimistic
+            pending.cancel()
+            await asyncio.sleep(0.05)
+            assert where in client._reachable
+            # Reported, then closed by its user before the server answered.
+            opened = Opened()
+            pending = client.open_stream_then(where, opened)
+            stream, exc = await opened.result()
+            assert exc is None and stream is not None
+            stream.close()  # type: ignore[attr-defined]
+            await asyncio.sleep(0.05)
+            assert where in client._reachable
+        hole.close()
+        await server.close()
+
+    asyncio.run(main())

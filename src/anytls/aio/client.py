@@ -260,7 +260,9 @@ class PendingOpen:
         if ok:
             self.client._note_reachable(self.destination)
         if self.optimistic and self.finished:
-            if not ok:
+            # A stream closed on our side before the answer says nothing about the place.
+            closed_here = not ack.cancelled() and isinstance(ack.exception(), StreamClosedError)
+            if not ok and not closed_here:
                 # Already reported as open: all that is left is to end it (the local side
                 # sees its connection close) and stop being optimistic for this place.
                 self.client._forget_reachable(self.destination)
@@ -317,6 +319,7 @@ class PendingOpen:
         if self.finished:
             return
         self.finished = True
+        self.optimistic = False  # never reported: nothing to learn from how it ends
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
