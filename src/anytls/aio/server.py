@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -107,9 +108,10 @@ def _dial_error_text(exc: BaseException, destination: Address) -> str:
     return f"dial tcp {destination}: {exc}"
 
 
-def _dial_options(loop: asyncio.AbstractEventLoop) -> dict[str, float]:
+@functools.cache
+def _dial_options(loop_type: type) -> dict[str, float]:
     # Happy eyeballs for dual-stack names; uvloop's create_connection lacks the option.
-    return {} if type(loop).__module__.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
+    return {} if loop_type.__module__.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
 
 
 class _HeldSocketSide(SocketSide):
@@ -131,7 +133,6 @@ class _ServerStream(asyncio.Protocol):
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.task: asyncio.Task[None] | None = None
-        self.ended = False
         self.dial_timed_out = False
 
     def data_received(self, data: bytes) -> None:
@@ -163,7 +164,6 @@ class _ServerStream(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ended = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -171,6 +171,15 @@ class _ServerStream(asyncio.Protocol):
         if self.task is not None and not self.task.done():
             self.dial_timed_out = True
             self.task.cancel()
+
+    def _dial_failed(self, exc: BaseException) -> None:
+        """Tell the client why the destination could not be reached, and end the stream."""
+        stream = self.stream
+        assert self.destination is not None
+        text = _dial_error_text(exc, self.destination)
+        log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
+        self.connection.core.send_synack(stream.stream_id, text)
+        stream.close()
 
     async def dial(self, destination: Address) -> None:
         loop = asyncio.get_running_loop()
@@ -185,29 +194,22 @@ class _ServerStream(asyncio.Protocol):
                 host = (await resolve_allowed(destination, True))[0][1]
             transport, _ = await loop.create_connection(
                 lambda: _HeldSocketSide(stream), host, destination.port,
-                **_dial_options(loop),
+                **_dial_options(type(loop)),
             )
         except asyncio.CancelledError:
             if not self.dial_timed_out:
                 raise
-            exc = TimeoutError(f"timed out after {config.connect_timeout:g} s")
-            text = _dial_error_text(exc, destination)
-            log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
-            self.connection.core.send_synack(stream.stream_id, text)
-            stream.close()
+            self._dial_failed(TimeoutError(f"timed out after {config.connect_timeout:g} s"))
             return
         except Exception as exc:
-            if not isinstance(exc, OSError | TimeoutError):
+            if not isinstance(exc, OSError):  # TimeoutError is one too
                 log.error("%s stream %d: dialling %s failed", self.connection.peer,
                           stream.stream_id, destination, exc_info=exc)
-            text = _dial_error_text(exc, destination)
-            log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
-            self.connection.core.send_synack(stream.stream_id, text)
-            stream.close()
+            self._dial_failed(exc)
             return
         finally:
             timer.cancel()
-        if self.ended or stream.is_closing():
+        if stream.is_closing():  # the client ended the stream meanwhile
             transport.close()
             return
         log.debug("%s stream %d: connected to %s", self.connection.peer, stream.stream_id,
