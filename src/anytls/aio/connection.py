@@ -14,6 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
+from ..core.address import Address
 from ..core.events import Event, SessionTerminated, StreamDataReceived, StreamEnded
 from ..core.session import Session
 from ..errors import RemoteProtocolError, SessionClosedError
@@ -41,6 +42,7 @@ class SessionConnection(asyncio.BufferedProtocol):
         self._close_reason: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._buffer = shared_buffer()
         core.touch(self.loop.time())
 
     # ---------------------------------------------------------------- asyncio callbacks
@@ -48,16 +50,15 @@ class SessionConnection(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            host = peer[0]
-            self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            self.peer = str(Address(peer[0], peer[1]))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return shared_buffer()
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_in += nbytes
         try:
-            events = self.core.receive_data(shared_buffer()[:nbytes], self.loop.time())
+            events = self.core.receive_data(self._buffer[:nbytes], self.loop.time())
         except RemoteProtocolError as exc:
             self.protocol_error(exc)
             return
@@ -108,8 +109,7 @@ class SessionConnection(asyncio.BufferedProtocol):
                     stream._ended(None)
                     self.stream_closed(stream)
             elif type(event) is SessionTerminated:
-                self.flush()
-                self.close(event.reason)
+                self.close(event.reason)  # flushes what is queued first
             else:
                 self.handle_event(event)
 
@@ -192,13 +192,11 @@ class SessionConnection(asyncio.BufferedProtocol):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        events = self.core.handle_timer(self.loop.time())
-        for event in events:
-            if type(event) is SessionTerminated:
-                # Watchdog, heartbeat or idle timeout: the peer is gone or unwanted.
-                self.close(event.reason, abort=True)
-        if events:
-            self.handle_events(events)
+        # The only event a timer yields is SessionTerminated (watchdog, heartbeat or idle
+        # timeout): the peer is gone or unwanted.
+        for event in self.core.handle_timer(self.loop.time()):
+            assert type(event) is SessionTerminated
+            self.close(event.reason, abort=True)
         self.flush()
         self.arm_timer()
 

@@ -23,19 +23,16 @@ class SocketSide(asyncio.BufferedProtocol):
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self._buffer = shared_buffer()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return shared_buffer()
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
         stream = self.stream
         if stream.is_closing():
             return
-        stream.write(shared_buffer()[:nbytes])
+        stream.write(self._buffer[:nbytes])
 
     def eof_received(self) -> bool:
         self.stream.close()
@@ -82,9 +79,7 @@ def splice(transport: asyncio.Transport, stream: Stream, initial: bytes = b"") -
 
     ``initial`` are bytes already read from ``transport`` that belong to the stream.
     """
-    side = SocketSide(stream)
-    side.transport = transport
-    transport.set_protocol(side)
+    transport.set_protocol(SocketSide(stream))
     stream.set_protocol(StreamSide(transport))
     if initial:
         stream.write(initial)
@@ -95,19 +90,15 @@ def splice(transport: asyncio.Transport, stream: Stream, initial: bytes = b"") -
 class _Pipe(asyncio.Protocol):
     """One direction of a transport-to-transport relay (used for fallback)."""
 
-    def __init__(self, peer: asyncio.Transport | None = None) -> None:
+    def __init__(self, peer: asyncio.Transport) -> None:
         self.peer = peer
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.peer is not None and not self.peer.is_closing():
+        if not self.peer.is_closing():
             self.peer.write(data)
 
     def eof_received(self) -> bool:
-        if self.peer is not None and not self.peer.is_closing():
+        if not self.peer.is_closing():
             if self.peer.can_write_eof():
                 self.peer.write_eof()
                 return True
@@ -115,15 +106,14 @@ class _Pipe(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None:
-            self.peer.close()
+        self.peer.close()
 
     def pause_writing(self) -> None:
-        if self.peer is not None and not self.peer.is_closing():
+        if not self.peer.is_closing():
             self.peer.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.peer is not None and not self.peer.is_closing():
+        if not self.peer.is_closing():
             self.peer.resume_reading()
 
 

@@ -258,8 +258,7 @@ class ServerConnection(SessionConnection):
         transport.set_write_buffer_limits(high=self.config.session_buffer)  # type: ignore[attr-defined]
         if self._real_peer is not None:
             # Behind a PROXY-protocol balancer: log and limit the real client.
-            host, port = self._real_peer
-            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            self.peer = str(Address(*self._real_peer))
         limit = self.config.max_connections
         if limit and len(self.server.connections) >= limit:
             log.warning("refused %s: %d connections already open (limit)", self.peer, limit)
