@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import Schema, check_values, parse_args
+from ..config import Schema, check_values, parse_args, to_toml
+from ..core.address import Address
 from ..errors import ConfigError
 from ..log import FORMATS, LEVELS
 from ._flags import long_options, normalise
@@ -50,9 +51,22 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"anytls {__version__}")
 
 
-def listen_text(text: str) -> str:
-    """A listen address with Go's ``:PORT`` (all interfaces) spelled out."""
-    return "0.0.0.0" + text if text.startswith(":") else text
+def parse_listen(text: str) -> Address:
+    """A listen address; Go's ``:PORT`` means all interfaces (raises ConfigError)."""
+    return Address.parse("0.0.0.0" + text if text.startswith(":") else text)
+
+
+def print_config(
+    prog: str,
+    args: argparse.Namespace,
+    schema: Schema,
+    render: dict[str, Callable[[Any], Any]] | None = None,
+) -> None:
+    """``--print-config``: the effective settings as TOML (passwords masked)."""
+    header = f"{prog} {__version__}: effective configuration (passwords masked)"
+    if args.config:
+        header += f"\nfrom {args.config} and the command line"
+    print(to_toml(args, schema, header=header, render=render), end="")
 
 
 def check_log_level(value: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import MASK, Schema, schema_from_parser, to_toml
+from ..config import MASK, Schema, schema_from_parser
 from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
 from ..log import setup_logging
@@ -169,7 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- validation
 
 
-_listen_text = _common.listen_text
 
 
 def _server(text: str) -> None:
@@ -186,9 +185,12 @@ def _forwards(items: Sequence[str]) -> None:
         parse_forward(item)
 
 
-def _auth(text: str) -> None:
-    if ":" not in text:
+def parse_auth(text: str) -> tuple[str, str]:
+    """``--auth USER:PASS`` → ``(user, password)`` (raises ConfigError)."""
+    user, sep, password = text.partition(":")
+    if not sep:
         raise ConfigError("expected USER:PASS")
+    return user, password
 
 
 def _insecure(text: str) -> None:
@@ -199,10 +201,10 @@ def _insecure(text: str) -> None:
 
 
 VALIDATORS = {
-    "l": lambda text: Address.parse(_listen_text(text)),
+    "l": _common.parse_listen,
     "s": _server,
     "udp_forward": _forwards,
-    "auth": _auth,
+    "auth": parse_auth,
     "insecure": _insecure,
     "log_level": _common.check_log_level,
 }
@@ -252,10 +254,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         address = Address.parse(server)
         host, port = address.host, address.port
     if args.insecure is not None:
-        try:
-            insecure = parse_bool(args.insecure)
-        except ValueError as exc:
-            raise ConfigError(f"--insecure: {exc}") from exc
+        insecure = parse_bool(args.insecure)  # checked by the validator
     if not password:
         raise ConfigError("no password: give -p PASSWORD or put it in the anytls:// URI")
     return ClientConfig(
@@ -299,15 +298,12 @@ def _mask_auth(text: str | None) -> str | None:
 
 def print_config(args: argparse.Namespace) -> None:
     """``--print-config``: the effective settings as TOML."""
-    header = f"anytls-client {__version__}: effective configuration (passwords masked)"
-    if args.config:
-        header += f"\nfrom {args.config} and the command line"
     render = {
         "s": _mask_server,
         "auth": _mask_auth,
         "insecure": lambda v: None if v is None else parse_bool(v),
     }
-    print(to_toml(args, schema(), header=header, render=render), end="")
+    _common.print_config(PROG, args, schema(), render)
 
 
 def _ms(seconds: float) -> str:
@@ -400,13 +396,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         config = config_from_args(args)
-        listen = Address.parse(_listen_text(args.l))
-        auth = None
-        if args.auth:
-            user, sep, pw = args.auth.partition(":")
-            if not sep:
-                raise ConfigError("--auth: expected USER:PASS")
-            auth = (user, pw)
+        listen = _common.parse_listen(args.l)
+        auth = parse_auth(args.auth) if args.auth else None
         forwards = [parse_forward(text) for text in args.udp_forward]
         target = Address.parse(args.check) if args.check else None
     except ConfigError as exc:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
-from ..config import Schema, schema_from_parser, to_toml
+from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError
@@ -216,11 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- validation
 
 
-_listen_text = _common.listen_text
 
 
-def _listen(text: str) -> Address:
-    return Address.parse(_listen_text(text))
+_listen = _common.parse_listen
 
 
 def _positive(value: float) -> None:
@@ -381,10 +379,7 @@ def _listen_error(listen: Address, exc: OSError) -> str:
 
 def print_config(args: argparse.Namespace) -> None:
     """``--print-config``: the effective settings as TOML."""
-    header = f"anytls-server {__version__}: effective configuration (passwords masked)"
-    if args.config:
-        header += f"\nfrom {args.config} and the command line"
-    print(to_toml(args, schema(), header=header), end="")
+    _common.print_config(PROG, args, schema())
 
 
 def export(args: argparse.Namespace) -> None:
