@@ -52,8 +52,6 @@ class Option:
     dest: str
     kind: str
     flag: str
-    default: Any = None
-    help: str | None = None
     aliases: tuple[str, ...] = ()
     secret: bool = False
     choices: tuple[Any, ...] | None = None
@@ -130,8 +128,6 @@ def schema_from_parser(
                 dest=action.dest,
                 kind=kinds.get(action.dest) or _action_kind(action),
                 flag="/".join(strings) if len(longest) > 2 else longest,
-                default=action.default,
-                help=action.help,
                 aliases=aliases,
                 secret=action.dest in secret_dests,
                 choices=tuple(action.choices) if action.choices else None,

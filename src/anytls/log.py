@@ -20,7 +20,6 @@ import os
 import sys
 import time
 
-LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "fatal", "panic")
 FORMATS = ("text", "json")
 
 _MAPPED = {
@@ -33,6 +32,8 @@ _MAPPED = {
     "fatal": logging.CRITICAL,
     "panic": logging.CRITICAL,
 }
+#: Level names accepted (Go's and Python's).
+LEVELS = tuple(_MAPPED)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(

@@ -32,7 +32,7 @@ from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
 from .stream import Stream
-from .udp import UotServerRelay
+from .udp import UDP_IDLE_TIMEOUT, UotServerRelay
 
 log = logging.getLogger("anytls.server")
 
@@ -67,7 +67,7 @@ class ServerConfig:
     """Seconds of client silence before the server sends a heartbeat (v2 only; 0 = off)."""
     heartbeat_timeout: float = 10.0
     """Seconds to wait for the heartbeat answer before the session is closed."""
-    udp_idle_timeout: float = 60.0
+    udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
     deny_private: bool = False
     """Refuse loopback, private and link-local destinations (SSRF guard)."""

@@ -44,8 +44,6 @@ log = logging.getLogger("anytls.udp")
 
 #: Default seconds without a datagram either way before a UoT stream is closed.
 UDP_IDLE_TIMEOUT = 60.0
-#: Largest UDP payload over IPv4.
-MAX_UDP_PAYLOAD = 65507
 #: Datagrams queued for a slow :meth:`UdpAssociation.recvfrom` caller before drops.
 RECV_QUEUE_LIMIT = 1024
 _DNS_CACHE_SIZE = 256

@@ -87,8 +87,6 @@ def signal_workers(sig: int) -> None:
 
 async def wait_for_workers(timeout: float) -> None:  # noqa: ASYNC109
     """Reap workers as they exit, for up to ``timeout`` seconds."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while WORKER_PIDS:

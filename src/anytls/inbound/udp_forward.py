@@ -19,14 +19,14 @@ import asyncio
 import logging
 
 from ..aio.client import Client
-from ..aio.udp import UdpAssociation, open_udp
+from ..aio.udp import UDP_IDLE_TIMEOUT, UdpAssociation, open_udp
 from ..core.address import Address
 from ..errors import AnyTLSError, ConfigError
 
 log = logging.getLogger("anytls.inbound")
 
 #: Seconds without a datagram either way before a source's association is closed.
-DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_IDLE_TIMEOUT = UDP_IDLE_TIMEOUT
 #: Local sources served at once; datagrams from further sources are dropped.
 MAX_ASSOCIATIONS = 1024
 #: Datagrams queued per source while its association is being opened.
