@@ -9,6 +9,7 @@ in a private address afterwards.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 
@@ -19,8 +20,14 @@ class DestinationDenied(OSError):
     """The destination is not allowed by the server's policy."""
 
 
+def family_of(ip: str) -> socket.AddressFamily:
+    """The address family of an IP literal."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+@functools.lru_cache(maxsize=4096)
 def is_private(ip: str) -> bool:
-    """True for addresses a public proxy should not reach."""
+    """True for addresses a public proxy should not reach (cached: UDP asks per datagram)."""
     addr = ipaddress.ip_address(ip.split("%")[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -34,7 +41,7 @@ async def resolve_allowed(destination: Address, deny_private: bool) -> list[tupl
     name does not resolve.
     """
     if destination.is_ip:
-        family = socket.AF_INET6 if ":" in destination.host else socket.AF_INET
+        family = family_of(destination.host)
         candidates = [(family, destination.host)]
     else:
         loop = asyncio.get_running_loop()

@@ -33,7 +33,7 @@ from ..core.uot import (
     encode_request,
 )
 from ..errors import ProtocolError, RemoteProtocolError, StreamClosedError
-from .outbound import DestinationDenied, is_private
+from .outbound import DestinationDenied, family_of, is_private
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ class UotServerRelay(asyncio.Protocol):
         ip = _pick(await self.dns.resolve(host))
         if ip is None:
             raise OSError(f"no address for {host}")
-        return (socket.AF_INET6 if ":" in ip else socket.AF_INET), ip
+        return family_of(ip), ip
 
     async def _socket(self, family: int) -> _UdpSocket:
         sock = self.sockets.get(family)
@@ -236,7 +236,7 @@ class UotServerRelay(asyncio.Protocol):
         if address is None:
             assert self.connect_target is not None
             host, port = self.connect_target
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            family = family_of(host)
             self._sendto(family, host, port, payload)
             return
         key = address.host
@@ -248,7 +248,7 @@ class UotServerRelay(asyncio.Protocol):
             return
         host = key if address.is_ip else self.dns.cached(key)
         if host is not None:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            family = family_of(host)
             if family in self.sockets:
                 self._sendto(family, host, address.port, payload)
                 return
@@ -260,7 +260,7 @@ class UotServerRelay(asyncio.Protocol):
         key = address.host
         try:
             if address.is_ip:
-                family = socket.AF_INET6 if ":" in key else socket.AF_INET
+                family = family_of(key)
                 host = key
             else:
                 family, host = await self._resolve(key)
