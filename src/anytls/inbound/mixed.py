@@ -63,6 +63,14 @@ def http_status_for(error: BaseException) -> tuple[int, str]:
     return 502, "Bad Gateway"
 
 
+def _socks_failure(error: AnyTLSError) -> bytes:
+    return reply(socks_reply_for(error))
+
+
+def _http_failure(error: AnyTLSError) -> bytes:
+    return response(*http_status_for(error))
+
+
 class _Handshake(asyncio.Protocol):
     def __init__(self, inbound: MixedInbound) -> None:
         self.inbound = inbound
@@ -187,43 +195,48 @@ class _Handshake(asyncio.Protocol):
         self.pending = self.inbound.client.open_stream_then(address, then)
 
     def _socks_opened(self, stream: Stream | None, exc: AnyTLSError | None) -> None:
+        self._opened("CONNECT", stream, exc, _socks_failure, self._socks_start)
+
+    def _socks_start(self, stream: Stream) -> None:
         assert self.transport is not None
-        self.pending = None
-        self._done()
-        if stream is None:
-            log.info("local client %s: CONNECT %s failed: %s", self.peer, self.address, exc)
-            if not self.transport.is_closing():
-                self.transport.write(reply(socks_reply_for(exc or AnyTLSError("failed"))))
-                self._abort()
-            return
-        if self.transport.is_closing():
-            stream.close()
-            return
-        log.debug("local client %s: CONNECT %s", self.peer, self.address)
         self.transport.write(_SOCKS_SUCCEEDED)
-        self._splice(stream)
 
     def _http_opened(
         self, request: HttpProxyRequest, stream: Stream | None, exc: AnyTLSError | None
     ) -> None:
+        def start(stream: Stream) -> None:
+            assert self.transport is not None
+            if request.is_connect:
+                self.transport.write(response(200, "Connection established"))
+            else:
+                stream.write(request.forward_head)
+
+        self._opened(request.method, stream, exc, _http_failure, start)
+
+    def _opened(
+        self,
+        method: str,
+        stream: Stream | None,
+        exc: AnyTLSError | None,
+        failure: Callable[[AnyTLSError], bytes],
+        start: Callable[[Stream], None],
+    ) -> None:
+        """The stream open ended: answer the local client, then relay or close."""
         assert self.transport is not None
         self.pending = None
         self._done()
         if stream is None:
-            log.info("local client %s: %s %s failed: %s", self.peer, request.method,
-                     request.target, exc)
-            status, reason = http_status_for(exc or AnyTLSError("failed"))
+            error = exc or AnyTLSError("failed")
+            log.info("local client %s: %s %s failed: %s", self.peer, method, self.address, error)
             if not self.transport.is_closing():
-                self.transport.write(response(status, reason))
+                self.transport.write(failure(error))
                 self._abort()
             return
         if self.transport.is_closing():
             stream.close()
             return
-        if request.is_connect:
-            self.transport.write(response(200, "Connection established"))
-        else:
-            stream.write(request.forward_head)
+        log.debug("local client %s: %s %s", self.peer, method, self.address)
+        start(stream)
         self._splice(stream)
 
     def _splice(self, stream: Stream) -> None:
