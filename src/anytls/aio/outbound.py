@@ -34,6 +34,12 @@ def is_private(ip: str) -> bool:
     return not addr.is_global or addr.is_multicast
 
 
+async def lookup(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
+    """``(family, ip)`` pairs ``host`` resolves to, in resolver order, without repeats."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
+    return list(dict.fromkeys((family, str(sa[0])) for family, _, _, _, sa in infos))
+
+
 async def resolve_allowed(destination: Address, deny_private: bool) -> list[tuple[int, str]]:
     """Resolve ``destination`` to ``(family, ip)`` pairs that the policy allows.
 
@@ -44,9 +50,7 @@ async def resolve_allowed(destination: Address, deny_private: bool) -> list[tupl
         family = family_of(destination.host)
         candidates = [(family, destination.host)]
     else:
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(destination.host, destination.port, type=socket.SOCK_STREAM)
-        candidates = list(dict.fromkeys((fam, str(sa[0])) for fam, _, _, _, sa in infos))
+        candidates = await lookup(destination.host, destination.port, socket.SOCK_STREAM)
     if not deny_private:
         return candidates
     allowed = [(fam, ip) for fam, ip in candidates if not is_private(ip)]

@@ -33,7 +33,7 @@ from ..core.uot import (
     encode_request,
 )
 from ..errors import ProtocolError, RemoteProtocolError, StreamClosedError
-from .outbound import DestinationDenied, family_of, is_private
+from .outbound import DestinationDenied, family_of, is_private, lookup
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -66,9 +66,7 @@ class _DnsCache:
         hit = self._entries.get(host)
         if hit is not None and hit[0] > now:
             return hit[1]
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
-        result = list(dict.fromkeys((fam, str(sa[0])) for fam, _, _, _, sa in infos))
+        result = await lookup(host, None, socket.SOCK_DGRAM)
         self._entries[host] = (now + _DNS_CACHE_TTL, result)
         self._entries.move_to_end(host)
         while len(self._entries) > _DNS_CACHE_SIZE:

@@ -103,6 +103,7 @@ class Session:
         idle_timeout: float = 0.0,
     ) -> None:
         self.role = role
+        self._is_server = role is Role.SERVER
         #: Client: seconds a stream on a reused v2 session may wait for SYNACK before the
         #: whole session is declared dead (0 = never).
         self.synack_timeout = synack_timeout
@@ -334,7 +335,7 @@ class Session:
         if stream_id not in self._streams:
             raise StreamClosedError(f"stream {stream_id} is not open")
         if len(data):
-            self._queue(encode_data_frames(stream_id, data))
+            self._packets.append(encode_data_frames(stream_id, data))
 
     def end_stream(self, stream_id: int) -> None:
         """Close ``stream_id`` and queue its FIN; a no-op for streams already ended."""
@@ -459,7 +460,7 @@ class Session:
     def _handle(
         self, command: int, stream_id: int, payload: memoryview, events: list[Event]
     ) -> None:
-        is_server = self.role is Role.SERVER
+        is_server = self._is_server
         if command == Command.SYN:
             if not is_server:
                 return
