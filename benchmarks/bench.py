@@ -72,13 +72,20 @@ class Params:
 
     def loadgen_args(self) -> list[str]:
         return [
-            "--bulk-bytes", str(self.bulk_bytes),
-            "--latency-iters", str(self.latency_iters),
-            "--concurrent", str(self.concurrent),
-            "--concurrent-bytes", str(self.concurrent_bytes),
-            "--idle-streams", str(self.idle_streams),
-            "--udp-pings", str(self.udp_pings),
-            "--udp-datagrams", str(self.udp_datagrams),
+            "--bulk-bytes",
+            str(self.bulk_bytes),
+            "--latency-iters",
+            str(self.latency_iters),
+            "--concurrent",
+            str(self.concurrent),
+            "--concurrent-bytes",
+            str(self.concurrent_bytes),
+            "--idle-streams",
+            str(self.idle_streams),
+            "--udp-pings",
+            str(self.udp_pings),
+            "--udp-datagrams",
+            str(self.udp_datagrams),
         ]
 
 
@@ -156,7 +163,11 @@ def child_env() -> dict[str, str]:
 def spawn(argv: list[str], log_path: Path, cwd: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
             env=child_env(),
         )
     _LIVE.append(proc)
@@ -233,8 +244,9 @@ def ours(kind: str) -> list[str]:
 def ours_server_has_workers() -> bool:
     """Whether our server has the ``--workers`` flag (multi-process serving)."""
     try:
-        out = subprocess.run([*ours("server"), "--help"], capture_output=True, text=True,
-                             timeout=30, env=child_env()).stdout
+        out = subprocess.run(
+            [*ours("server"), "--help"], capture_output=True, text=True, timeout=30, env=child_env()
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return False
     return "--workers" in out
@@ -254,11 +266,16 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
 def singbox_server_config(port: int, cert: Path, key: Path) -> dict[str, Any]:
     return {
         "log": {"level": "warn", "timestamp": True},
-        "inbounds": [{
-            "type": "anytls", "tag": "anytls-in", "listen": "127.0.0.1", "listen_port": port,
-            "users": [{"name": "bench", "password": PASSWORD}],
-            "tls": {"enabled": True, "certificate_path": str(cert), "key_path": str(key)},
-        }],
+        "inbounds": [
+            {
+                "type": "anytls",
+                "tag": "anytls-in",
+                "listen": "127.0.0.1",
+                "listen_port": port,
+                "users": [{"name": "bench", "password": PASSWORD}],
+                "tls": {"enabled": True, "certificate_path": str(cert), "key_path": str(key)},
+            }
+        ],
         "outbounds": [{"type": "direct", "tag": "direct"}],
         "route": {"final": "direct"},
     }
@@ -272,8 +289,11 @@ def singbox_client_config(mixed_port: int, server_port: int) -> dict[str, Any]:
         ],
         "outbounds": [
             {
-                "type": "anytls", "tag": "anytls-out", "server": "127.0.0.1",
-                "server_port": server_port, "password": PASSWORD,
+                "type": "anytls",
+                "tag": "anytls-out",
+                "server": "127.0.0.1",
+                "server_port": server_port,
+                "password": PASSWORD,
                 "tls": {"enabled": True, "server_name": "localhost", "insecure": True},
             },
             {"type": "direct", "tag": "direct"},
@@ -296,30 +316,58 @@ class Pair:
     def _singbox(self, role: str, config: dict[str, Any]) -> tuple[list[str], Path]:
         path = self.workdir / f"sing-box-{role}.json"
         path.write_text(json.dumps(config, indent=2))
-        return [singbox_bin(), "run", "--disable-color", "-D", str(self.workdir), "-c",
-                str(path)], self.workdir / f"sing-box-{role}.log"
+        return [
+            singbox_bin(),
+            "run",
+            "--disable-color",
+            "-D",
+            str(self.workdir),
+            "-c",
+            str(path),
+        ], self.workdir / f"sing-box-{role}.log"
 
     def start(self) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
         self.workdir.mkdir(parents=True, exist_ok=True)
         server_port = free_port()
         if self.server_impl.startswith("ours"):
-            argv = [*ours("server"), "-l", f"127.0.0.1:{server_port}", "-p", PASSWORD,
-                    "--cert", str(self.cert), "--key", str(self.key), "--log-level", "warning"]
+            argv = [
+                *ours("server"),
+                "-l",
+                f"127.0.0.1:{server_port}",
+                "-p",
+                PASSWORD,
+                "--cert",
+                str(self.cert),
+                "--key",
+                str(self.key),
+                "--log-level",
+                "warning",
+            ]
             if self.server_impl == "ours" and self.workers_flag:
                 argv += ["--workers", "1"]
             log = self.workdir / "anytls-server.log"
         else:
-            argv, log = self._singbox("server",
-                                      singbox_server_config(server_port, self.cert, self.key))
+            argv, log = self._singbox(
+                "server", singbox_server_config(server_port, self.cert, self.key)
+            )
         server = spawn(argv, log, self.workdir)
         self.procs.append(server)
         wait_ready(server, server_port, log, f"{self.name}: {self.server_impl} server")
 
         mixed_port = free_port_tcp_udp()
         if self.client_impl.startswith("ours"):
-            argv = [*ours("client"), "-l", f"127.0.0.1:{mixed_port}", "-s",
-                    f"127.0.0.1:{server_port}", "-p", PASSWORD, "--insecure",
-                    "--log-level", "warning"]
+            argv = [
+                *ours("client"),
+                "-l",
+                f"127.0.0.1:{mixed_port}",
+                "-s",
+                f"127.0.0.1:{server_port}",
+                "-p",
+                PASSWORD,
+                "--insecure",
+                "--log-level",
+                "warning",
+            ]
             if self.client_impl == "ours-workers":
                 argv += ["--workers", "0"]  # one process per core
             log = self.workdir / "anytls-client.log"
@@ -339,30 +387,50 @@ class Pair:
 def run_pair(pair: Pair, params: Params) -> dict[str, float]:
     try:
         client, server, mixed_port = pair.start()
-        argv = [sys.executable, str(LOADGEN), "--socks", f"127.0.0.1:{mixed_port}",
-                "--client-pid", str(client.pid), "--server-pid", str(server.pid),
-                *params.loadgen_args()]
+        argv = [
+            sys.executable,
+            str(LOADGEN),
+            "--socks",
+            f"127.0.0.1:{mixed_port}",
+            "--client-pid",
+            str(client.pid),
+            "--server-pid",
+            str(server.pid),
+            *params.loadgen_args(),
+        ]
         timeout = 900 + params.bulk_bytes * 2 / 2e6
         log_path = pair.workdir / "loadgen.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=log, env=child_env(), cwd=pair.workdir)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=child_env(),
+                cwd=pair.workdir,
+            )
             _LIVE.append(proc)
             try:
                 out, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _kill(proc)
-                raise RuntimeError(f"{pair.name}: load generator timed out after {timeout:.0f} s;"
-                                   f" log {log_path}:\n{log_tail(log_path)}") from None
+                raise RuntimeError(
+                    f"{pair.name}: load generator timed out after {timeout:.0f} s;"
+                    f" log {log_path}:\n{log_tail(log_path)}"
+                ) from None
             finally:
                 _kill(proc)
         if proc.returncode != 0:
-            raise RuntimeError(f"{pair.name}: load generator failed (rc={proc.returncode});"
-                               f" log {log_path}:\n{log_tail(log_path)}")
+            raise RuntimeError(
+                f"{pair.name}: load generator failed (rc={proc.returncode});"
+                f" log {log_path}:\n{log_tail(log_path)}"
+            )
         for p, what in ((client, "client"), (server, "server")):
             if p.poll() is not None:
-                raise RuntimeError(f"{pair.name}: the {what} died during the run "
-                                   f"(rc={p.returncode}); see {pair.workdir}")
+                raise RuntimeError(
+                    f"{pair.name}: the {what} died during the run "
+                    f"(rc={p.returncode}); see {pair.workdir}"
+                )
         result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
     finally:
         pair.stop()
@@ -442,8 +510,9 @@ def load_average() -> str:
         return "?"
 
 
-def machine_header(args: argparse.Namespace, params: Params, elapsed: float,
-                   load: str, others: float) -> str:
+def machine_header(
+    args: argparse.Namespace, params: Params, elapsed: float, load: str, others: float
+) -> str:
     cpu = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -455,8 +524,9 @@ def machine_header(args: argparse.Namespace, params: Params, elapsed: float,
         kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
         mem = f"{kb / 1048576:.1f} GiB"
     try:
-        sbv = subprocess.run([singbox_bin(), "version"], capture_output=True, text=True,
-                             timeout=10).stdout.splitlines()[0]
+        sbv = subprocess.run(
+            [singbox_bin(), "version"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[0]
     except (OSError, IndexError, subprocess.SubprocessError):
         sbv = "sing-box ?"
     try:
@@ -482,19 +552,21 @@ def machine_header(args: argparse.Namespace, params: Params, elapsed: float,
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
     cmd += f" --runs {args.runs}" + (f" --bulk-mib {args.bulk_mib}" if args.bulk_mib else "")
-    return "\n".join([
-        f"- date: {now}; total time {elapsed:.0f} s; load average before start {load}; "
-        f"other processes used {others:.1f} CPU-s during the run "
-        f"({100 * others / max(elapsed * (os.cpu_count() or 1), 1e-9):.1f}% of the machine)",
-        f"- command: `{cmd}`",
-        f"- machine: {cpu}, {os.cpu_count()} CPUs, {mem} RAM, Linux {platform.release()}",
-        f"- software: anytls {ver} (base commit {commit}, working tree as it was), "
-        f"Python {platform.python_version()} + {loop}, {sbv}",
-        f"- sizes: bulk {params.bulk_bytes / 2**20:.0f} MiB per direction, "
-        f"{params.latency_iters} latency iterations, {params.concurrent} concurrent "
-        f"{params.concurrent_bytes // 1024} KiB echo streams, {params.idle_streams} idle "
-        f"streams, {params.udp_pings} UDP pings + {params.udp_datagrams} UDP datagrams",
-    ])
+    return "\n".join(
+        [
+            f"- date: {now}; total time {elapsed:.0f} s; load average before start {load}; "
+            f"other processes used {others:.1f} CPU-s during the run "
+            f"({100 * others / max(elapsed * (os.cpu_count() or 1), 1e-9):.1f}% of the machine)",
+            f"- command: `{cmd}`",
+            f"- machine: {cpu}, {os.cpu_count()} CPUs, {mem} RAM, Linux {platform.release()}",
+            f"- software: anytls {ver} (base commit {commit}, working tree as it was), "
+            f"Python {platform.python_version()} + {loop}, {sbv}",
+            f"- sizes: bulk {params.bulk_bytes / 2**20:.0f} MiB per direction, "
+            f"{params.latency_iters} latency iterations, {params.concurrent} concurrent "
+            f"{params.concurrent_bytes // 1024} KiB echo streams, {params.idle_streams} idle "
+            f"streams, {params.udp_pings} UDP pings + {params.udp_datagrams} UDP datagrams",
+        ]
+    )
 
 
 NOTES = """\
@@ -539,14 +611,34 @@ second worker has no idle core to add throughput with here.
 """
 
 
-def render(medians: dict[str, dict[str, float]], raw: dict[str, list[dict[str, float]]],
-           params: Params, args: argparse.Namespace, elapsed: float, load: str,
-           others: float) -> str:
-    out = ["# anytls benchmark results", "",
-           machine_header(args, params, elapsed, load, others), "",
-           table(medians, params, args.runs), "", NOTES]
-    out += ["<details><summary>every run</summary>", "", "```json",
-            json.dumps(raw, indent=1, sort_keys=True), "```", "", "</details>", ""]
+def render(
+    medians: dict[str, dict[str, float]],
+    raw: dict[str, list[dict[str, float]]],
+    params: Params,
+    args: argparse.Namespace,
+    elapsed: float,
+    load: str,
+    others: float,
+) -> str:
+    out = [
+        "# anytls benchmark results",
+        "",
+        machine_header(args, params, elapsed, load, others),
+        "",
+        table(medians, params, args.runs),
+        "",
+        NOTES,
+    ]
+    out += [
+        "<details><summary>every run</summary>",
+        "",
+        "```json",
+        json.dumps(raw, indent=1, sort_keys=True),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -555,17 +647,31 @@ def render(medians: dict[str, dict[str, float]], raw: dict[str, list[dict[str, f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and one run (CI smoke mode, < 30 s)")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="runs per pair; medians are reported (default 3, --quick 1)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="markdown result file (default benchmarks/results.md; with "
-                             "--quick no file unless given)")
-    parser.add_argument("--bulk-mib", type=int, default=None,
-                        help="bulk transfer size per direction in MiB (default 512, quick 8)")
-    parser.add_argument("--pairs", default=None,
-                        help="comma-separated subset of pair names (default all four)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes and one run (CI smoke mode, < 30 s)"
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="runs per pair; medians are reported (default 3, --quick 1)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown result file (default benchmarks/results.md; with "
+        "--quick no file unless given)",
+    )
+    parser.add_argument(
+        "--bulk-mib",
+        type=int,
+        default=None,
+        help="bulk transfer size per direction in MiB (default 512, quick 8)",
+    )
+    parser.add_argument(
+        "--pairs", default=None, help="comma-separated subset of pair names (default all four)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
@@ -595,14 +701,24 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             for name, client_impl, server_impl in pairs:
                 t0 = time.monotonic()
-                pair = Pair(name, client_impl, server_impl,
-                            work / f"run{run + 1}-{name.replace(':', '_')}", cert, key,
-                            workers_flag)
+                pair = Pair(
+                    name,
+                    client_impl,
+                    server_impl,
+                    work / f"run{run + 1}-{name.replace(':', '_')}",
+                    cert,
+                    key,
+                    workers_flag,
+                )
                 result = run_pair(pair, params)
                 raw[name].append(result)
-                print(f"run {run + 1}/{args.runs} {name}: {time.monotonic() - t0:.1f} s "
-                      f"(down {result['down_MBps']:.0f} MB/s, up {result['up_MBps']:.0f} MB/s,"
-                      f" p50 {result['latency_p50_ms']:.2f} ms)", file=sys.stderr, flush=True)
+                print(
+                    f"run {run + 1}/{args.runs} {name}: {time.monotonic() - t0:.1f} s "
+                    f"(down {result['down_MBps']:.0f} MB/s, up {result['up_MBps']:.0f} MB/s,"
+                    f" p50 {result['latency_p50_ms']:.2f} ms)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         ok = True
     except KeyboardInterrupt:
         print(f"interrupted; logs in {work}", file=sys.stderr)

@@ -624,8 +624,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         for download in (True, False):
             await phase(
                 "download" if download else "upload",
-                _bulk(proxy, targets.bulk, args.bulk_bytes, download, args.client_pid,
-                      args.server_pid),
+                _bulk(
+                    proxy, targets.bulk, args.bulk_bytes, download, args.client_pid, args.server_pid
+                ),
                 bulk_timeout,
             )
         await phase(
@@ -646,8 +647,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         )
         await phase(
             "idle-rss",
-            phase_idle_rss(proxy, targets.idle, args.idle_streams, args.client_pid,
-                           args.server_pid),
+            phase_idle_rss(
+                proxy, targets.idle, args.idle_streams, args.client_pid, args.server_pid
+            ),
             180,
         )
     finally:

@@ -42,14 +42,25 @@ def py_spy() -> str:
 
 def start_py_spy(pid: int, rate: int, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [py_spy(), "record", "--native", "--rate", str(rate), "--format", "raw",
-         "--output", str(out), "--pid", str(pid)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            py_spy(),
+            "record",
+            "--native",
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--pid",
+            str(pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
-async def run_phase(phase: str, port: int, targets: loadgen.Targets, pids: tuple[int, int]
-                    ) -> None:
+async def run_phase(phase: str, port: int, targets: loadgen.Targets, pids: tuple[int, int]) -> None:
     proxy = ("127.0.0.1", port)
     if phase == "concurrent":
         await loadgen.phase_concurrent(proxy, targets.echo, 200, 256 << 10)
@@ -66,8 +77,15 @@ async def record(args: argparse.Namespace, work: Path) -> list[Path]:
     outputs = []
     try:
         for run in range(args.runs):
-            pair = bench.Pair("ours:ours", "ours", "ours", work / f"run{run}", cert, key,
-                              bench.ours_server_has_workers())
+            pair = bench.Pair(
+                "ours:ours",
+                "ours",
+                "ours",
+                work / f"run{run}",
+                cert,
+                key,
+                bench.ours_server_has_workers(),
+            )
             try:
                 client, server, port = pair.start()
                 for _ in range(30):
@@ -89,8 +107,9 @@ async def record(args: argparse.Namespace, work: Path) -> list[Path]:
     return outputs
 
 
-def summarise(paths: list[Path], top: int) -> tuple[int, list[tuple[str, int]],
-                                                    list[tuple[str, int]]]:
+def summarise(
+    paths: list[Path], top: int
+) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
@@ -107,13 +126,17 @@ def summarise(paths: list[Path], top: int) -> tuple[int, list[tuple[str, int]],
                 incl[name] += n
     # Frames under (nearly) every sample are the event loop's own; addresses are frames of
     # stripped libraries (libcrypto): leave both out of the inclusive list.
-    telling = [(name, n) for name, n in incl.most_common()
-               if n < 0.95 * total and not name.startswith("0x")]
+    telling = [
+        (name, n)
+        for name, n in incl.most_common()
+        if n < 0.95 * total and not name.startswith("0x")
+    ]
     return total, own.most_common(top), telling[: top * 2]
 
 
-def render(args: argparse.Namespace, total: int, own: list[tuple[str, int]],
-           incl: list[tuple[str, int]]) -> str:
+def render(
+    args: argparse.Namespace, total: int, own: list[tuple[str, int]], incl: list[tuple[str, int]]
+) -> str:
     lines = [
         f"## py-spy: our {args.side}, {args.phase} phase ({args.runs} runs, {total} busy samples)",
         "",

@@ -36,8 +36,16 @@ def _check_table(text: str) -> None:
     ref = header.index("sing-box:sing-box")
     assert len(body) >= 15
     labels = " ".join(r[0] for r in body)
-    for word in ("download", "upload", "CPU-s/GB", "p50", "p99", "echo streams", "UDP",
-                 "RSS growth"):
+    for word in (
+        "download",
+        "upload",
+        "CPU-s/GB",
+        "p50",
+        "p99",
+        "echo streams",
+        "UDP",
+        "RSS growth",
+    ):
         assert word in labels, word
     for row in body:
         assert len(row) == len(header), row

@@ -24,7 +24,6 @@ _TRUE = frozenset(("1", "true"))
 _FALSE = frozenset(("0", "false"))
 
 
-
 @dataclass(frozen=True)
 class ServerURI:
     """A parsed ``anytls://`` URI."""

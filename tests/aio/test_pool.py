@@ -282,14 +282,13 @@ def test_pool_pick_matches_the_policy_as_streams_come_and_go(max_streams: int) -
             tcp_echo_server() as echo,
             client_for(port, max_streams_per_session=max_streams) as client,
         ):
+
             def agrees() -> bool:
                 expected = client.policy.choose([c.info() for c in client.sessions.values()])
                 picked = client._choose()
                 return (picked.seq if picked else None) == expected
 
-            opened = await asyncio.gather(
-                *(client.open_connection(*echo) for _ in range(12))
-            )
+            opened = await asyncio.gather(*(client.open_connection(*echo) for _ in range(12)))
             assert agrees()
             for i, (reader, writer) in enumerate(opened):
                 writer.write(b"x")

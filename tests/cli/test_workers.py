@@ -89,8 +89,17 @@ def test_client_workers_share_the_local_port_each_with_its_own_pool(tmp_path: Pa
         AnyTLSProcess.server(server_port, ["-p", "pw", "--workers", "1"], tmp_path),
         AnyTLSProcess.client(
             mixed_port,
-            ["-s", f"127.0.0.1:{server_port}", "-p", "pw", "--insecure", "--workers", "2",
-             "--log-level", "info"],
+            [
+                "-s",
+                f"127.0.0.1:{server_port}",
+                "-p",
+                "pw",
+                "--insecure",
+                "--workers",
+                "2",
+                "--log-level",
+                "info",
+            ],
             tmp_path,
         ) as client,
     ):

@@ -201,12 +201,14 @@ def test_small_frames_coalesce_into_one_write_once_padding_is_over() -> None:
     client.send_data(sid2, b"hello")
     client.end_stream(sid)
     (chunk,) = client.data_to_send()  # SYN + destination + data + FIN: one TLS record
-    assert chunk == b"".join([
-        encode_frame(Command.SYN, sid2),
-        encode_frame(Command.PSH, sid2, DEST),
-        encode_frame(Command.PSH, sid2, b"hello"),
-        encode_frame(Command.FIN, sid),
-    ])
+    assert chunk == b"".join(
+        [
+            encode_frame(Command.SYN, sid2),
+            encode_frame(Command.PSH, sid2, DEST),
+            encode_frame(Command.PSH, sid2, b"hello"),
+            encode_frame(Command.FIN, sid),
+        ]
+    )
     big = bytes(40000)
     client.send_data(sid2, big)
     client.send_data(sid2, b"tail")

@@ -106,8 +106,9 @@ def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
             await asyncio.sleep(0.05)
             for timeout in (0.3, 0.3):  # SOCKS client gives up while the server is dialling
                 with pytest.raises(TimeoutError):
-                    await open_socks5_raw("127.0.0.1", inbound.port, "127.0.0.1", hole.port,
-                                          timeout=timeout)
+                    await open_socks5_raw(
+                        "127.0.0.1", inbound.port, "127.0.0.1", hole.port, timeout=timeout
+                    )
             await wait_until(lambda: not server.open_streams and not inbound.handshakes, 2)
             assert server.open_streams == 0  # both abandoned streams were closed (FIN)
             assert not inbound.handshakes

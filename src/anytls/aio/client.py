@@ -18,6 +18,7 @@ import ssl
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .. import __version__
 from ..core.address import Address
@@ -509,8 +510,9 @@ class Client:
         timeout = self.config.ack_timeout
         if not conn.version_known.done():
             probe = timeout if self.server_version >= 2 else self.config.version_probe_timeout
+            waits: list[asyncio.Future[Any]] = [conn.version_known, stream.acknowledged]
             done, _ = await asyncio.wait(
-                [conn.version_known, stream.acknowledged],
+                waits,
                 timeout=probe,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -174,7 +174,7 @@ class SessionConnection(asyncio.BufferedProtocol):
         """The TLS transport's write buffer limits."""
         if self.transport is None:
             return (0, 0)
-        return self.transport.get_write_buffer_limits()  # type: ignore[attr-defined, no-any-return]
+        return self.transport.get_write_buffer_limits()
 
     # ---------------------------------------------------------------- timers
     def arm_timer(self) -> None:

@@ -20,7 +20,7 @@ class DestinationDenied(OSError):
     """The destination is not allowed by the server's policy."""
 
 
-def family_of(ip: str) -> socket.AddressFamily:
+def family_of(ip: str) -> int:
     """The address family of an IP literal."""
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
@@ -48,7 +48,7 @@ async def resolve_allowed(destination: Address, deny_private: bool) -> list[tupl
     """
     if destination.is_ip:
         family = family_of(destination.host)
-        candidates = [(family, destination.host)]
+        candidates: list[tuple[int, str]] = [(family, destination.host)]
     else:
         candidates = await lookup(destination.host, destination.port, socket.SOCK_STREAM)
     if not deny_private:

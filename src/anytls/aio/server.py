@@ -18,6 +18,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..core.address import Address, AddressReader
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
@@ -109,9 +110,9 @@ def _dial_error_text(exc: BaseException, destination: Address) -> str:
 
 
 @functools.cache
-def _dial_options(loop_type: type) -> dict[str, float]:
+def _dial_options(loop_module: str) -> dict[str, Any]:
     # Happy eyeballs for dual-stack names; uvloop's create_connection lacks the option.
-    return {} if loop_type.__module__.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
+    return {} if loop_module.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
 
 
 class _HeldSocketSide(SocketSide):
@@ -140,8 +141,12 @@ class _ServerStream(asyncio.Protocol):
             try:
                 destination = self.reader.feed(data)
             except RemoteProtocolError as exc:
-                log.info("%s stream %d: bad destination: %s", self.connection.peer,
-                         self.stream.stream_id, exc)
+                log.info(
+                    "%s stream %d: bad destination: %s",
+                    self.connection.peer,
+                    self.stream.stream_id,
+                    exc,
+                )
                 self.stream.close()
                 return
             if destination is None:
@@ -150,8 +155,13 @@ class _ServerStream(asyncio.Protocol):
             data = self.reader.leftover
             version = uot_version(destination)
             if version is not None:
-                UotServerRelay(self.connection, self.stream, version, data,
-                               self.connection.config.udp_idle_timeout)
+                UotServerRelay(
+                    self.connection,
+                    self.stream,
+                    version,
+                    data,
+                    self.connection.config.udp_idle_timeout,
+                )
                 return
             self.task = self.connection.start_task(self.dial(destination))
         if data:
@@ -193,8 +203,10 @@ class _ServerStream(asyncio.Protocol):
                 # Dial the address that was checked, never the name again.
                 host = (await resolve_allowed(destination, True))[0][1]
             transport, _ = await loop.create_connection(
-                lambda: _HeldSocketSide(stream), host, destination.port,
-                **_dial_options(type(loop)),
+                lambda: _HeldSocketSide(stream),
+                host,
+                destination.port,
+                **_dial_options(type(loop).__module__),
             )
         except asyncio.CancelledError:
             if not self.dial_timed_out:
@@ -203,8 +215,13 @@ class _ServerStream(asyncio.Protocol):
             return
         except Exception as exc:
             if not isinstance(exc, OSError):  # TimeoutError is one too
-                log.error("%s stream %d: dialling %s failed", self.connection.peer,
-                          stream.stream_id, destination, exc_info=exc)
+                log.error(
+                    "%s stream %d: dialling %s failed",
+                    self.connection.peer,
+                    stream.stream_id,
+                    destination,
+                    exc_info=exc,
+                )
             self._dial_failed(exc)
             return
         finally:
@@ -212,8 +229,9 @@ class _ServerStream(asyncio.Protocol):
         if stream.is_closing():  # the client ended the stream meanwhile
             transport.close()
             return
-        log.debug("%s stream %d: connected to %s", self.connection.peer, stream.stream_id,
-                  destination)
+        log.debug(
+            "%s stream %d: connected to %s", self.connection.peer, stream.stream_id, destination
+        )
         self.connection.core.send_synack(stream.stream_id)
         self.connection.flush()  # now: the client is waiting for it
         pending, self.pending = self.pending, []
@@ -222,7 +240,7 @@ class _ServerStream(asyncio.Protocol):
         # Per-stream cap: past this many unsent bytes towards the destination, the session
         # stops reading (AnyTLS has no per-stream flow control).
         transport.set_write_buffer_limits(high=config.stream_buffer)
-        stream.set_protocol(StreamSide(transport))  # type: ignore[arg-type]
+        stream.set_protocol(StreamSide(transport))
         stream.resume_reading()
         transport.resume_reading()
 
@@ -268,8 +286,9 @@ class ServerConnection(SessionConnection):
             self.close("server shutting down", abort=True)
             return
         self.server.connections.add(self)
-        self._preface_timer = self.loop.call_later(self.config.preface_timeout,
-                                                   self._preface_timed_out)
+        self._preface_timer = self.loop.call_later(
+            self.config.preface_timeout, self._preface_timed_out
+        )
 
     def buffer_updated(self, nbytes: int) -> None:
         # Kept only until authentication, for --fallback (bounded by the preface size).
@@ -310,8 +329,9 @@ class ServerConnection(SessionConnection):
     async def _fallback(self, fallback: Address, initial: bytes) -> None:
         assert self.transport is not None
         try:
-            await relay_to(self.transport, fallback.host, fallback.port, initial,
-                           self.config.connect_timeout)
+            await relay_to(
+                self.transport, fallback.host, fallback.port, initial, self.config.connect_timeout
+            )
         except (OSError, TimeoutError) as exc:
             log.warning("fallback %s unreachable for %s: %s", fallback, self.peer, exc)
             self.close("fallback unreachable", abort=True)
@@ -337,11 +357,16 @@ class ServerConnection(SessionConnection):
             self.server.sessions_accepted += 1
             self.user_stats = self.server.stats.session_opened(self, event.user)
             self.authenticated_at = self.loop.time()
-            log.info("session from %s: user %s", self.peer, event.user,
-                     extra={"event": "session_open", "peer": self.peer, "user": event.user})
+            log.info(
+                "session from %s: user %s",
+                self.peer,
+                event.user,
+                extra={"event": "session_open", "peer": self.peer, "user": event.user},
+            )
         elif type(event) is SettingsReceived:
-            log.debug("%s settings %s (peer version %d)", self.peer, event.settings,
-                      event.peer_version)
+            log.debug(
+                "%s settings %s (peer version %d)", self.peer, event.settings, event.peer_version
+            )
 
     def start_task(self, coro: object) -> asyncio.Task[None]:
         """Run ``coro`` owned by this connection (cancelled when it closes)."""
@@ -357,12 +382,21 @@ class ServerConnection(SessionConnection):
 
     def stream_closed(self, stream: Stream) -> None:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s stream %d closed: %d bytes up, %d bytes down", self.peer,
-                      stream.stream_id, stream.bytes_received, stream.bytes_sent,
-                      extra={"event": "stream_close", "peer": self.peer,
-                             "user": self.core.user, "stream": stream.stream_id,
-                             "bytes_up": stream.bytes_received,
-                             "bytes_down": stream.bytes_sent})
+            log.debug(
+                "%s stream %d closed: %d bytes up, %d bytes down",
+                self.peer,
+                stream.stream_id,
+                stream.bytes_received,
+                stream.bytes_sent,
+                extra={
+                    "event": "stream_close",
+                    "peer": self.peer,
+                    "user": self.core.user,
+                    "stream": stream.stream_id,
+                    "bytes_up": stream.bytes_received,
+                    "bytes_down": stream.bytes_sent,
+                },
+            )
         if self.server.draining and not self.streams:
             self.close("server shutting down")
 
@@ -376,19 +410,30 @@ class ServerConnection(SessionConnection):
             self.server.stats.session_closed(self, self.user_stats)
         if self.core.user is not None:
             duration = self.loop.time() - (self.authenticated_at or self.loop.time())
-            log.info("session from %s (user %s) ended after %.1f s: %s, %d bytes in, "
-                     "%d bytes out", self.peer, self.core.user, duration, reason,
-                     self.bytes_in, self.bytes_out,
-                     extra={"event": "session_close", "peer": self.peer,
-                            "user": self.core.user, "duration": round(duration, 3),
-                            "reason": reason, "bytes_in": self.bytes_in,
-                            "bytes_out": self.bytes_out})
+            log.info(
+                "session from %s (user %s) ended after %.1f s: %s, %d bytes in, %d bytes out",
+                self.peer,
+                self.core.user,
+                duration,
+                reason,
+                self.bytes_in,
+                self.bytes_out,
+                extra={
+                    "event": "session_close",
+                    "peer": self.peer,
+                    "user": self.core.user,
+                    "duration": round(duration, 3),
+                    "reason": reason,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                },
+            )
 
 
 async def _wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
     ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
     try:
         await ready
     finally:
@@ -469,24 +514,32 @@ class AnyTLSServer:
             callback = current.sni_callback  # the new context's own, if any
         else:
             callback = self._previous_sni
-        return callback(ssl_obj, name, current) if callback is not None else None
+        if callback is None:
+            return None
+        # Without SNI the name is None, which typeshed's ``str`` does not admit.
+        return callback(ssl_obj, name, current)  # type: ignore[arg-type]
 
     @property
     def sockets(self) -> list[socket.socket]:
         """The listening sockets."""
         listening = [s for srv in self.servers for s in srv.sockets]
-        return listening + self._raw_sockets  # type: ignore[operator]
+        return listening + self._raw_sockets
 
-    async def start(self, host: str | None, port: int, **kwargs: object) -> None:
+    async def start(self, host: str | None, port: int, **kwargs: Any) -> None:
         """Bind and start accepting (``reuse_port=True`` lets worker processes share it)."""
         loop = asyncio.get_running_loop()
         if self.config.accept_proxy_protocol:
             await self._start_proxied(host, port, bool(kwargs.get("reuse_port")))
             return
         server = await loop.create_server(
-            lambda: ServerConnection(self), host or None, port, ssl=self.ssl_context,
-            ssl_handshake_timeout=self.config.handshake_timeout, reuse_address=True,
-            backlog=LISTEN_BACKLOG, **kwargs,  # type: ignore[arg-type]
+            lambda: ServerConnection(self),
+            host or None,
+            port,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.config.handshake_timeout,
+            reuse_address=True,
+            backlog=LISTEN_BACKLOG,
+            **kwargs,
         )
         self.servers.append(server)
 
@@ -532,7 +585,9 @@ class AnyTLSServer:
             async with asyncio.timeout(self.config.handshake_timeout):
                 real_peer = await read_proxy_header(conn)
             await loop.connect_accepted_socket(
-                lambda: ServerConnection(self, real_peer), conn, ssl=self.ssl_context,
+                lambda: ServerConnection(self, real_peer),
+                conn,
+                ssl=self.ssl_context,
                 ssl_handshake_timeout=self.config.handshake_timeout,
             )
         except (RemoteProtocolError, OSError, TimeoutError) as exc:

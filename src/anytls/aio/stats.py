@@ -247,7 +247,7 @@ def render_metrics(snapshot: Snapshot) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))  # type: ignore[arg-type]
+    registry.register(SnapshotCollector(snapshot))
     return generate_latest(registry)
 
 

@@ -31,7 +31,7 @@ class Stream(asyncio.Transport):
         self._lost = False
         self._reading_paused = False
         self._pending: list[bytes] = []
-        self._pending_eof: BaseException | bool | None = False
+        self._pending_eof: Exception | bool | None = False
         self.bytes_sent = 0
         self.bytes_received = 0
         #: Client side: resolved when the server acknowledges the stream (SYNACK).
@@ -44,13 +44,13 @@ class Stream(asyncio.Transport):
             return self.stream_id
         return self.connection.get_extra_info(name, default)
 
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:  # type: ignore[override]
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Attach ``protocol``; data that arrived before it is delivered now."""
         self._protocol = protocol
         if self._pending or self._pending_eof is not False:
             self.connection.loop.call_soon(self._drain_pending)
 
-    def get_protocol(self) -> asyncio.BaseProtocol:  # type: ignore[override]
+    def get_protocol(self) -> asyncio.BaseProtocol:
         """The attached protocol."""
         assert self._protocol is not None
         return self._protocol
@@ -131,7 +131,7 @@ class Stream(asyncio.Transport):
             return
         protocol.data_received(data)  # type: ignore[attr-defined]
 
-    def _ended(self, exc: BaseException | None) -> None:
+    def _ended(self, exc: Exception | None) -> None:
         """The peer sent FIN (``exc`` None) or the session died."""
         if self._lost:
             return
@@ -169,9 +169,9 @@ class Stream(asyncio.Transport):
         if self._pending_eof is not False:
             exc = self._pending_eof
             self._pending_eof = False
-            self._lose(exc if isinstance(exc, BaseException) else None, eof=exc is None)
+            self._lose(exc if isinstance(exc, Exception) else None, eof=exc is None)
 
-    def _lose(self, exc: BaseException | None, eof: bool = False) -> None:
+    def _lose(self, exc: Exception | None, eof: bool = False) -> None:
         if self._lost:
             return
         self._closing = True

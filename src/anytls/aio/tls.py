@@ -21,9 +21,7 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: TLS 1.3 cipher suites in Go's order on AES-capable CPUs (what sing-box negotiates).
-GO_TLS13_CIPHERSUITES = (
-    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
-)
+GO_TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 
 
 def _loaded_libssl() -> str | None:

@@ -244,11 +244,11 @@ class UotServerRelay(asyncio.Protocol):
             if len(waiting) < RECV_QUEUE_LIMIT:
                 waiting.append((address.port, payload))
             return
-        host = key if address.is_ip else self.dns.cached(key)
-        if host is not None:
-            family = family_of(host)
+        known = key if address.is_ip else self.dns.cached(key)
+        if known is not None:
+            family = family_of(known)
             if family in self.sockets:
-                self._sendto(family, host, address.port, payload)
+                self._sendto(family, known, address.port, payload)
                 return
         self.waiting[key] = [(address.port, payload)]
         self.connection.start_task(self._send_slow(address))

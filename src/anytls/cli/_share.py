@@ -45,7 +45,6 @@ class Endpoint:
         return None if is_ip_literal(self.host) else self.host
 
 
-
 @dataclass(frozen=True)
 class CertInfo:
     """The facts of a certificate file that matter to clients."""

@@ -169,8 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- validation
 
 
-
-
 def _server(text: str) -> None:
     if text.lower().startswith("anytls://"):
         parse_uri(text)

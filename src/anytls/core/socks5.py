@@ -120,10 +120,11 @@ class Socks5Handshake:
             if not used:
                 break
             del buf[:used]
-        if self._phase is _Phase.DONE:
+        final: _Phase = self._phase  # the handlers above moved it on
+        if final is _Phase.DONE:
             self.leftover = bytes(buf)
             buf.clear()
-        elif self._phase is _Phase.FAILED:
+        elif final is _Phase.FAILED:
             buf.clear()
         return bytes(out)
 

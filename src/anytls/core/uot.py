@@ -170,7 +170,8 @@ class UotPacketDecoder:
         header = 2 if self.connect else _header_size(buf, pos, avail)
         if avail < header:
             return header
-        return header + _unpack_u16(buf, pos + header - 2)[0]
+        length: int = _unpack_u16(buf, pos + header - 2)[0]
+        return header + length
 
     def _packet(self, buf: Buffer, pos: int, end: int) -> tuple[Address | None, bytes]:
         if self.connect:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from ..aio.client import Client, PendingOpen
 from ..aio.relay import splice
@@ -30,7 +31,7 @@ HANDSHAKE_TIMEOUT = 30.0
 #: for the stream; past this, reading pauses until the stream is connected.
 EARLY_DATA_LIMIT = 256 * 1024
 
-UdpHandler = Callable[[asyncio.Transport, Address], Awaitable[None]]
+UdpHandler = Callable[[asyncio.Transport, Address], Coroutine[Any, Any, None]]
 OpenCallback = Callable[[Stream | None, AnyTLSError | None], None]
 _SOCKS_SUCCEEDED = reply(Reply.SUCCEEDED)
 
@@ -265,7 +266,11 @@ class MixedInbound:
         """Start listening (``reuse_port``: share the port with other processes)."""
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: _Handshake(self), host, port, reuse_address=True, backlog=4096,
+            lambda: _Handshake(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=4096,
             reuse_port=reuse_port or None,
         )
 
@@ -285,5 +290,10 @@ class MixedInbound:
             await self.server.wait_closed()
 
 
-__all__ = ["MixedInbound", "SessionClosedError", "StreamOpenError", "http_status_for",
-           "socks_reply_for"]
+__all__ = [
+    "MixedInbound",
+    "SessionClosedError",
+    "StreamOpenError",
+    "http_status_for",
+    "socks_reply_for",
+]

@@ -96,8 +96,7 @@ class Socks5UdpRelay:
             self.assoc.set_datagram_handler(self._reply)
             ended = loop.create_task(self._association_ended())
             try:
-                await asyncio.wait([control_proto.lost, ended],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([control_proto.lost, ended], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 ended.cancel()
         finally:
@@ -105,8 +104,9 @@ class Socks5UdpRelay:
             if self.assoc is not None:
                 self.assoc.close()
             self.control.close()
-            log.debug("UDP association for %s ended after %d datagrams", self.client_ip,
-                      self.datagrams)
+            log.debug(
+                "UDP association for %s ended after %d datagrams", self.client_ip, self.datagrams
+            )
 
     def from_local(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         ip, port = _norm(str(addr[0])), int(addr[1])

@@ -116,7 +116,8 @@ class UdpForwarder:
         """
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _LocalSocket(self), local_addr=(self.local.host, self.local.port),
+            lambda: _LocalSocket(self),
+            local_addr=(self.local.host, self.local.port),
             reuse_port=reuse_port or None,
         )
         self.transport = transport
