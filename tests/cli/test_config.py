@@ -32,6 +32,7 @@ SERVER_SAMPLES: dict[str, Any] = {
     "padding_scheme": ["stop=2", "0=30-30", "1=100-200"],
     "cert": "tls/cert.pem",
     "key": "tls/key.pem",
+    "state_dir": "state",
     "public_host": "proxy.example.com",
     "share_links": False,
     "qr": True,
@@ -94,7 +95,7 @@ def test_every_server_flag_is_a_config_key(tmp_path: Path) -> None:
     for option in spec.options:
         value = getattr(args, option.dest)
         expected = SERVER_SAMPLES[option.key]
-        if option.key in ("cert", "key"):
+        if option.key in ("cert", "key", "state_dir"):
             assert value == str(tmp_path / expected)  # relative to the file
         elif option.key == "users":
             assert value == ["alice:a-pw", "bob:b:pw"]
@@ -313,3 +314,15 @@ async def test_example_configs_carry_traffic(tmp_path: Path) -> None:
         writer.close()
         await server.wait_log(r"session from 127\.0\.0\.1:\d+: user bob")
         await asyncio.sleep(0)
+
+
+def test_default_state_dir_follows_systemd_then_xdg(tmp_path: Path) -> None:
+    from anytls.state import default_state_dir, ensure_state_dir
+
+    assert default_state_dir({"STATE_DIRECTORY": "/var/lib/anytls", "HOME": "/h"}) == Path(
+        "/var/lib/anytls"
+    )
+    assert default_state_dir({"XDG_STATE_HOME": "/x", "HOME": "/h"}) == Path("/x/anytls")
+    assert default_state_dir({"HOME": "/h"}) == Path("/h/.local/state/anytls")
+    made = ensure_state_dir(tmp_path / "a" / "b")
+    assert made.is_dir() and (made.stat().st_mode & 0o777) == 0o700

@@ -16,7 +16,7 @@ import logging
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--cert", metavar="PEM", help="certificate chain file")
     parser.add_argument("--key", metavar="PEM", help="private key file")
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="directory for what survives a restart: the generated certificate, ACME "
+        "files, unreported traffic (default ~/.local/state/anytls; /var/lib/anytls "
+        "under systemd's StateDirectory=)",
+    )
     parser.add_argument(
         "--public-host",
         metavar="NAME",
@@ -216,8 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- validation
 
 
-
-
 _listen = _common.parse_listen
 
 
@@ -243,7 +248,7 @@ def _users(items: Sequence[str]) -> None:
             raise ConfigError(f"{item!r}: expected NAME:PASSWORD")
 
 
-VALIDATORS = {
+VALIDATORS: dict[str, Callable[[Any], object]] = {
     "l": _listen,
     "fallback": Address.parse,
     "metrics": _listen,
@@ -266,7 +271,13 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
         parser or build_parser(),
         exclude=("config", "print_config", "export"),
         keys={"user": "users"},
-        kinds={"user": "users", "padding_scheme": "padding", "cert": "path", "key": "path"},
+        kinds={
+            "user": "users",
+            "padding_scheme": "padding",
+            "cert": "path",
+            "key": "path",
+            "state_dir": "path",
+        },
         secrets=("p", "user"),
         validators=VALIDATORS,
     )
