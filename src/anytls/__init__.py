@@ -16,6 +16,7 @@ from .core.address import Address
 from .errors import (
     AnyTLSError,
     AuthenticationError,
+    CertificatePinError,
     ConfigError,
     LocalProtocolError,
     ProtocolError,
@@ -30,6 +31,7 @@ __all__ = [
     "AnyTLSError",
     "AnyTLSServer",
     "AuthenticationError",
+    "CertificatePinError",
     "Client",
     "ClientConfig",
     "ConfigError",

@@ -37,6 +37,11 @@ class SessionClosedError(AnyTLSError):
     """The session carrying a stream has ended."""
 
 
+class CertificatePinError(SessionClosedError):
+    """The server's certificate is not the pinned one: a man in the middle, or a new
+    certificate on the server. Nothing was sent on that connection."""
+
+
 class StreamOpenError(AnyTLSError):
     """The server could not open the destination and said why (error SYNACK)."""
 

@@ -34,7 +34,13 @@ from ..core.events import (
 from ..core.padding import PaddingScheme
 from ..core.pool_policy import PoolPolicy, SessionInfo, normalise_interval
 from ..core.session import Session
-from ..errors import AnyTLSError, SessionClosedError, StreamClosedError, StreamOpenError
+from ..errors import (
+    AnyTLSError,
+    CertificatePinError,
+    SessionClosedError,
+    StreamClosedError,
+    StreamOpenError,
+)
 from .connection import SessionConnection
 from .stream import Stream
 
@@ -60,6 +66,13 @@ class ClientConfig:
     """TLS server name; ``None`` uses the server host (no SNI when it is an IP)."""
     insecure: bool = False
     """Skip certificate verification."""
+    pin_sha256: str | None = None
+    """Hex SHA-256 of the server certificate's DER (the ``pinSHA256`` link parameter).
+    When set, the certificate must be exactly this one (CA and name checks are not needed
+    for a pinned, e.g. self-signed, certificate); it is checked before any byte of the
+    authentication preface is sent."""
+    ca_file: str | None = None
+    """PEM file of CA certificates to verify the server with (a private CA)."""
     connect_timeout: float = 10.0
     """Seconds for TCP connect plus TLS handshake to the server."""
     ack_timeout: float = 15.0
@@ -347,10 +360,13 @@ class Client:
     """Sessions to one AnyTLS server, pooled as :class:`ClientConfig` says."""
 
     def __init__(self, config: ClientConfig, ssl_context: ssl.SSLContext | None = None) -> None:
-        from .tls import client_context
+        from .tls import client_context, normalise_pin
 
         self.config = config
-        self.ssl_context = ssl_context or client_context(insecure=config.insecure)
+        self.pin = normalise_pin(config.pin_sha256) if config.pin_sha256 else None
+        self.ssl_context = ssl_context or client_context(
+            insecure=config.insecure, ca_file=config.ca_file, pinned=self.pin is not None
+        )
         self.policy = config.policy()
         self.padding = PaddingScheme.default()
         #: The server's protocol version once a session learned it (0 = unknown).
@@ -408,6 +424,8 @@ class Client:
         if self._closed:
             conn.close("client closed")
             raise SessionClosedError("the client is closed")
+        if self.pin is not None:
+            self._check_pin(conn, where)
         conn.core.initiate()
         conn.flush()
         self.sessions[seq] = conn
@@ -416,6 +434,19 @@ class Client:
         log.debug("session %d to %s opened", seq, where)
         self._arm_reaper()
         return conn
+
+    def _check_pin(self, conn: ClientConnection, where: str) -> None:
+        """Close ``conn`` and raise unless its certificate is the pinned one."""
+        from .tls import check_pin
+
+        assert self.pin is not None
+        ssl_object = conn.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            check_pin(der, self.pin, where)
+        except CertificatePinError:
+            conn.close("certificate pin mismatch", abort=True)
+            raise
 
     async def _acquire(self, fresh: bool = False) -> ClientConnection:
         if self._closed:

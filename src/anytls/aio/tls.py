@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -16,7 +18,7 @@ import ssl
 import sys
 import tempfile
 
-from ..errors import ConfigError
+from ..errors import CertificatePinError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +151,46 @@ def server_context(
     return ctx
 
 
-def client_context(insecure: bool = False, ca_file: str | None = None) -> ssl.SSLContext:
-    """A client context that verifies the server unless ``insecure``."""
-    if insecure:
+def certificate_sha256(der: bytes) -> str:
+    """Hex SHA-256 of a certificate's DER encoding: the ``pinSHA256`` of a share link."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def normalise_pin(pin: str) -> str:
+    """``pin`` as 64 lowercase hex digits (``:`` separators allowed, as openssl prints it).
+
+    Raises :class:`ConfigError` when it is not a SHA-256 in hex.
+    """
+    text = pin.strip().replace(":", "").lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ConfigError(
+            f"pinSHA256 {pin!r} is not a SHA-256 in hex (64 hex digits, the SHA-256 of the "
+            "certificate's DER, as the server's share link prints it)"
+        )
+    return text
+
+
+def check_pin(der: bytes | None, pin: str, where: str) -> None:
+    """Raise :class:`CertificatePinError` unless ``der`` hashes to ``pin`` (normalised)."""
+    if der is None:
+        raise CertificatePinError(f"{where} presented no certificate; expected the pinned one")
+    got = certificate_sha256(der)
+    if not hmac.compare_digest(got, pin):
+        raise CertificatePinError(
+            f"the certificate of {where} is not the pinned one (pinSHA256 {got}, expected "
+            f"{pin}): a man in the middle, or the server has a new certificate; nothing was sent"
+        )
+
+
+def client_context(
+    insecure: bool = False, ca_file: str | None = None, pinned: bool = False
+) -> ssl.SSLContext:
+    """A client context that verifies the server unless ``insecure``.
+
+    ``pinned``: the caller checks the certificate against a pin after the handshake
+    (:func:`check_pin`), so the chain and name are not verified here.
+    """
+    if insecure or pinned:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
