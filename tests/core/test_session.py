@@ -277,3 +277,63 @@ def test_rejected_preface_is_not_kept() -> None:
         server.receive_data(bytes(70034))
     assert server.closed
     assert server.receive_data(bytes(1000)) == []
+
+
+# Frames a peer may send only in the other direction (the role table in core/session.py):
+# what a server must ignore coming from a client, and the reverse.
+_SERVER_BOUND_ONLY = (Command.SYN, Command.SETTINGS)
+_CLIENT_BOUND_ONLY = (Command.SYNACK, Command.SERVER_SETTINGS, Command.UPDATE_PADDING_SCHEME)
+
+
+@st.composite
+def unexpected_frames(draw: st.DrawFn, commands: tuple[Command, ...]) -> bytes:
+    """Well-formed frames, each one its receiver's role must not act on."""
+    frames = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(commands),
+                st.integers(0, 2**32 - 1),
+                st.one_of(
+                    st.just(b""),
+                    st.just(b"v=2\nclient=x\npadding-md5=0"),  # plausible Settings text
+                    st.just(b"stop=2\n0=10-10"),  # a valid padding scheme
+                    st.binary(max_size=300),
+                ),
+            ),
+            min_size=1,
+            max_size=8,
+        )
+    )
+    return b"".join(encode_frame(cmd, sid, data) for cmd, sid, data in frames)
+
+
+def _established_pair() -> tuple[Session, Session, int]:
+    client, server = new_pair()
+    stream_id = client.open_stream(DEST)
+    pump(client, server)
+    server.send_synack(stream_id)
+    pump(server, client)
+    return client, server, stream_id
+
+
+@given(unexpected_frames(_CLIENT_BOUND_ONLY))
+def test_server_ignores_frames_only_a_client_may_receive(frames: bytes) -> None:
+    client, server, stream_id = _established_pair()
+    before = (server.padding.md5, server.peer_version, server.open_streams, server.state)
+    assert server.receive_data(frames) == []
+    assert server.data_to_send() == []
+    assert (server.padding.md5, server.peer_version, server.open_streams, server.state) == before
+    # and the session still works afterwards
+    client.send_data(stream_id, b"still here")
+    assert merge_data(pump(client, server)) == [StreamDataReceived(stream_id, b"still here")]
+
+
+@given(unexpected_frames(_SERVER_BOUND_ONLY))
+def test_client_ignores_frames_only_a_server_may_receive(frames: bytes) -> None:
+    client, server, stream_id = _established_pair()
+    before = (client.padding.md5, client.peer_version, client.open_streams, client.state)
+    assert client.receive_data(frames) == []
+    assert client.data_to_send() == []
+    assert (client.padding.md5, client.peer_version, client.open_streams, client.state) == before
+    server.send_data(stream_id, b"still here")
+    assert merge_data(pump(server, client)) == [StreamDataReceived(stream_id, b"still here")]

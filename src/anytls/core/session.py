@@ -8,11 +8,10 @@ A :class:`Session` is one TLS connection's worth of protocol: bytes from the pee
 :meth:`Session.data_to_send` hands back as a list of byte strings, each meant to be one
 transport write (one TLS record when small). No clock, socket or event loop is touched.
 
-Receiving: after the auth preface (server side), the byte stream is a sequence of frames.
-PSH payloads are delivered as they arrive, without waiting for the whole frame, so a
-64 KiB frame trickling in costs no 64 KiB buffer; other frames are buffered whole (at most
-7 + 65535 bytes). Every length is honoured, including on SYN/FIN/heartbeat frames that
-should carry none, so a sloppy peer cannot desynchronise us.
+Receiving: after the auth preface (server side), the byte stream is a sequence of frames,
+split by :class:`~anytls.core.frame.FrameDecoder` (PSH data as it arrives, other frames
+whole). Each whole frame goes to the handler that ``HANDLERS_BY_ROLE`` names for this
+session's role; a command the role does not accept is skipped like WASTE.
 
 Sending (client): each queued write is one "packet" in the padding sense. Packet 0 is the
 preface; Settings and the first SYN are held back and go out with the first stream's
@@ -24,7 +23,7 @@ after that packets are passed through untouched. The server never pads.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..errors import (
     AuthenticationError,
@@ -34,7 +33,7 @@ from ..errors import (
     StreamClosedError,
 )
 from .auth import PrefaceReader, build_preface
-from .constants import HEADER, HEADER_SIZE, MAX_FRAME_DATA, PROTOCOL_VERSION, Command, Role
+from .constants import MAX_FRAME_DATA, PROTOCOL_VERSION, Command, Role
 from .events import (
     AlertReceived,
     Authenticated,
@@ -51,11 +50,9 @@ from .events import (
     StreamEnded,
     StreamOpened,
 )
-from .frame import encode_data_frames, encode_frame
+from .frame import FrameDecoder, encode_data_frames, encode_frame
 from .padding import PaddingScheme, shape_packet
 from .settings import format_kv, parse_kv, parse_version
-
-_unpack_from = HEADER.unpack_from
 
 #: Alert text sent to a client that opens a stream before sending Settings.
 ALERT_NO_SETTINGS = "client did not send its settings"
@@ -132,16 +129,15 @@ class Session:
         self._next_stream_id = 1
         # Receive side.
         self._rbuf = bytearray()
-        self._psh_stream = 0
-        self._psh_left = 0
+        self._decoder = FrameDecoder()
+        self._handlers = HANDLERS_BY_ROLE[role]
+        self._events: list[Event] = []
         # Send side.
         self._ready: list[bytes] = []
         self._packets: list[bytes] = []
         self._held: bytes | None = None
         self._packet_counter = 0
         self._shaping = role is Role.CLIENT
-        #: Frames received so far (any command); lets a client tell a v1 peer apart.
-        self.frames_received = 0
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -196,6 +192,11 @@ class Session:
         )
 
     # ------------------------------------------------------------------ properties
+    @property
+    def frames_received(self) -> int:
+        """Frames received so far (any command); lets a client tell a v1 peer apart."""
+        return self._decoder.frames
+
     @property
     def closed(self) -> bool:
         """True once the session is over."""
@@ -411,128 +412,133 @@ class Session:
             if not data:
                 return events
         rbuf = self._rbuf
+        self._events = events
+        decode = self._decoder.decode
         if rbuf:
             rbuf += data
             with memoryview(rbuf) as view:
-                consumed = self._parse(view, events)
+                consumed = decode(view, self._on_data, self._on_frame)
             del rbuf[:consumed]
         else:
             with memoryview(data) as view:
-                consumed = self._parse(view, events)
+                consumed = decode(view, self._on_data, self._on_frame)
                 if consumed < len(view) and not self.closed:
                     rbuf += view[consumed:]
         return events
 
-    def _parse(self, view: memoryview, events: list[Event]) -> int:
-        pos = 0
-        end = len(view)
-        streams = self._streams
-        while True:
-            if self._psh_left:
-                take = min(self._psh_left, end - pos)
-                if not take:
-                    return pos
-                if self._psh_stream in streams:
-                    events.append(
-                        StreamDataReceived(self._psh_stream, bytes(view[pos : pos + take]))
-                    )
-                pos += take
-                self._psh_left -= take
-                continue
-            if end - pos < HEADER_SIZE:
-                return pos
-            command, stream_id, length = _unpack_from(view, pos)
-            self.frames_received += 1
-            if command == Command.PSH:
-                pos += HEADER_SIZE
-                self._psh_stream = stream_id
-                self._psh_left = length
-                continue
-            if end - pos - HEADER_SIZE < length:
-                self.frames_received -= 1  # counted again when complete
-                return pos
-            payload = view[pos + HEADER_SIZE : pos + HEADER_SIZE + length]
-            pos += HEADER_SIZE + length
-            self._handle(command, stream_id, payload, events)
-            if self.state is SessionState.CLOSED:
-                return end
+    def _on_data(self, stream_id: int, chunk: memoryview) -> None:
+        if stream_id in self._streams:
+            self._events.append(StreamDataReceived(stream_id, bytes(chunk)))
 
-    def _handle(
-        self, command: int, stream_id: int, payload: memoryview, events: list[Event]
-    ) -> None:
-        is_server = self._is_server
-        if command == Command.SYN:
-            if not is_server:
-                return
-            if not self._settings_received:
-                self.send_alert(ALERT_NO_SETTINGS)
-                events.append(SessionTerminated(ALERT_NO_SETTINGS))
-                return
-            if stream_id in self._streams or stream_id == 0:
-                return
-            self._streams.add(stream_id)
-            if self.max_streams and len(self._streams) > self.max_streams:
-                self.send_synack(stream_id, f"too many streams (limit {self.max_streams})")
-                self.end_stream(stream_id)
-                return
-            events.append(StreamOpened(stream_id))
-        elif command == Command.FIN:
-            if stream_id in self._streams:
-                self._streams.discard(stream_id)
-                events.append(StreamEnded(stream_id))
-        elif command == Command.SYNACK:
-            if is_server:
-                return
-            error = bytes(payload).decode("utf-8", "replace") if len(payload) else None
-            self._synack_deadline = None
-            events.append(StreamAcknowledged(stream_id, error))
-            if error is not None:
-                self.end_stream(stream_id)
-        elif command == Command.SETTINGS:
-            if not is_server or not len(payload):
-                return
-            settings = parse_kv(payload)
-            self._settings_received = True
-            if settings.get("padding-md5") != self.padding.md5:
-                self._queue(encode_frame(Command.UPDATE_PADDING_SCHEME, 0, self.padding.raw))
-            version = parse_version(settings.get("v"))
-            # A v1 peer (or our own v1 test mode) gets no ServerSettings and no SYNACK.
-            self.peer_version = max(1, version if self.version >= 2 else 1)
-            if self.peer_version >= 2:
-                self._queue(
-                    encode_frame(Command.SERVER_SETTINGS, 0, format_kv({"v": str(self.version)}))
-                )
-            events.append(SettingsReceived(settings, self.peer_version))
-        elif command == Command.SERVER_SETTINGS:
-            if is_server or not len(payload):
-                return
-            settings = parse_kv(payload)
-            if self.version >= 2:
-                self.peer_version = parse_version(settings.get("v"))
-            events.append(ServerSettingsReceived(settings, self.peer_version))
-        elif command == Command.UPDATE_PADDING_SCHEME:
-            if is_server or not len(payload):
-                return
-            try:
-                scheme = PaddingScheme.parse(payload)
-            except ConfigError as exc:
-                events.append(PaddingSchemeRejected(str(exc)))
-                return
-            self.padding = scheme
-            events.append(PaddingSchemeUpdated(scheme))
-        elif command == Command.HEART_REQUEST:
-            if self.version < 2:
-                return
-            self._queue(encode_frame(Command.HEART_RESPONSE, stream_id))
-            events.append(HeartbeatRequested(stream_id))
-        elif command == Command.HEART_RESPONSE:
-            if self.version >= 2:
-                events.append(HeartbeatAcknowledged(stream_id))
-        elif command == Command.ALERT:
-            if not len(payload):
-                return
-            message = bytes(payload).decode("utf-8", "replace")
-            events.append(AlertReceived(message))
-            events.append(SessionTerminated(f"alert from peer: {message}"))
-            self.close()
-        # WASTE and unknown commands: their bytes are already skipped.
+    def _on_frame(self, command: int, stream_id: int, payload: memoryview) -> bool:
+        handler = self._handlers.get(command)
+        if handler is not None:  # WASTE, unknown commands, frames not for this role: skipped
+            handler(self, stream_id, payload, self._events)
+        return self.state is SessionState.CLOSED
+
+    # ------------------------------------------------------------------ frame handlers
+    # One method per command; _HANDLERS below says which role accepts which.
+
+    def _on_syn(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if not self._settings_received:
+            self.send_alert(ALERT_NO_SETTINGS)
+            events.append(SessionTerminated(ALERT_NO_SETTINGS))
+            return
+        if stream_id in self._streams or stream_id == 0:
+            return
+        self._streams.add(stream_id)
+        if self.max_streams and len(self._streams) > self.max_streams:
+            self.send_synack(stream_id, f"too many streams (limit {self.max_streams})")
+            self.end_stream(stream_id)
+            return
+        events.append(StreamOpened(stream_id))
+
+    def _on_fin(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if stream_id in self._streams:
+            self._streams.discard(stream_id)
+            events.append(StreamEnded(stream_id))
+
+    def _on_synack(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        error = bytes(payload).decode("utf-8", "replace") if len(payload) else None
+        self._synack_deadline = None
+        events.append(StreamAcknowledged(stream_id, error))
+        if error is not None:
+            self.end_stream(stream_id)
+
+    def _on_settings(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if not len(payload):
+            return
+        settings = parse_kv(payload)
+        self._settings_received = True
+        if settings.get("padding-md5") != self.padding.md5:
+            self._queue(encode_frame(Command.UPDATE_PADDING_SCHEME, 0, self.padding.raw))
+        version = parse_version(settings.get("v"))
+        # A v1 peer (or our own v1 test mode) gets no ServerSettings and no SYNACK.
+        self.peer_version = max(1, version if self.version >= 2 else 1)
+        if self.peer_version >= 2:
+            self._queue(
+                encode_frame(Command.SERVER_SETTINGS, 0, format_kv({"v": str(self.version)}))
+            )
+        events.append(SettingsReceived(settings, self.peer_version))
+
+    def _on_server_settings(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if not len(payload):
+            return
+        settings = parse_kv(payload)
+        if self.version >= 2:
+            self.peer_version = parse_version(settings.get("v"))
+        events.append(ServerSettingsReceived(settings, self.peer_version))
+
+    def _on_update_padding(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if not len(payload):
+            return
+        try:
+            scheme = PaddingScheme.parse(payload)
+        except ConfigError as exc:
+            events.append(PaddingSchemeRejected(str(exc)))
+            return
+        self.padding = scheme
+        events.append(PaddingSchemeUpdated(scheme))
+
+    def _on_heart_request(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if self.version < 2:
+            return
+        self._queue(encode_frame(Command.HEART_RESPONSE, stream_id))
+        events.append(HeartbeatRequested(stream_id))
+
+    def _on_heart_response(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if self.version >= 2:
+            events.append(HeartbeatAcknowledged(stream_id))
+
+    def _on_alert(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
+        if not len(payload):
+            return
+        message = bytes(payload).decode("utf-8", "replace")
+        events.append(AlertReceived(message))
+        events.append(SessionTerminated(f"alert from peer: {message}"))
+        self.close()
+
+
+_Handler = Callable[[Session, int, memoryview, list[Event]], None]
+_BOTH = frozenset(Role)
+
+#: Frame dispatch as data: command → (handler, roles that accept it). A frame whose
+#: command a role does not accept is skipped like WASTE, as anytls-go does. PSH never
+#: gets here: :class:`~anytls.core.frame.FrameDecoder` streams it to ``_on_data``.
+_HANDLERS: dict[Command, tuple[_Handler, frozenset[Role]]] = {
+    Command.SYN: (Session._on_syn, frozenset({Role.SERVER})),
+    Command.FIN: (Session._on_fin, _BOTH),
+    Command.SETTINGS: (Session._on_settings, frozenset({Role.SERVER})),
+    Command.ALERT: (Session._on_alert, _BOTH),
+    Command.UPDATE_PADDING_SCHEME: (Session._on_update_padding, frozenset({Role.CLIENT})),
+    Command.SYNACK: (Session._on_synack, frozenset({Role.CLIENT})),
+    Command.HEART_REQUEST: (Session._on_heart_request, _BOTH),
+    Command.HEART_RESPONSE: (Session._on_heart_response, _BOTH),
+    Command.SERVER_SETTINGS: (Session._on_server_settings, frozenset({Role.CLIENT})),
+}
+
+#: Per role, the commands it accepts and their handlers (looked up once per frame).
+HANDLERS_BY_ROLE: dict[Role, dict[int, _Handler]] = {
+    role: {int(cmd): handler for cmd, (handler, roles) in _HANDLERS.items() if role in roles}
+    for role in Role
+}
