@@ -132,7 +132,7 @@ def test_client_session_rejects_a_pushed_scheme_with_a_huge_number() -> None:
     client = Session.client("password")
     client.initiate()
     frame = encode_frame(Command.UPDATE_PADDING_SCHEME, 0, b"stop=" + b"1" * 5000)
-    (event,) = client.receive_data(frame)
+    event, _version_known = client.receive_data(frame)
     assert isinstance(event, PaddingSchemeRejected)
     assert client.padding == PaddingScheme.default()
 

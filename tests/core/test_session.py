@@ -12,6 +12,7 @@ from anytls.core.events import (
     HeartbeatRequested,
     PaddingSchemeRejected,
     PaddingSchemeUpdated,
+    PeerVersionKnown,
     ServerSettingsReceived,
     SessionTerminated,
     SettingsReceived,
@@ -81,7 +82,10 @@ def test_first_packet_holds_settings_syn_and_address() -> None:
     # server answers with ServerSettings v=2 only (md5 matches)
     back = server.data_to_send()
     assert back == [bytes.fromhex("0a000000000003763d32")]
-    assert client.receive_data(back[0]) == [ServerSettingsReceived({"v": "2"}, 2)]
+    assert client.receive_data(back[0]) == [
+        ServerSettingsReceived({"v": "2"}, 2),
+        PeerVersionKnown(2),
+    ]
     assert client.peer_version == 2
 
 
@@ -145,7 +149,8 @@ def test_fin_not_echoed_and_data_before_fin_delivered() -> None:
     server.send_data(sid, b"hello")
     server.end_stream(sid)
     events = pump(server, client)
-    assert events[1:] == [StreamDataReceived(sid, b"hello"), StreamEnded(sid)]
+    assert events[0] == ServerSettingsReceived({"v": "2"}, 2)
+    assert events[1:] == [StreamDataReceived(sid, b"hello"), StreamEnded(sid), PeerVersionKnown(2)]
     assert client.data_to_send() == []
     # data for a closed stream is dropped silently
     assert client.receive_data(encode_frame(Command.PSH, sid, b"late")) == []
@@ -165,7 +170,10 @@ def test_unknown_command_and_waste_skipped() -> None:
     client, _ = new_pair()
     data = encode_frame(42, 0, b"xyz") + encode_frame(Command.WASTE, 0, b"\0" * 10)
     data += encode_frame(Command.SERVER_SETTINGS, 0, b"v=2")
-    assert client.receive_data(data) == [ServerSettingsReceived({"v": "2"}, 2)]
+    assert client.receive_data(data) == [
+        ServerSettingsReceived({"v": "2"}, 2),
+        PeerVersionKnown(2),
+    ]
 
 
 def test_wrong_password_raises_remote_error() -> None:
@@ -337,3 +345,20 @@ def test_client_ignores_frames_only_a_server_may_receive(frames: bytes) -> None:
     assert (client.padding.md5, client.peer_version, client.open_streams, client.state) == before
     server.send_data(stream_id, b"still here")
     assert merge_data(pump(server, client)) == [StreamDataReceived(stream_id, b"still here")]
+
+
+@pytest.mark.parametrize("server_version", [1, 2])
+def test_client_learns_the_server_version_once(server_version: int) -> None:
+    client = Session.client("pw")
+    server = Session.server({"alice": "pw"}, version=server_version)
+    client.initiate()
+    stream_id = client.open_stream(DEST)
+    pump(client, server)
+    server.send_synack(stream_id)  # nothing for a v1 peer
+    server.send_data(stream_id, b"hello")
+    first = pump(server, client)
+    assert [e for e in first if isinstance(e, PeerVersionKnown)] == [
+        PeerVersionKnown(server_version)
+    ]
+    server.send_data(stream_id, b"again")
+    assert not [e for e in pump(server, client) if isinstance(e, PeerVersionKnown)]

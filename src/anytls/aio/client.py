@@ -28,7 +28,7 @@ from ..core.events import (
     HeartbeatAcknowledged,
     PaddingSchemeRejected,
     PaddingSchemeUpdated,
-    ServerSettingsReceived,
+    PeerVersionKnown,
     StreamAcknowledged,
 )
 from ..core.padding import PaddingScheme
@@ -150,11 +150,6 @@ class ClientConnection(SessionConnection):
         self.arm_timer()
         return stream
 
-    def handle_events(self, events: list[Event]) -> None:
-        super().handle_events(events)
-        if not self.version_known.done() and self.core.frames_received:
-            self._learn_version(self.core.peer_version or 1)
-
     def _learn_version(self, version: int) -> None:
         if not self.version_known.done():
             self.version_known.set_result(version)
@@ -170,7 +165,7 @@ class ClientConnection(SessionConnection):
                     self.streams.pop(event.stream_id, None)
                     stream._lose(remote_error(event.error))
                     self.stream_closed(stream)
-        elif type(event) is ServerSettingsReceived:
+        elif type(event) is PeerVersionKnown:
             self._learn_version(event.peer_version)
         elif type(event) is PaddingSchemeUpdated:
             log.info("server pushed a new padding scheme (md5 %s)", event.scheme.md5)

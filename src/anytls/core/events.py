@@ -40,6 +40,17 @@ class ServerSettingsReceived(Event):
 
 
 @dataclass(slots=True)
+class PeerVersionKnown(Event):
+    """Client: the server's protocol version is now known, once per session.
+
+    A v2 server's first flight carries ServerSettings; a server whose first frames came
+    without one speaks v1 (it sends no ServerSettings, SYNACK nor heartbeats).
+    """
+
+    peer_version: int
+
+
+@dataclass(slots=True)
 class StreamOpened(Event):
     """Server: the client opened stream ``stream_id`` (SYN)."""
 

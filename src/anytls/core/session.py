@@ -42,6 +42,7 @@ from .events import (
     HeartbeatRequested,
     PaddingSchemeRejected,
     PaddingSchemeUpdated,
+    PeerVersionKnown,
     ServerSettingsReceived,
     SessionTerminated,
     SettingsReceived,
@@ -132,6 +133,7 @@ class Session:
         self._decoder = FrameDecoder()
         self._handlers = HANDLERS_BY_ROLE[role]
         self._events: list[Event] = []
+        self._version_reported = role is Role.SERVER
         # Send side.
         self._ready: list[bytes] = []
         self._packets: list[bytes] = []
@@ -424,6 +426,9 @@ class Session:
                 consumed = decode(view, self._on_data, self._on_frame)
                 if consumed < len(view) and not self.closed:
                     rbuf += view[consumed:]
+        if not self._version_reported and self._decoder.frames:
+            self._version_reported = True
+            events.append(PeerVersionKnown(self.peer_version or 1))
         return events
 
     def _on_data(self, stream_id: int, chunk: memoryview) -> None:
