@@ -64,20 +64,20 @@ def test_idle_expiry_keeps_min_idle_newest() -> None:
         server, port = await start()
         async with tcp_echo_server() as echo, client_for(port, min_idle_session=1) as client:
             await asyncio.gather(*(ping(client, echo) for _ in range(3)))
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: len(client.idle) == 3)
             assert len(client.idle) == 3
             for conn in client.idle:
                 assert conn.idle_since is not None
                 conn.idle_since -= 1000  # long expired
             newest = max(client.sessions)
             client.reap()
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: list(client.sessions) == [newest])
             assert list(client.sessions) == [newest]
             # without min idle, the last one goes too
             client.policy = ClientConfig("h", 1, "p").policy()
             client.sessions[newest].idle_since -= 1000  # type: ignore[operator]
             client.reap()
-            await asyncio.sleep(0.1)
+            await wait_until(lambda: client.sessions == {})
             assert client.sessions == {}
             # and a new request simply opens a new session
             await ping(client, echo)
@@ -151,7 +151,7 @@ def test_heartbeats_keep_session_and_detect_a_dead_one() -> None:
         ):
             await ping(client, echo)
             (conn,) = client.sessions.values()
-            await asyncio.sleep(0.7)
+            await wait_until(lambda: conn.heartbeats_answered >= 2, timeout=3)
             assert conn.heartbeats_answered >= 2
             assert not conn.is_closed
             (sconn,) = server.connections

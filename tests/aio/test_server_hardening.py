@@ -17,6 +17,7 @@ from anytls.core.auth import build_preface
 from anytls.core.constants import Command
 from anytls.core.frame import encode_frame
 from anytls.errors import StreamOpenError
+from tests.helpers.aio import wait_until
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.httpd import http_server
 
@@ -76,7 +77,7 @@ def test_unauthenticated_input_closed_with_one_log_line(
         writer.write(payload)
         assert await closed_within(reader, 3) == b""  # no reply at all
         writer.close()
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: server.connections == set())
         assert server.connections == set()
         await server.close()
 
@@ -241,9 +242,8 @@ def test_vanished_client_frees_everything() -> None:
             for conn in client.sessions.values():
                 assert conn.transport is not None
                 conn.transport.abort()  # the client vanishes: no FIN, no close_notify
-            async with asyncio.timeout(5):
-                while server.connections or echo.stats.active:  # noqa: ASYNC110 - polling counters
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: not server.connections and not echo.stats.active, 5)
+            assert not server.connections and not echo.stats.active
             assert sconn.streams == {} and sconn.tasks == set()
             await client.close()
         await server.close()

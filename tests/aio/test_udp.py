@@ -143,7 +143,7 @@ def test_garbage_closes_only_that_stream(caplog: pytest.LogCaptureFixture) -> No
             stream = await env.client.open_stream(Address(UOT_V2_MAGIC, 0))
             # request: non-connect, then a packet with an invalid UoT address type 0x07
             stream.write(b"\x00\x01\x7f\x00\x00\x01\x00\x35" + b"\x07garbage")
-            await asyncio.sleep(0.3)
+            await wait_until(stream.is_closing, timeout=3)
             assert stream.is_closing()
             # the other association on the same client still works
             good.sendto(b"alive", (echo[0], echo[1]))
