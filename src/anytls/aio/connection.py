@@ -23,6 +23,10 @@ from .stream import Stream
 
 log = logging.getLogger("anytls.session")
 
+#: Unflushed stream bytes that make a write go to the transport at once rather than at
+#: the end of the loop iteration (small writes still coalesce into one TLS record).
+FLUSH_THRESHOLD = 256 * 1024
+
 
 class SessionConnection(asyncio.BufferedProtocol):
     """Base protocol for both ends; subclasses handle role-specific events."""
@@ -37,6 +41,8 @@ class SessionConnection(asyncio.BufferedProtocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self._flush_scheduled = False
+        #: Stream bytes queued in the core since the last flush.
+        self._unflushed = 0
         self._read_pauses = 0
         self._write_paused = False
         self._close_reason: str | None = None
@@ -137,9 +143,19 @@ class SessionConnection(asyncio.BufferedProtocol):
         return stream
 
     def send_stream_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
-        """Queue stream bytes and schedule a flush."""
+        """Queue stream bytes and schedule a flush.
+
+        Small writes are coalesced until the end of the loop iteration; past
+        :data:`FLUSH_THRESHOLD` unflushed bytes they go to the transport at once, so its
+        write-buffer limits (``pause_writing``, and so ``drain()``) also bound a writer
+        that never yields to the loop.
+        """
         self.core.send_data(stream_id, data)
-        self.schedule_flush()
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_THRESHOLD:
+            self.flush()
+        else:
+            self.schedule_flush()
 
     def end_stream(self, stream_id: int) -> None:
         """Queue FIN for ``stream_id`` and forget it."""
@@ -210,6 +226,7 @@ class SessionConnection(asyncio.BufferedProtocol):
     def flush(self) -> None:
         """Write everything the core has queued."""
         self._flush_scheduled = False
+        self._unflushed = 0
         chunks = self.core.data_to_send()
         if not chunks:
             return
