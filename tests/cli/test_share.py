@@ -13,8 +13,9 @@ import yaml
 from anytls.cli._share import CertInfo, Endpoint, public_endpoint, share_link
 from anytls.core.address import Address
 from anytls.uri import parse_uri
-from tests.cli._util import make_ca_signed_cert, run_cli
+from tests.cli._util import run_cli
 from tests.helpers.aio import async_test
+from tests.helpers.certs import make_ca_signed_cert
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port, make_self_signed_cert
 from tests.helpers.ourproc import AnyTLSProcess

@@ -1,14 +1,16 @@
-"""Loopback networking helpers for tests: free ports, port polling, self-signed certs."""
+"""Loopback networking helpers for tests: free ports and port polling.
+
+``make_self_signed_cert`` lives in :mod:`tests.helpers.certs` (re-exported here).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import socket
 import time
-from pathlib import Path
+
+from tests.helpers.certs import make_self_signed_cert
 
 __all__ = [
     "free_port",
@@ -88,68 +90,3 @@ def wait_port_sync(host: str, port: int, timeout: float = 10.0, interval: float 
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{host}:{port} did not accept TCP within {timeout}s: {last_exc!r}")
         time.sleep(interval)
-
-
-def make_self_signed_cert(tmp_path: Path, hostname: str = "localhost") -> tuple[Path, Path]:
-    """Write ``cert.pem`` and ``key.pem`` (EC P-256, self-signed) into ``tmp_path``.
-
-    SAN: DNS ``hostname`` (+ ``localhost``), IP 127.0.0.1 and ::1. Valid from 1 day ago
-    to 30 days ahead. Returns ``(cert_path, key_path)``.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    tmp_path = Path(tmp_path)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.UTC)
-    dns_names = [hostname] if hostname == "localhost" else [hostname, "localhost"]
-    san = x509.SubjectAlternativeName(
-        [x509.DNSName(n) for n in dns_names]
-        + [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("::1")),
-        ]
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(san, critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = tmp_path / "cert.pem"
-    key_path = tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
