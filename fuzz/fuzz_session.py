@@ -25,7 +25,7 @@ from _common import check_bytes_list, consume_splits, split
 
 with atheris.instrument_imports(include=["anytls"]):
     from anytls.core.events import StreamDataReceived
-    from anytls.core.session import Session
+    from anytls.core.session import Session, SessionConfig
     from anytls.errors import RemoteProtocolError
 
 USERS = {"alice": "alice-password", "bob": "bob-password"}
@@ -41,7 +41,7 @@ def make_session(role: int) -> Session:
     if role == 0:
         return Session.server(USERS)
     if role == 1:
-        return Session.server(None, max_streams=3)
+        return Session.server(None, SessionConfig(max_streams=3))
     session = Session.client(CLIENT_PASSWORD)
     session.initiate()
     session.open_stream(FIRST_DESTINATION)

@@ -23,7 +23,7 @@ from anytls.core.events import (
 )
 from anytls.core.frame import encode_frame
 from anytls.core.padding import PaddingScheme
-from anytls.core.session import ALERT_NO_SETTINGS, Session
+from anytls.core.session import ALERT_NO_SETTINGS, Session, SessionConfig
 from anytls.errors import AuthenticationError, RemoteProtocolError
 
 DEST = bytes.fromhex("030b6578616d706c652e636f6d01bb")  # example.com:443
@@ -350,7 +350,7 @@ def test_client_ignores_frames_only_a_server_may_receive(frames: bytes) -> None:
 @pytest.mark.parametrize("server_version", [1, 2])
 def test_client_learns_the_server_version_once(server_version: int) -> None:
     client = Session.client("pw")
-    server = Session.server({"alice": "pw"}, version=server_version)
+    server = Session.server({"alice": "pw"}, SessionConfig(version=server_version))
     client.initiate()
     stream_id = client.open_stream(DEST)
     pump(client, server)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from anytls.core.constants import Command
 from anytls.core.events import HeartbeatRequested, SessionTerminated, StreamAcknowledged
 from anytls.core.frame import encode_frame
-from anytls.core.session import Session
+from anytls.core.session import Session, SessionConfig
 
 DEST = b"\x01\x7f\x00\x00\x01\x00\x50"
 
@@ -18,7 +18,7 @@ def pump(src: Session, dst: Session, now: float = 0.0) -> list:
 
 
 def v2_pair(**client_kwargs: float) -> tuple[Session, Session]:
-    client = Session.client("pw", **client_kwargs)  # type: ignore[arg-type]
+    client = Session.client("pw", SessionConfig(**client_kwargs))  # type: ignore[arg-type]
     server = Session.server({"a": "pw"})
     client.initiate()
     sid = client.open_stream(DEST, now=0.0)
@@ -61,7 +61,7 @@ def test_any_synack_disarms_watchdog() -> None:
 
 def test_v1_server_never_arms_watchdog() -> None:
     client = Session.client("pw")
-    server = Session.server({"a": "pw"}, version=1)
+    server = Session.server({"a": "pw"}, SessionConfig(version=1))
     client.initiate()
     client.open_stream(DEST, now=0.0)
     pump(client, server)
@@ -88,7 +88,7 @@ def test_heartbeat_sent_after_silence_and_timeout_closes() -> None:
 
 
 def test_heartbeats_off_for_v1_peer() -> None:
-    client = Session.client("pw", heartbeat_interval=1.0)
+    client = Session.client("pw", SessionConfig(heartbeat_interval=1.0))
     client.initiate()
     client.open_stream(DEST)
     assert client.next_deadline() is None
@@ -96,7 +96,7 @@ def test_heartbeats_off_for_v1_peer() -> None:
 
 def test_server_idle_timeout_only_without_streams() -> None:
     client = Session.client("pw")
-    server = Session.server({"a": "pw"}, idle_timeout=60.0)
+    server = Session.server({"a": "pw"}, SessionConfig(idle_timeout=60.0))
     client.initiate()
     sid = client.open_stream(DEST)
     pump(client, server, now=0.0)

@@ -12,6 +12,7 @@ a refused destination is an exception, not a silently closed socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import ssl
@@ -33,7 +34,7 @@ from ..core.events import (
 )
 from ..core.padding import PaddingScheme
 from ..core.pool_policy import PoolPolicy, SessionInfo, normalise_interval
-from ..core.session import Session
+from ..core.session import Session, SessionConfig
 from ..errors import (
     AnyTLSError,
     CertificatePinError,
@@ -103,6 +104,17 @@ class ClientConfig:
     """Protocol version to advertise (1 only for testing v1 interop)."""
     client_name: str = CLIENT_NAME
 
+    @functools.cached_property
+    def session_config(self) -> SessionConfig:
+        """The per-session knobs, built once and shared by every session."""
+        return SessionConfig(
+            version=self.version,
+            client_name=self.client_name,
+            synack_timeout=self.synack_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
+
     def policy(self) -> PoolPolicy:
         """The pool policy these settings describe."""
         return PoolPolicy(
@@ -119,15 +131,7 @@ class ClientConnection(SessionConnection):
     def __init__(self, client: Client, seq: int) -> None:
         config = client.config
         super().__init__(
-            Session.client(
-                config.password,
-                padding=client.padding,
-                client_name=config.client_name,
-                version=config.version,
-                synack_timeout=config.synack_timeout,
-                heartbeat_interval=config.heartbeat_interval,
-                heartbeat_timeout=config.heartbeat_timeout,
-            )
+            Session.client(config.password, config.session_config, padding=client.padding)
         )
         self.client = client
         self.seq = seq

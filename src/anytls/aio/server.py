@@ -24,7 +24,7 @@ from ..core.address import Address, AddressReader
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
 from ..core.proxy_protocol import V2_MAX, parse_proxy_header
-from ..core.session import Session
+from ..core.session import Session, SessionConfig
 from ..core.uot import uot_version
 from ..errors import AuthenticationError, RemoteProtocolError
 from .buffers import shared_buffer
@@ -84,6 +84,17 @@ class ServerConfig:
     """Simultaneous TLS connections accepted (0 = no limit)."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
+
+    @functools.cached_property
+    def session_config(self) -> SessionConfig:
+        """The per-session knobs, built once and shared by every session."""
+        return SessionConfig(
+            version=self.version,
+            max_streams=self.max_streams_per_session,
+            idle_timeout=self.idle_session_timeout,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
 
 
 def _dial_error_text(exc: BaseException, destination: Address) -> str:
@@ -251,15 +262,7 @@ class ServerConnection(SessionConnection):
     def __init__(self, server: AnyTLSServer, real_peer: tuple[str, int] | None = None) -> None:
         config = server.config
         super().__init__(
-            Session.server(
-                config.users,
-                padding=config.padding,
-                max_streams=config.max_streams_per_session,
-                version=config.version,
-                idle_timeout=config.idle_session_timeout,
-                heartbeat_interval=config.heartbeat_interval,
-                heartbeat_timeout=config.heartbeat_timeout,
-            )
+            Session.server(config.users, config.session_config, padding=config.padding)
         )
         self.server = server
         self.config = config

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from ..errors import (
     AuthenticationError,
@@ -74,6 +75,28 @@ def _extend_coalesced(out: list[bytes], packets: list[bytes]) -> None:
         out.extend(packets)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The knobs of one session, built once per client or server (the settings that the
+    asyncio layer's ``ClientConfig`` and ``ServerConfig`` hand down to each session)."""
+
+    version: int = PROTOCOL_VERSION
+    """Protocol version to advertise (1 only to act as a v1 peer in tests)."""
+    client_name: str = "anytls-py"
+    """Client: the ``client=`` value of the Settings frame."""
+    max_streams: int = 0
+    """Server: streams one session may hold open at once (0 = no limit)."""
+    synack_timeout: float = 3.0
+    """Client: seconds a stream on a reused v2 session may wait for SYNACK before the
+    session is declared dead (0 = never)."""
+    heartbeat_interval: float = 0.0
+    """Seconds without traffic from the peer before a heartbeat is sent (0 = off)."""
+    heartbeat_timeout: float = 10.0
+    """Seconds to wait for the heartbeat answer before the session is declared dead."""
+    idle_timeout: float = 0.0
+    """Server: seconds a session with no streams and no traffic may live (0 = forever)."""
+
+
 class SessionState(enum.Enum):
     """Life cycle of a session."""
 
@@ -88,41 +111,32 @@ class Session:
     def __init__(
         self,
         role: Role,
+        config: SessionConfig | None = None,
         *,
         padding: PaddingScheme | None = None,
         password: str | None = None,
         users: Mapping[str, str] | None = None,
-        client_name: str = "anytls-py",
-        max_streams: int = 0,
-        version: int = PROTOCOL_VERSION,
-        synack_timeout: float = 3.0,
-        heartbeat_interval: float = 0.0,
-        heartbeat_timeout: float = 10.0,
-        idle_timeout: float = 0.0,
     ) -> None:
+        config = config or SessionConfig()
+        self.config = config
         self.role = role
         self._is_server = role is Role.SERVER
-        #: Client: seconds a stream on a reused v2 session may wait for SYNACK before the
-        #: whole session is declared dead (0 = never).
-        self.synack_timeout = synack_timeout
-        #: Seconds without traffic from the peer before a heartbeat is sent (0 = off).
-        self.heartbeat_interval = heartbeat_interval
-        #: Seconds to wait for the heartbeat answer before the session is declared dead.
-        self.heartbeat_timeout = heartbeat_timeout
-        #: Seconds a session with no streams and no traffic may live (0 = forever).
-        self.idle_timeout = idle_timeout
+        # The knobs, copied from ``config`` for cheap access (see SessionConfig).
+        self.synack_timeout = config.synack_timeout
+        self.heartbeat_interval = config.heartbeat_interval
+        self.heartbeat_timeout = config.heartbeat_timeout
+        self.idle_timeout = config.idle_timeout
+        self.version = config.version
+        self.max_streams = config.max_streams
+        self._client_name = config.client_name
         self._synack_deadline: float | None = None
         self._heartbeat_deadline: float | None = None
         self._last_activity = 0.0
         self.padding = padding or PaddingScheme.default()
         #: The protocol version the peer announced (0 until known).
         self.peer_version = 0
-        #: Our own advertised version (tests may set 1 to act as a v1 peer).
-        self.version = version
         self.user: str | None = None
-        self.max_streams = max_streams
         self._password = password
-        self._client_name = client_name
         self._preface = PrefaceReader(users) if role is Role.SERVER and users is not None else None
         self.state = SessionState.AUTHENTICATING if self._preface else SessionState.OPEN
         self._settings_received = False
@@ -146,52 +160,26 @@ class Session:
     def client(
         cls,
         password: str,
+        config: SessionConfig | None = None,
         *,
         padding: PaddingScheme | None = None,
-        client_name: str = "anytls-py",
-        version: int = PROTOCOL_VERSION,
-        synack_timeout: float = 3.0,
-        heartbeat_interval: float = 0.0,
-        heartbeat_timeout: float = 10.0,
     ) -> Session:
         """A client session; call :meth:`initiate` before anything else."""
-        return cls(
-            Role.CLIENT,
-            padding=padding,
-            password=password,
-            client_name=client_name,
-            version=version,
-            synack_timeout=synack_timeout,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-        )
+        return cls(Role.CLIENT, config, padding=padding, password=password)
 
     @classmethod
     def server(
         cls,
         users: Mapping[str, str] | None,
+        config: SessionConfig | None = None,
         *,
         padding: PaddingScheme | None = None,
-        max_streams: int = 0,
-        version: int = PROTOCOL_VERSION,
-        idle_timeout: float = 0.0,
-        heartbeat_interval: float = 0.0,
-        heartbeat_timeout: float = 10.0,
     ) -> Session:
         """A server session checking the preface against ``users`` (name → password).
 
         With ``users=None`` the preface is assumed already checked.
         """
-        return cls(
-            Role.SERVER,
-            padding=padding,
-            users=users,
-            max_streams=max_streams,
-            version=version,
-            idle_timeout=idle_timeout,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-        )
+        return cls(Role.SERVER, config, padding=padding, users=users)
 
     # ------------------------------------------------------------------ properties
     @property
