@@ -6,7 +6,7 @@ size lists, check marks, signs, leading zeros, very long digit runs, CR, junk) s
 number-parsing corners are reached without megabytes of mutation. Then a packet of 0-3
 frames with fuzzer-chosen commands and lengths is built. Checked:
 
-* parse raises nothing but ConfigError;
+* parse raises nothing but PaddingSchemeError;
 * the parsed scheme is consistent (raw, md5, stop an int, ranges 0 < lo <= hi);
 * sizes(k) draws inside the ranges, and shape_packet's records, concatenated and stripped
   of Waste frames, give back exactly the packet (every frame whole);
@@ -26,7 +26,7 @@ with atheris.instrument_imports(include=["anytls"]):
     from anytls.core.constants import HEADER, HEADER_SIZE, MAX_FRAME_DATA, Command
     from anytls.core.padding import CHECK, PaddingScheme, shape_packet
     from anytls.core.session import Session
-    from anytls.errors import ConfigError
+    from anytls.errors import PaddingSchemeError
 
 MODES = 2
 MAX_FRAMES = 3
@@ -120,7 +120,7 @@ def shaped_bytes(sizes: list[int]) -> int:
 def check_scheme(raw: bytes, packet: bytes) -> None:
     try:
         scheme = PaddingScheme.parse(raw)
-    except ConfigError:
+    except PaddingSchemeError:
         return
     assert scheme.raw == raw
     assert scheme.md5 == hashlib.md5(raw).hexdigest()

@@ -17,6 +17,11 @@ class ConfigError(AnyTLSError):
     """A setting, flag, URI or file is invalid; the message names it and says why."""
 
 
+class PaddingSchemeError(AnyTLSError):
+    """A padding scheme's text is invalid (a file given to the server, or a scheme a
+    server pushed); the message says what is wrong."""
+
+
 class ProtocolError(AnyTLSError):
     """The AnyTLS (or SOCKS5/HTTP/UoT) byte stream broke a protocol rule."""
 

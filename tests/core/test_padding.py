@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from anytls.core.constants import HEADER
 from anytls.core.padding import CHECK, DEFAULT_SCHEME_TEXT, PaddingScheme, shape_packet
-from anytls.errors import ConfigError
+from anytls.errors import PaddingSchemeError
 
 
 def test_default_scheme_bytes_and_md5() -> None:
@@ -29,7 +29,7 @@ def test_trailing_newline_changes_md5() -> None:
 
 @pytest.mark.parametrize("raw", [b"", b"nothing", b"stop=x\n0=1-2", b"0=30-30", b"stop=8\r\n0=1-2"])
 def test_invalid_schemes_rejected(raw: bytes) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(PaddingSchemeError):
         PaddingScheme.parse(raw)
 
 
@@ -106,9 +106,9 @@ def test_numbers_beyond_64_bits_are_rejected_not_raised() -> None:
     # parse() (and a client's receive_data on an UpdatePaddingScheme frame). Go's Atoi
     # fails on anything outside int64, so such numbers are invalid like any other junk.
     long = "9" * 5000
-    with pytest.raises(ConfigError):
+    with pytest.raises(PaddingSchemeError):
         PaddingScheme.parse(f"stop={long}\n1=1-2".encode())
-    with pytest.raises(ConfigError):
+    with pytest.raises(PaddingSchemeError):
         PaddingScheme.parse(f"stop={1 << 63}".encode())
     scheme = PaddingScheme.parse(f"stop=2\n1=5-{long},{1 << 63}-9,c,7-7\n{long}=1-1".encode())
     assert scheme.lines == {1: ((CHECK, CHECK), (7, 7))}

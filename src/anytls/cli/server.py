@@ -23,7 +23,7 @@ from .. import __version__
 from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
-from ..errors import ConfigError
+from ..errors import ConfigError, PaddingSchemeError
 from ..log import level_number, setup_logging
 from . import _common, _run
 from ._run import fork_workers, run
@@ -320,7 +320,7 @@ def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
     if not isinstance(source, str):
         try:
             return PaddingScheme.parse("\n".join(source).encode())
-        except ConfigError as exc:
+        except PaddingSchemeError as exc:
             raise ConfigError(f"padding_scheme: {exc}") from exc
     try:
         with open(source, "rb") as f:
@@ -329,7 +329,7 @@ def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
         raise ConfigError(f"cannot read padding scheme {source!r}: {exc.strerror}") from exc
     try:
         return PaddingScheme.parse(raw)
-    except ConfigError as exc:
+    except PaddingSchemeError as exc:
         raise ConfigError(f"padding scheme {source!r}: {exc}") from exc
 
 

@@ -16,7 +16,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..errors import PaddingSchemeError
 from .constants import HEADER_SIZE
 from .frame import waste_frame
 from .settings import parse_kv
@@ -73,14 +73,14 @@ class PaddingScheme:
 
     @classmethod
     def parse(cls, raw: bytes | bytearray | memoryview) -> PaddingScheme:
-        """Parse scheme text; raise :class:`ConfigError` when ``stop`` is missing or bad."""
+        """Parse scheme text; raise :class:`PaddingSchemeError` when ``stop`` is missing or bad."""
         raw = bytes(raw)
         entries = parse_kv(raw)
         if not entries:
-            raise ConfigError("padding scheme is empty or has no key=value lines")
+            raise PaddingSchemeError("padding scheme is empty or has no key=value lines")
         stop = _atoi(entries.get("stop", ""))
         if stop is None:
-            raise ConfigError(
+            raise PaddingSchemeError(
                 "padding scheme needs a 'stop=N' line with an integer N "
                 "(check for spaces or Windows line endings)"
             )

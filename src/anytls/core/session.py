@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from ..errors import (
     AuthenticationError,
-    ConfigError,
     LocalProtocolError,
+    PaddingSchemeError,
     SessionClosedError,
     StreamClosedError,
 )
@@ -487,7 +487,7 @@ class Session:
             return
         try:
             scheme = PaddingScheme.parse(payload)
-        except ConfigError as exc:
+        except PaddingSchemeError as exc:
             events.append(PaddingSchemeRejected(str(exc)))
             return
         self.padding = scheme
