@@ -8,6 +8,42 @@ misused.
 
 from __future__ import annotations
 
+import enum
+
+
+class FailureReason(enum.Enum):
+    """Why a stream or session could not be opened, in the terms that SOCKS5 replies and
+    HTTP statuses distinguish."""
+
+    REFUSED = "connection refused"
+    TIMED_OUT = "timed out"
+    NETWORK_UNREACHABLE = "network unreachable"
+    HOST_UNREACHABLE = "host unreachable"
+    NOT_ALLOWED = "not allowed"
+    OTHER = "other"
+
+    @classmethod
+    def from_remote_text(cls, text: str) -> FailureReason:
+        """The reason in a server's error SYNACK text.
+
+        AnyTLS carries only text: sing-box and anytls-go send Go error strings
+        (``dial tcp 1.2.3.4:80: connect: connection refused``, ``i/o timeout``,
+        ``lookup x: no such host``), and our server sends the same forms. This is the one
+        place that reads them.
+        """
+        lowered = text.lower()
+        if "refused" in lowered:
+            return cls.REFUSED
+        if "timeout" in lowered or "timed out" in lowered:
+            return cls.TIMED_OUT
+        if "network is unreachable" in lowered:
+            return cls.NETWORK_UNREACHABLE
+        if "unreachable" in lowered or "no route" in lowered or "no such host" in lowered:
+            return cls.HOST_UNREACHABLE
+        if "not allowed" in lowered or "forbidden" in lowered:
+            return cls.NOT_ALLOWED
+        return cls.OTHER
+
 
 class AnyTLSError(Exception):
     """Base class of every anytls error."""
@@ -39,7 +75,12 @@ class AuthenticationError(RemoteProtocolError):
 
 
 class SessionClosedError(AnyTLSError):
-    """The session carrying a stream has ended."""
+    """The session carrying a stream has ended (or could not be opened)."""
+
+    def __init__(self, message: str, reason: FailureReason = FailureReason.OTHER) -> None:
+        super().__init__(message)
+        #: Why, where known (``TIMED_OUT`` for a server that did not answer in time).
+        self.reason = reason
 
 
 class CertificatePinError(SessionClosedError):
@@ -49,6 +90,11 @@ class CertificatePinError(SessionClosedError):
 
 class StreamOpenError(AnyTLSError):
     """The server could not open the destination and said why (error SYNACK)."""
+
+    def __init__(self, message: str, reason: FailureReason = FailureReason.OTHER) -> None:
+        super().__init__(message)
+        #: The failure, typed: what SOCKS/HTTP replies are chosen by.
+        self.reason = reason
 
 
 class StreamClosedError(AnyTLSError):

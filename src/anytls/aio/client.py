@@ -38,6 +38,7 @@ from ..core.session import Session, SessionConfig
 from ..errors import (
     AnyTLSError,
     CertificatePinError,
+    FailureReason,
     SessionClosedError,
     StreamClosedError,
     StreamOpenError,
@@ -344,13 +345,16 @@ class PendingOpen:
 
 def remote_error(error: str) -> StreamOpenError:
     """The error for a stream the server refused with ``error`` in its SYNACK."""
-    return StreamOpenError(f"remote: {error}")
+    return StreamOpenError(f"remote: {error}", FailureReason.from_remote_text(error))
 
 
 def _ack_timed_out(stream: Stream, timeout: float) -> None:
     if not stream.acknowledged.done():
         stream.acknowledged.set_exception(
-            StreamOpenError(f"the server did not acknowledge the stream within {timeout:g} s")
+            StreamOpenError(
+                f"the server did not acknowledge the stream within {timeout:g} s",
+                FailureReason.TIMED_OUT,
+            )
         )
         stream.close()
 
@@ -411,7 +415,8 @@ class Client:
                 )
         except TimeoutError as exc:
             raise SessionClosedError(
-                f"connecting to {where} timed out after {config.connect_timeout:g} s"
+                f"connecting to {where} timed out after {config.connect_timeout:g} s",
+                FailureReason.TIMED_OUT,
             ) from exc
         except ssl.SSLCertVerificationError as exc:
             raise SessionClosedError(

@@ -21,7 +21,13 @@ from ..aio.stream import Stream
 from ..core.address import Address
 from ..core.http_proxy import HttpProxyRequest, check_basic_auth, parse_request_head, response
 from ..core.socks5 import Command, Reply, Socks5Handshake, reply
-from ..errors import AnyTLSError, ProtocolError, SessionClosedError, StreamOpenError
+from ..errors import (
+    AnyTLSError,
+    FailureReason,
+    ProtocolError,
+    SessionClosedError,
+    StreamOpenError,
+)
 
 log = logging.getLogger("anytls.inbound")
 
@@ -36,30 +42,34 @@ OpenCallback = Callable[[Stream | None, AnyTLSError | None], None]
 _SOCKS_SUCCEEDED = reply(Reply.SUCCEEDED)
 
 
+#: The SOCKS5 reply for each way a destination can fail (PROTOCOL.md; RFC 1928 §6).
+SOCKS_REPLIES: dict[FailureReason, Reply] = {
+    FailureReason.REFUSED: Reply.CONNECTION_REFUSED,
+    FailureReason.TIMED_OUT: Reply.TTL_EXPIRED,
+    FailureReason.NETWORK_UNREACHABLE: Reply.NETWORK_UNREACHABLE,
+    FailureReason.HOST_UNREACHABLE: Reply.HOST_UNREACHABLE,
+    FailureReason.NOT_ALLOWED: Reply.NOT_ALLOWED,
+    FailureReason.OTHER: Reply.GENERAL_FAILURE,
+}
+
+
 def socks_reply_for(error: BaseException) -> Reply:
-    """Pick the SOCKS5 reply code that best describes ``error``."""
-    if isinstance(error, SessionClosedError):
-        # Our session to the AnyTLS server failed (server down, TLS or auth failure): the
-        # destination was never tried, so "connection refused" etc. would blame it falsely.
-        return Reply.GENERAL_FAILURE
-    text = str(error).lower()
-    if "refused" in text:
-        return Reply.CONNECTION_REFUSED
-    if "timeout" in text or "timed out" in text:
-        return Reply.TTL_EXPIRED
-    if "network is unreachable" in text:
-        return Reply.NETWORK_UNREACHABLE
-    if "unreachable" in text or "no route" in text or "no such host" in text:
-        return Reply.HOST_UNREACHABLE
-    if "not allowed" in text or "forbidden" in text:
-        return Reply.NOT_ALLOWED
+    """The SOCKS5 reply code for ``error``.
+
+    Only a destination the server tried (:class:`StreamOpenError`) gets a specific code:
+    when our session to the AnyTLS server failed (down, TLS or auth failure) the
+    destination was never tried, and "connection refused" etc. would blame it falsely.
+    """
+    if isinstance(error, StreamOpenError):
+        return SOCKS_REPLIES[error.reason]
     return Reply.GENERAL_FAILURE
 
 
 def http_status_for(error: BaseException) -> tuple[int, str]:
-    """Pick the HTTP status for ``error``: 504 for timeouts, else 502."""
-    text = str(error).lower()
-    if "timeout" in text or "timed out" in text:
+    """The HTTP status for ``error``: 504 when something timed out, else 502."""
+    if isinstance(error, StreamOpenError | SessionClosedError) and (
+        error.reason is FailureReason.TIMED_OUT
+    ):
         return 504, "Gateway Timeout"
     return 502, "Bad Gateway"
 
