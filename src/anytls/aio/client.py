@@ -165,10 +165,10 @@ class ClientConnection(SessionConnection):
         if type(event) is StreamAcknowledged:
             stream = self.streams.get(event.stream_id)
             if stream is not None:
-                stream._acked(event.error)
+                stream.feed_ack(event.error)
                 if event.error is not None:
                     self.streams.pop(event.stream_id, None)
-                    stream._lose(remote_error(event.error))
+                    stream.fail(remote_error(event.error))
                     self.stream_closed(stream)
         elif type(event) is PeerVersionKnown:
             self._learn_version(event.peer_version)

@@ -93,12 +93,12 @@ class SessionConnection(asyncio.BufferedProtocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         for stream in list(self.streams.values()):
-            stream._session_writing(True)
+            stream.session_writing(True)
 
     def resume_writing(self) -> None:
         self._write_paused = False
         for stream in list(self.streams.values()):
-            stream._session_writing(False)
+            stream.session_writing(False)
 
     # ---------------------------------------------------------------- events
     def handle_events(self, events: list[Event]) -> None:
@@ -108,11 +108,11 @@ class SessionConnection(asyncio.BufferedProtocol):
             if type(event) is StreamDataReceived:
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream._data(event.data)
+                    stream.feed_data(event.data)
             elif type(event) is StreamEnded:
                 stream = streams.pop(event.stream_id, None)
                 if stream is not None:
-                    stream._ended(None)
+                    stream.feed_end(None)
                     self.stream_closed(stream)
             elif type(event) is SessionTerminated:
                 self.close(event.reason)  # flushes what is queued first
@@ -139,7 +139,7 @@ class SessionConnection(asyncio.BufferedProtocol):
         stream = Stream(self, stream_id)
         self.streams[stream_id] = stream
         if self._write_paused:
-            self.loop.call_soon(stream._session_writing, True)
+            self.loop.call_soon(stream.session_writing, True)
         return stream
 
     def send_stream_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
@@ -153,6 +153,18 @@ class SessionConnection(asyncio.BufferedProtocol):
         self.core.send_data(stream_id, data)
         self._unflushed += len(data)
         if self._unflushed >= FLUSH_THRESHOLD:
+            self.flush()
+        else:
+            self.schedule_flush()
+
+    def send_synack(self, stream_id: int, error: str | None = None) -> None:
+        """Server: answer ``stream_id``'s SYN (v2 clients only), ``error`` if it failed.
+
+        Success goes out at once (the client may be waiting to send); an error is flushed
+        with the FIN that follows it, in one record.
+        """
+        self.core.send_synack(stream_id, error)
+        if error is None:
             self.flush()
         else:
             self.schedule_flush()
@@ -266,7 +278,7 @@ class SessionConnection(asyncio.BufferedProtocol):
         self.streams.clear()
         error = SessionClosedError(f"session with {self.peer} ended: {reason}")
         for stream in streams:
-            stream._ended(error)
+            stream.feed_end(error)
 
     async def wait_closed(self) -> None:
         """Wait until the connection is gone."""

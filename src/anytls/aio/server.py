@@ -199,7 +199,7 @@ class _ServerStream(asyncio.Protocol):
         assert self.destination is not None
         text = _dial_error_text(exc, self.destination)
         log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
-        self.connection.core.send_synack(stream.stream_id, text)
+        self.connection.send_synack(stream.stream_id, text)
         stream.close()
 
     async def dial(self, destination: Address) -> None:
@@ -243,8 +243,7 @@ class _ServerStream(asyncio.Protocol):
         log.debug(
             "%s stream %d: connected to %s", self.connection.peer, stream.stream_id, destination
         )
-        self.connection.core.send_synack(stream.stream_id)
-        self.connection.flush()  # now: the client is waiting for it
+        self.connection.send_synack(stream.stream_id)
         pending, self.pending = self.pending, []
         for chunk in pending:
             transport.write(chunk)
@@ -349,7 +348,7 @@ class ServerConnection(SessionConnection):
                 self.user_stats.stream_opened()
             if self.server.draining:
                 # Shutting down: streams already open may finish, new ones are refused.
-                self.core.send_synack(event.stream_id, "server is shutting down")
+                self.send_synack(event.stream_id, "server is shutting down")
                 stream.close()
                 return
             stream.set_protocol(_ServerStream(self, stream))

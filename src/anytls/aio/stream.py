@@ -11,18 +11,33 @@ protocol's ``pause_writing`` is called while the session's TLS transport is cong
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import SessionClosedError, StreamClosedError, StreamOpenError
 
-if TYPE_CHECKING:
-    from .connection import SessionConnection
+
+class StreamOwner(Protocol):
+    """What a :class:`Stream` needs from the session that carries it (in practice a
+    :class:`~anytls.aio.connection.SessionConnection`)."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+    def send_stream_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> None: ...
+    def end_stream(self, stream_id: int) -> None: ...
+    def stream_reading_paused(self, paused: bool) -> None: ...
+    def get_write_buffer_size(self) -> int: ...
+    def get_write_buffer_limits(self) -> tuple[int, int]: ...
 
 
 class Stream(asyncio.Transport):
-    """One AnyTLS stream of a :class:`~anytls.aio.connection.SessionConnection`."""
+    """One AnyTLS stream of a session.
 
-    def __init__(self, connection: SessionConnection, stream_id: int) -> None:
+    Its owner feeds it through the ``feed_*`` methods and :meth:`session_writing`; the
+    protocol on top sees an ordinary transport.
+    """
+
+    def __init__(self, connection: StreamOwner, stream_id: int) -> None:
         super().__init__()
         self.connection = connection
         self.stream_id = stream_id
@@ -117,13 +132,14 @@ class Stream(asyncio.Transport):
         """Limits of the session's TLS transport."""
         return self.connection.get_write_buffer_limits()
 
-    # ---------------------------------------------------------------- from the connection
+    # ---------------------------------------------------------------- from the owner
     def _set_reading(self, paused: bool) -> None:
         if paused != self._reading_paused:
             self._reading_paused = paused
             self.connection.stream_reading_paused(paused)
 
-    def _data(self, data: bytes) -> None:
+    def feed_data(self, data: bytes) -> None:
+        """The peer sent ``data`` on this stream."""
         self.bytes_received += len(data)
         protocol = self._protocol
         if protocol is None or self._pending:
@@ -131,8 +147,8 @@ class Stream(asyncio.Transport):
             return
         protocol.data_received(data)  # type: ignore[attr-defined]
 
-    def _ended(self, exc: Exception | None) -> None:
-        """The peer sent FIN (``exc`` None) or the session died."""
+    def feed_end(self, exc: Exception | None) -> None:
+        """The peer sent FIN (``exc`` None) or the session died (``exc`` says why)."""
         if self._lost:
             return
         self._closing = True
@@ -155,7 +171,8 @@ class Stream(asyncio.Transport):
             ack.set_exception(exc)
             ack.exception()  # retrieved here: nobody may be waiting
 
-    def _acked(self, error: str | None) -> None:
+    def feed_ack(self, error: str | None) -> None:
+        """The server answered the SYN: ``None`` for success, else its error text."""
         if not self.acknowledged.done():
             self.acknowledged.set_result(error)
 
@@ -171,6 +188,10 @@ class Stream(asyncio.Transport):
             self._pending_eof = False
             self._lose(exc if isinstance(exc, Exception) else None, eof=exc is None)
 
+    def fail(self, exc: Exception) -> None:
+        """End the stream at once because of ``exc`` (e.g. an error SYNACK)."""
+        self._lose(exc)
+
     def _lose(self, exc: Exception | None, eof: bool = False) -> None:
         if self._lost:
             return
@@ -185,7 +206,8 @@ class Stream(asyncio.Transport):
             protocol.eof_received()
         protocol.connection_lost(exc)
 
-    def _session_writing(self, paused: bool) -> None:
+    def session_writing(self, paused: bool) -> None:
+        """The session's TLS transport is congested (``True``) or drained again."""
         protocol = self._protocol
         if protocol is None or self._lost:
             return

@@ -192,11 +192,10 @@ class UotServerRelay(asyncio.Protocol):
         except (OSError, ValueError) as exc:  # ValueError: a name idna cannot encode
             text = f"udp {destination}: {getattr(exc, 'strerror', None) or exc}"
             log.info("%s: %s", self.label, text)
-            self.connection.core.send_synack(self.stream.stream_id, text)
+            self.connection.send_synack(self.stream.stream_id, text)
             self.close()
             return
-        self.connection.core.send_synack(self.stream.stream_id)
-        self.connection.schedule_flush()
+        self.connection.send_synack(self.stream.stream_id)
         self.ready = True
         self._arm_timer()
         queue, self.queue = self.queue, []

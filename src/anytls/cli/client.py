@@ -361,7 +361,7 @@ async def check(config: Any, target: Address) -> int:
         except SessionClosedError as exc:
             print(f"FAILED: {exc}{_hint(exc)}", flush=True)
             return 1
-        version = client.server_version or stream.connection.core.peer_version or 1
+        version = client.server_version or 1
         if version >= 2:
             print(f"stream open: {_ms(loop.time() - opened)} (server connected to {target})")
         else:
