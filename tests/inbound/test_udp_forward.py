@@ -14,7 +14,7 @@ import pytest
 
 from anytls import Client, ClientConfig, ServerConfig, serve
 from anytls.aio.server import AnyTLSServer
-from anytls.aio.udp import UotServerRelay
+from anytls.aio.uot_server import UotServerRelay
 from anytls.cli import client as client_cli
 from anytls.core.address import Address
 from anytls.errors import ConfigError

@@ -12,6 +12,8 @@ import asyncio
 import functools
 import ipaddress
 import socket
+import time
+from collections import OrderedDict
 
 from ..core.address import Address
 
@@ -59,3 +61,41 @@ async def resolve_allowed(destination: Address, deny_private: bool) -> list[tupl
             f"destination {destination} is not allowed (private or local address)"
         )
     return allowed
+
+
+DNS_CACHE_SIZE = 256
+DNS_CACHE_TTL = 60.0
+
+
+class DnsCache:
+    """A small per-owner cache of name lookups for datagrams (TTL 60 s, 256 names)."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, tuple[float, list[tuple[int, str]]]] = OrderedDict()
+
+    def cached(self, host: str) -> str | None:
+        """The preferred address of ``host`` if a fresh lookup is cached, else None."""
+        hit = self._entries.get(host)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return pick_address(hit[1])
+
+    async def resolve(self, host: str) -> list[tuple[int, str]]:
+        now = time.monotonic()
+        hit = self._entries.get(host)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        result = await lookup(host, None, socket.SOCK_DGRAM)
+        self._entries[host] = (now + DNS_CACHE_TTL, result)
+        self._entries.move_to_end(host)
+        while len(self._entries) > DNS_CACHE_SIZE:
+            self._entries.popitem(last=False)
+        return result
+
+
+def pick_address(infos: list[tuple[int, str]]) -> str | None:
+    """The first IPv4 address of a lookup result, else its first address."""
+    for family, ip in infos:
+        if family == socket.AF_INET:
+            return ip
+    return infos[0][1] if infos else None

@@ -33,7 +33,7 @@ from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
 from .stream import Stream
-from .udp import UDP_IDLE_TIMEOUT, UotServerRelay
+from .uot_server import UDP_IDLE_TIMEOUT, UotServerRelay
 
 log = logging.getLogger("anytls.server")
 
@@ -172,6 +172,8 @@ class _ServerStream(asyncio.Protocol):
                     version,
                     data,
                     self.connection.config.udp_idle_timeout,
+                    deny_private=self.connection.config.deny_private,
+                    stats=self.connection.user_stats,
                 )
                 return
             self.task = self.connection.start_task(self.dial(destination))

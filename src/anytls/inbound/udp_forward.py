@@ -19,7 +19,8 @@ import asyncio
 import logging
 
 from ..aio.client import Client
-from ..aio.udp import UDP_IDLE_TIMEOUT, UdpAssociation, open_udp
+from ..aio.udp import UdpAssociation, open_udp
+from ..aio.uot_server import UDP_IDLE_TIMEOUT
 from ..core.address import Address
 from ..errors import AnyTLSError, ConfigError
 
