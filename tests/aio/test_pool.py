@@ -11,7 +11,7 @@ from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.core.address import Address
 from anytls.errors import StreamOpenError
-from tests.helpers.aio import wait_until
+from tests.helpers.aio import ClockLoop, run_async, wait_until
 from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 
 PASSWORD = "pool-pw"
@@ -143,25 +143,71 @@ def test_many_streams_share_sessions_with_a_cap() -> None:
 
 
 def test_heartbeats_keep_session_and_detect_a_dead_one() -> None:
+    """Client heartbeats with the reference's timings, on a clock the test moves."""
+
     async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, ClockLoop)
         server, port = await start()
         async with (
             tcp_echo_server() as echo,
-            client_for(port, heartbeat_interval=0.2, heartbeat_timeout=0.3) as client,
+            client_for(port, heartbeat_interval=30.0, heartbeat_timeout=10.0) as client,
         ):
-            await ping(client, echo)
+            # A stream stays open, so the pool's idle reaping (30 s) leaves the session be.
+            reader, writer = await client.open_connection(*echo)
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
             (conn,) = client.sessions.values()
-            await wait_until(lambda: conn.heartbeats_answered >= 2, timeout=3)
-            assert conn.heartbeats_answered >= 2
+            loop.advance(29)  # not silent long enough yet
+            await asyncio.sleep(0.05)
+            assert conn.heartbeats_answered == 0
+            for answered in (1, 2):
+                loop.advance(31)
+                await wait_until(lambda n=answered: conn.heartbeats_answered == n)
+                assert conn.heartbeats_answered == answered
             assert not conn.is_closed
             (sconn,) = server.connections
             assert sconn.transport is not None
-            sconn.transport.pause_reading()
-            await asyncio.wait_for(conn.wait_closed(), 3)
-            assert client.sessions == {}
+            sconn.transport.pause_reading()  # the server stops answering
+            loop.advance(31)  # the next heartbeat goes out ...
+            await asyncio.sleep(0.05)
+            assert not conn.is_closed
+            loop.advance(11)  # ... and is not answered within 10 s
+            await wait_until(lambda: conn.is_closed)
+            assert conn.is_closed and client.sessions == {}
+            writer.close()
         await server.close()
 
-    asyncio.run(main())
+    run_async(main, timeout=None, loop_factory=ClockLoop)
+
+
+def test_server_heartbeat_closes_a_silent_client() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, ClockLoop)
+        server, port = await start(heartbeat_interval=60.0, heartbeat_timeout=10.0)
+        async with tcp_echo_server() as echo, client_for(port) as client:
+            reader, writer = await client.open_connection(*echo)  # kept open: not idle
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            (conn,) = client.sessions.values()
+            (sconn,) = server.connections
+            loop.advance(61)  # the server asks; the client answers
+            await wait_until(lambda: sconn.core.last_activity >= loop.time() - 1)
+            assert not sconn.is_closed
+            assert conn.transport is not None
+            conn.transport.pause_reading()  # the client goes deaf
+            loop.advance(61)
+            await asyncio.sleep(0.05)
+            loop.advance(11)
+            await wait_until(lambda: sconn.is_closed)
+            assert sconn.is_closed
+            conn.transport.resume_reading()  # hears the close at once
+            await wait_until(lambda: conn.is_closed)
+            writer.close()
+        await server.close()
+
+    run_async(main, timeout=None, loop_factory=ClockLoop)
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
