@@ -1,0 +1,8 @@
+"""Integrations with the HTTP clients Python programs already use.
+
+* :mod:`anytls.contrib.httpx` — an ``httpx`` transport (``pip install 'anytls[httpx]'``);
+* :mod:`anytls.contrib.aiohttp` — an ``aiohttp`` connector (``pip install 'anytls[aiohttp]'``).
+
+Both open their connections as AnyTLS streams through one pooled :class:`anytls.Client`
+(no local proxy port) and run TLS to the destination inside the stream.
+"""
