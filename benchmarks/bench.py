@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark anytls against sing-box, all four client/server pairings, in one command.
 
-    python benchmarks/bench.py [--quick] [--runs N] [--out FILE] [--bulk-mib N]
+    python benchmarks/bench.py [--quick] [--runs N] [--out FILE] [--bulk-mib N] [--plot [DIR]]
 
 For every run and every pair (ours:ours, ours-client:sing-box-server,
 sing-box-client:ours-server, sing-box:sing-box) this starts the proxy server and the proxy
@@ -456,16 +456,38 @@ def fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
-def table(medians: dict[str, dict[str, float]], params: Params, runs: int) -> str:
-    names = [p[0] for p in PAIRS if p[0] in medians]
-    head = f"| metric (median of {runs} run{'' if runs == 1 else 's'}) | "
-    lines = [head + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    subst = {
+def label_values(params: Params) -> dict[str, int]:
+    """What the ``{...}`` in metric labels stand for."""
+    return {
         "concurrent": params.concurrent,
         "concurrent_kib": params.concurrent_bytes // 1024,
         "idle": params.idle_streams,
         "udp_size": 512,
     }
+
+
+def table_data(
+    name: str, title: str, medians: dict[str, dict[str, float]], params: Params
+) -> dict[str, Any]:
+    """One table of the JSON results file (benchmarks/plot.py draws it)."""
+    subst = label_values(params)
+    return {
+        "name": name,
+        "title": title,
+        "reference": REFERENCE,
+        "pairs": [p[0] for p in PAIRS if p[0] in medians],
+        "metrics": [
+            {"key": m.key, "label": m.label.format(**subst), "better": m.better} for m in METRICS
+        ],
+        "medians": medians,
+    }
+
+
+def table(medians: dict[str, dict[str, float]], params: Params, runs: int) -> str:
+    names = [p[0] for p in PAIRS if p[0] in medians]
+    head = f"| metric (median of {runs} run{'' if runs == 1 else 's'}) | "
+    lines = [head + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    subst = label_values(params)
     ref = medians.get(REFERENCE, {})
     for m in METRICS:
         arrow = {"higher": " ↑", "lower": " ↓"}.get(m.better, "")
@@ -673,6 +695,16 @@ def main(argv: list[str] | None = None) -> int:
         "--pairs", default=None, help="comma-separated subset of pair names (default all four)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        type=Path,
+        const=HERE.parent / "docs" / "benchmarks",
+        default=None,
+        metavar="DIR",
+        help="also draw the tables as PNG charts into DIR (default docs/benchmarks; "
+        "benchmarks/plot.py redraws them from a saved results.json)",
+    )
     args = parser.parse_args(argv)
     params = QUICK if args.quick else FULL
     if args.bulk_mib:
@@ -738,9 +770,23 @@ def main(argv: list[str] | None = None) -> int:
     others = max(0.0, (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0))
     report = render(medians, raw, params, args, time.monotonic() - t_start, load, others)
     print(report)
+    results = {
+        "title": "anytls benchmark results",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "runs": args.runs,
+        "tables": [table_data("loopback", "all pairs on loopback", medians, params)],
+        "raw": raw,
+    }
     if out_path is not None:
         out_path.write_text(report)
-        print(f"written to {out_path}", file=sys.stderr)
+        out_path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        print(f"written to {out_path} and {out_path.with_suffix('.json')}", file=sys.stderr)
+    if args.plot is not None:
+        sys.path.insert(0, str(HERE))
+        from plot import plot
+
+        for png in plot(results, args.plot):
+            print(f"chart: {png}", file=sys.stderr)
     if args.keep:
         print(f"logs in {work}", file=sys.stderr)
     return 0

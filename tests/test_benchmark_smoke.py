@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -74,3 +75,10 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     assert text.startswith("# anytls benchmark results")
     assert "- machine:" in text and "- date:" in text
     _check_table(text)
+    # ... and the JSON beside it, which benchmarks/plot.py draws (tests/test_benchmark_plot.py)
+    results = json.loads(out.with_suffix(".json").read_text())
+    (table,) = results["tables"]
+    assert table["pairs"][:4] == PAIRS and table["reference"] == "sing-box:sing-box"
+    keys = {m["key"] for m in table["metrics"]}
+    for pair in table["pairs"]:
+        assert set(table["medians"][pair]) >= keys - {"down2_server_busy_procs"}

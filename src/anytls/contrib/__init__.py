@@ -6,3 +6,7 @@
 Both open their connections as AnyTLS streams through one pooled :class:`anytls.Client`
 (no local proxy port) and run TLS to the destination inside the stream.
 """
+
+from ._common import ServerSpec, client_from, config_from_uri, start_tls
+
+__all__ = ["ServerSpec", "client_from", "config_from_uri", "start_tls"]
