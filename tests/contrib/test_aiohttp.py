@@ -15,7 +15,7 @@ from anytls.contrib._common import config_from_uri
 from anytls.contrib.aiohttp import AnyTLSConnector
 from tests.contrib.tunnels import KINDS, anytls_server
 from tests.helpers.aio import async_test, wait_until
-from tests.helpers.echo import refused_port
+from tests.helpers.echo import blackhole, refused_port
 from tests.helpers.https_server import body_of, https_server, make_ca
 
 
@@ -82,6 +82,21 @@ async def test_shared_client_timeouts_and_errors(
                 with pytest.raises(aiohttp.ServerFingerprintMismatch):
                     async with http.get("/info", ssl=aiohttp.Fingerprint(bytes(32))):
                         pass
+
+                # sock_connect covers the server's dial: a destination that hangs
+                kept_alive = open_streams(client)
+                hole = blackhole()
+                try:
+                    with pytest.raises(aiohttp.ConnectionTimeoutError):
+                        async with http.get(
+                            f"http://127.0.0.1:{hole.port}/",
+                            timeout=aiohttp.ClientTimeout(sock_connect=0.3),
+                        ):
+                            pass
+                finally:
+                    hole.close()
+                await wait_until(lambda: open_streams(client) == kept_alive)
+                assert open_streams(client) == kept_alive  # the timed-out stream is closed
 
                 # the server cannot reach the destination: its reason
                 with pytest.raises(aiohttp.ClientConnectorError, match="refused"):

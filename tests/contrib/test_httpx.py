@@ -15,7 +15,7 @@ from anytls.contrib._common import config_from_uri
 from anytls.contrib.httpx import AnyTLSTransport
 from tests.contrib.tunnels import KINDS, anytls_server
 from tests.helpers.aio import async_test, wait_until
-from tests.helpers.echo import refused_port
+from tests.helpers.echo import blackhole, refused_port
 from tests.helpers.https_server import body_of, https_server, make_ca
 
 
@@ -92,6 +92,18 @@ async def test_shared_client_timeouts_cancellation_and_errors(
                 async with httpx.AsyncClient(transport=strict) as other:
                     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                         await other.get(f"{base}/info")
+
+                # the connect timeout covers the server's dial: a destination that hangs
+                hole = blackhole()
+                try:
+                    with pytest.raises(httpx.ConnectTimeout):
+                        await http.get(
+                            f"http://127.0.0.1:{hole.port}/", timeout=httpx.Timeout(5, connect=0.3)
+                        )
+                finally:
+                    hole.close()
+                await wait_until(lambda: open_streams(client) == 0)
+                assert open_streams(client) == 0
 
                 # a destination the server cannot reach: the server's reason
                 with pytest.raises(httpx.ConnectError, match="refused"):
