@@ -67,11 +67,22 @@ async def test_shared_client_timeouts_cancellation_and_errors(
     tmp_path: Path, cert_pair: tuple[Path, Path]
 ) -> None:
     pki = make_ca(tmp_path / "pki")
-    async with https_server(pki) as web, anytls_server("ours", tmp_path, cert_pair) as link:
+    async with (
+        https_server(pki, keep_alive_timeout=0.5) as web,
+        anytls_server("ours", tmp_path, cert_pair) as link,
+    ):
         base = f"https://localhost:{web.port}"
         async with Client(config_from_uri(link)) as client:
             transport = AnyTLSTransport(client, verify=pki.client_context())
             async with httpx.AsyncClient(transport=transport, base_url=base) as http:
+                # the web server closes an idle kept-alive connection: the pool notices
+                # (its stream ended) and the next request opens a new one
+                assert (await http.get("/info")).status_code == 200
+                await wait_until(lambda: open_streams(client) == 0, timeout=5)
+                assert open_streams(client) == 0
+                assert (await http.get("/info")).status_code == 200
+                assert len(web.requests) == 2
+
                 # a read timeout: the server holds /slow
                 with pytest.raises(httpx.ReadTimeout):
                     await http.get("/slow", timeout=httpx.Timeout(5, read=0.3))

@@ -192,8 +192,11 @@ def _app(web: WebServer) -> Callable[[dict[str, Any], Receive, Send], Awaitable[
 
 
 @contextlib.asynccontextmanager
-async def https_server(pki: PKI, host: str = "127.0.0.1") -> AsyncIterator[WebServer]:
-    """Serve the test routes over HTTPS (h2 and http/1.1) until the block ends."""
+async def https_server(
+    pki: PKI, host: str = "127.0.0.1", keep_alive_timeout: float = 5.0
+) -> AsyncIterator[WebServer]:
+    """Serve the test routes over HTTPS (h2 and http/1.1) until the block ends; idle
+    connections are closed after ``keep_alive_timeout`` seconds."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -207,6 +210,7 @@ async def https_server(pki: PKI, host: str = "127.0.0.1") -> AsyncIterator[WebSe
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
+    config.keep_alive_timeout = keep_alive_timeout
     stop = asyncio.Event()
 
     async def trigger() -> None:
