@@ -43,12 +43,15 @@ async def test_https_over_anytls(kind: str, tmp_path: Path, cert_pair: tuple[Pat
                 assert hashlib.sha256(body).hexdigest() == response.headers["x-sha256"]
             # keep-alive: aiohttp reused one connection, i.e. one AnyTLS stream
             assert open_streams(connector.client) == 1
+            # an IP address: no SNI, the certificate's IP entry is checked
+            async with http.get(f"https://127.0.0.1:{web.port}/info") as response:
+                assert (await response.json())["http_version"] == "1.1"
             # several at once: several streams, all answered
             results = await asyncio.gather(*(http.get("/info") for _ in range(4)))
             for response in results:
                 assert (await response.json())["http_version"] == "1.1"
                 response.release()
-        assert [v for v, _, _ in web.requests] == ["1.1"] * 9
+        assert [v for v, _, _ in web.requests] == ["1.1"] * 10
         assert not connector.client.sessions  # closed with the aiohttp session
 
 

@@ -60,6 +60,9 @@ async def test_http2_and_http11_over_anytls(
             response = await http.get("/bytes/1000000")
             assert hashlib.sha256(response.content).hexdigest() == response.headers["x-sha256"]
             assert open_streams(transport.client) == 1  # one kept-alive connection
+            # an IP address: no SNI, the certificate's IP entry is checked
+            response = await http.get(f"https://127.0.0.1:{web.port}/info")
+            assert response.json()["http_version"] == "1.1"
 
 
 @async_test

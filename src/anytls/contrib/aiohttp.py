@@ -103,7 +103,7 @@ class AnyTLSConnector(aiohttp.BaseConnector):
                     stream,
                     protocol,
                     self._context(setting),
-                    req.server_hostname or (None if destination.is_ip else host),
+                    req.server_hostname or destination.host,
                 )
         except TimeoutError as exc:
             raise aiohttp.ConnectionTimeoutError(
