@@ -101,7 +101,10 @@ class _TransportView(asyncio.Transport):
         self._carrier = carrier
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._stream.write(data)
+        # As a socket transport does, drop what TLS still writes (a close_notify, say)
+        # once the stream has ended, instead of raising inside the TLS protocol.
+        if not self._stream.is_closing():
+            self._stream.write(data)
 
     def close(self) -> None:
         self._stream.close()
