@@ -16,6 +16,7 @@ from anytls.contrib.aiohttp import AnyTLSConnector
 from tests.contrib.tunnels import KINDS, anytls_server
 from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import blackhole, refused_port
+from tests.helpers.httpd import HELLO, http_server
 from tests.helpers.https_server import body_of, https_server, make_ca
 
 
@@ -105,4 +106,8 @@ async def test_shared_client_timeouts_and_errors(
                 with pytest.raises(aiohttp.ClientConnectorError, match="refused"):
                     async with http.get(f"http://127.0.0.1:{refused_port()}/"):
                         pass
+                # plain http:// (no TLS inside the stream)
+                with http_server() as plain:
+                    async with http.get(f"http://localhost:{plain.port}/hello") as response:
+                        assert await response.read() == HELLO
             assert client.sessions  # passed in: still open for its owner

@@ -16,6 +16,7 @@ from anytls.contrib.httpx import AnyTLSTransport
 from tests.contrib.tunnels import KINDS, anytls_server
 from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import blackhole, refused_port
+from tests.helpers.httpd import HELLO, http_server
 from tests.helpers.https_server import body_of, https_server, make_ca
 
 
@@ -123,7 +124,12 @@ async def test_shared_client_timeouts_cancellation_and_errors(
                 with pytest.raises(httpx.ConnectError, match="refused"):
                     await http.get(f"https://127.0.0.1:{refused_port()}/")
 
-                # plain http:// works too, and the session still serves
+                # plain http:// (no TLS inside the stream) works too
+                with http_server() as plain:
+                    response = await http.get(f"http://localhost:{plain.port}/hello")
+                    assert response.content == HELLO
+                    assert plain.requests == [("GET", "/hello", f"localhost:{plain.port}")]
+                # and after all those failures the session still serves
                 response = await http.get(f"{base}/info")
                 assert response.json()["http_version"] == "1.1"
             # the Client was passed in: closing httpx leaves it open for its owner
