@@ -75,6 +75,10 @@ class ClientConfig:
     authentication preface is sent."""
     ca_file: str | None = None
     """PEM file of CA certificates to verify the server with (a private CA)."""
+    fingerprint: str = "chrome"
+    """The TLS ClientHello to send: a browser profile of curl-impersonate (``chrome``,
+    the default, is the newest Chrome it knows; ``firefox``, ``safari``, ``chrome131``
+    ...) or ``openssl`` for Python's own TLS (see :mod:`anytls.aio.impersonate`)."""
     connect_timeout: float = 10.0
     """Seconds for TCP connect plus TLS handshake to the server."""
     ack_timeout: float = 15.0
@@ -363,13 +367,22 @@ class Client:
     """Sessions to one AnyTLS server, pooled as :class:`ClientConfig` says."""
 
     def __init__(self, config: ClientConfig, ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context``: make the handshake with CPython's ``ssl`` and this context (as
+        ``fingerprint="openssl"`` does with a context built from ``config``)."""
+        from .impersonate import OPENSSL, check_fingerprint
         from .tls import client_context, normalise_pin
 
         self.config = config
         self.pin = normalise_pin(config.pin_sha256) if config.pin_sha256 else None
-        self.ssl_context = ssl_context or client_context(
-            insecure=config.insecure, ca_file=config.ca_file, pinned=self.pin is not None
-        )
+        #: The browser profile the handshake imitates; None: CPython's ``ssl``.
+        self.fingerprint: str | None = None
+        if ssl_context is None and check_fingerprint(config.fingerprint) != OPENSSL:
+            self.fingerprint = config.fingerprint
+        elif ssl_context is None:
+            ssl_context = client_context(
+                insecure=config.insecure, ca_file=config.ca_file, pinned=self.pin is not None
+            )
+        self.ssl_context = ssl_context
         self.policy = config.policy()
         self.padding = PaddingScheme.default()
         #: The server's protocol version once a session learned it (0 = unknown).
@@ -405,14 +418,17 @@ class Client:
         where = f"{config.server_host}:{config.server_port}"
         try:
             async with asyncio.timeout(config.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: ClientConnection(self, seq),
-                    config.server_host,
-                    config.server_port,
-                    ssl=self.ssl_context,
-                    server_hostname=server_hostname or None,
-                    ssl_handshake_timeout=config.connect_timeout,
-                )
+                if self.fingerprint is not None:
+                    conn = await self._connect_impersonated(seq, server_hostname or None)
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: ClientConnection(self, seq),
+                        config.server_host,
+                        config.server_port,
+                        ssl=self.ssl_context,
+                        server_hostname=server_hostname or None,
+                        ssl_handshake_timeout=config.connect_timeout,
+                    )
         except TimeoutError as exc:
             raise SessionClosedError(
                 f"connecting to {where} timed out after {config.connect_timeout:g} s",
@@ -437,6 +453,28 @@ class Client:
         self.sessions_opened += 1
         log.debug("session %d to %s opened", seq, where)
         self._arm_reaper()
+        return conn
+
+    async def _connect_impersonated(
+        self, seq: int, server_hostname: str | None
+    ) -> ClientConnection:
+        """The TLS connection made by curl-impersonate with :attr:`fingerprint`'s hello."""
+        from .impersonate import open_connection
+
+        config = self.config
+        assert self.fingerprint is not None
+        _, conn = await open_connection(
+            lambda: ClientConnection(self, seq),
+            config.server_host,
+            config.server_port,
+            fingerprint=self.fingerprint,
+            server_hostname=server_hostname,
+            insecure=config.insecure,
+            ca_file=config.ca_file,
+            collect_certificate=self.pin is not None,
+            timeout=config.connect_timeout,
+        )
+        assert isinstance(conn, ClientConnection)
         return conn
 
     def _check_pin(self, conn: ClientConnection, where: str) -> None:
