@@ -40,8 +40,12 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     writer.close()
 
 
+FINGERPRINTS = pytest.mark.parametrize("fingerprint", ["chrome", "openssl"])
+
+
+@FINGERPRINTS
 @async_test(timeout=20)
-async def test_pinned_self_signed_certificate_is_accepted(tmp_path: Path) -> None:
+async def test_pinned_self_signed_certificate_is_accepted(tmp_path: Path, fingerprint: str) -> None:
     cert, key, pin = _write_pair(tmp_path, "server")
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     echo_port = echo.sockets[0].getsockname()[1]
@@ -50,7 +54,8 @@ async def test_pinned_self_signed_certificate_is_accepted(tmp_path: Path) -> Non
     port = server.sockets[0].getsockname()[1]
     # Upper case with colons, as `openssl x509 -fingerprint -sha256` prints it.
     printed = ":".join(pin[i : i + 2] for i in range(0, 64, 2)).upper()
-    client = Client(ClientConfig("127.0.0.1", port, PASSWORD, pin_sha256=printed))
+    config = ClientConfig("127.0.0.1", port, PASSWORD, pin_sha256=printed, fingerprint=fingerprint)
+    client = Client(config)
     try:
         reader, writer = await client.open_connection("127.0.0.1", echo_port)
         writer.write(b"pinned")
@@ -62,8 +67,9 @@ async def test_pinned_self_signed_certificate_is_accepted(tmp_path: Path) -> Non
         echo.close()
 
 
+@FINGERPRINTS
 @async_test(timeout=20)
-async def test_other_certificate_gets_no_preface(tmp_path: Path) -> None:
+async def test_other_certificate_gets_no_preface(tmp_path: Path, fingerprint: str) -> None:
     """A man in the middle with its own certificate learns nothing of the credential."""
     _, _, real_pin = _write_pair(tmp_path, "real")
     mitm_cert, mitm_key, _ = _write_pair(tmp_path, "mitm")
@@ -86,7 +92,8 @@ async def test_other_certificate_gets_no_preface(tmp_path: Path) -> None:
 
     mitm = await asyncio.start_server(record, "127.0.0.1", 0, ssl=ctx)
     port = mitm.sockets[0].getsockname()[1]
-    client = Client(ClientConfig("127.0.0.1", port, PASSWORD, pin_sha256=real_pin))
+    config = ClientConfig("127.0.0.1", port, PASSWORD, pin_sha256=real_pin, fingerprint=fingerprint)
+    client = Client(config)
     try:
         with pytest.raises(CertificatePinError, match="not the pinned one"):
             await client.open_connection("example.com", 80)

@@ -53,8 +53,9 @@ class SingBoxServer:
 
     def client(self, password: str = PASSWORD, port: int | None = None, **kw: object) -> Client:
         host_port = ("127.0.0.1", port or self.port)
+        kw.setdefault("ca_file", str(self.cert))
         config = ClientConfig(*host_port, password, sni="localhost", **kw)  # type: ignore[arg-type]
-        return Client(config, ssl_context=self.ssl_context())
+        return Client(config)
 
 
 @pytest.fixture(scope="module")

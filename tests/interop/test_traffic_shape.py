@@ -23,7 +23,7 @@ import pytest
 
 from anytls import Client, ClientConfig, ServerConfig, serve
 from anytls.aio.client import CLIENT_NAME
-from anytls.aio.tls import client_context, server_context
+from anytls.aio.tls import server_context
 from anytls.core.padding import PaddingScheme
 from tests.helpers.aio import async_test
 from tests.helpers.echo import pattern, sha256_hex, tcp_echo_server
@@ -236,9 +236,9 @@ async def _run_sessions(
         tcp_echo_server() as (host, port),
         TLSRecordRecorder("127.0.0.1", server_port) as rec,
     ):
-        config = ClientConfig("127.0.0.1", rec.port, PASSWORD, sni="localhost")
+        config = ClientConfig("127.0.0.1", rec.port, PASSWORD, sni="localhost", ca_file=str(cert))
         config.reuse_sessions = False
-        client = Client(config, ssl_context=client_context(ca_file=str(cert)))
+        client = Client(config)
         try:
             for _ in range(n):
                 md5s.append(client.padding.md5)  # the scheme the new session is built with

@@ -25,8 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import ipaddress
 import logging
+import os
+import socket
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,8 +50,9 @@ _CURLE_SSL_CACERT_BADFILE = 77
 _CURL_POLL_REMOVE = 4
 _CURL_SOCKET_TIMEOUT = -1
 _CURLMSG_DONE = 1
-_CURL_HTTP_VERSION_2_0 = 3
+_CURL_HTTP_VERSION_2 = 3
 _CURLINFO_TEXT = 0
+_ALPN_ACCEPTED = "ALPN: server accepted "
 #: High and low write-buffer marks (bytes), asyncio's defaults.
 _HIGH_WATER = 64 * 1024
 _LOW_WATER = 16 * 1024
@@ -212,6 +217,16 @@ class _Handshake:
             self.loop.remove_writer(fd)
         self._sockfds.clear()
 
+    def cut(self) -> None:
+        """Shut the handshake's socket for writing, so curl can send nothing more."""
+        for fd in self._sockfds:
+            with contextlib.suppress(OSError):
+                dup = socket.socket(fileno=os.dup(fd))
+                try:
+                    dup.shutdown(socket.SHUT_WR)
+                finally:
+                    dup.close()
+
     def close(self) -> None:
         """Remove the transfer (closing its connection) and free both handles."""
         self.quiet()
@@ -323,12 +338,21 @@ async def open_connection(
         name = "0.0.0.0"  # no SNI wanted for a named host: curl sends none for an IP
     url = f"https://{_url_host(name)}:{port}/"
     events: list[str] = []
+    refused_alpn: list[str] = []
+    handshake: _Handshake | None = None
 
     def debug(kind: int, data: bytes) -> None:
-        if kind == _CURLINFO_TEXT:
-            events.append(data.decode("latin-1"))
+        if kind != _CURLINFO_TEXT:
+            return
+        text = data.decode("latin-1")
+        events.append(text)
+        if text.startswith(_ALPN_ACCEPTED):
+            alpn = text[len(_ALPN_ACCEPTED) :].strip()
+            if alpn != "http/1.1" and handshake is not None:
+                # curl is about to write an HTTP/2 preface: cut the connection first.
+                refused_alpn.append(alpn)
+                handshake.cut()
 
-    handshake: _Handshake | None = None
     try:
         code = easy.impersonate(target, default_headers=False)
         if code:
@@ -346,19 +370,25 @@ async def open_connection(
         if insecure or collect_certificate:
             easy.setopt(opt.SSL_VERIFYPEER, 0)
             easy.setopt(opt.SSL_VERIFYHOST, 0)
-        elif ca_file:
-            easy.setopt(opt.CAINFO, ca_file)
+        else:
+            cafile, capath = _trust_store(ca_file)
+            if cafile:
+                easy.setopt(opt.CAINFO, cafile)
+            if capath:
+                easy.setopt(opt.CAPATH, capath)
         if collect_certificate:
             easy.setopt(opt.CERTINFO, 1)
         handshake.start()
         code = await asyncio.shield(handshake.done)
+        if refused_alpn or int(easy.getinfo(curl.CurlInfo.HTTP_VERSION)) == _CURL_HTTP_VERSION_2:
+            alpn = refused_alpn[0] if refused_alpn else "h2"
+            raise ImpersonationError(
+                f"{host}:{port} chose ALPN {alpn} for the browser's offer: a web server, "
+                f"not an AnyTLS server, or one whose ALPN setting must not include {alpn} "
+                "(the connection was cut before anything was sent)"
+            )
         if code != _CURLE_OK:
             raise _handshake_error(code, easy, host, port, ca_file)
-        if int(easy.getinfo(curl.CurlInfo.HTTP_VERSION)) == _CURL_HTTP_VERSION_2_0:
-            raise ImpersonationError(
-                f"{host}:{port} chose ALPN h2 for the browser's offer: that is a web "
-                "server, not an AnyTLS server (or its ALPN setting must not include h2)"
-            )
         fd = int(easy.getinfo(curl.CurlInfo.ACTIVESOCKET))
         if fd < 0:
             raise ImpersonationError(f"curl kept no connection to {host}:{port}")
@@ -368,8 +398,8 @@ async def open_connection(
             found = _parse_connected(text)
             if found is not None:
                 version, cipher = found
-            if text.startswith("ALPN: server accepted "):
-                alpn = text[len("ALPN: server accepted ") :].strip()
+            if text.startswith(_ALPN_ACCEPTED):
+                alpn = text[len(_ALPN_ACCEPTED) :].strip()
         easy.setopt(opt.VERBOSE, 0)
         der = _leaf_der(curl, easy) if collect_certificate else None
         info = TLSInfo(version, cipher, der, alpn)
@@ -386,6 +416,20 @@ async def open_connection(
     finally:
         if handshake is not None:
             handshake.close()
+
+
+def _trust_store(ca_file: str | None) -> tuple[str | None, str | None]:
+    """``(CAINFO, CAPATH)``: ``ca_file`` alone, else what CPython's ``ssl`` would trust
+    (OpenSSL's default file and directory, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured),
+    else certifi's bundle as curl_cffi ships it."""
+    if ca_file:
+        return ca_file, None
+    paths = ssl.get_default_verify_paths()
+    if paths.cafile or paths.capath:
+        return paths.cafile, paths.capath
+    from curl_cffi.curl import DEFAULT_CACERT
+
+    return DEFAULT_CACERT, None
 
 
 def _is_ip(name: str) -> bool:

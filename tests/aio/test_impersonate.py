@@ -1,0 +1,177 @@
+"""The client's ClientHello is the browser's: JA4 equal to the installed Chromium's,
+captured in the same run, with GREASE and a shuffled extension order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import ssl
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from anytls.aio.client import Client, ClientConfig
+from anytls.aio.impersonate import (
+    ImpersonationError,
+    check_fingerprint,
+    fingerprint_names,
+    library,
+    resolve_target,
+)
+from anytls.aio.tls import generate_self_signed
+from anytls.core.address import Address
+from anytls.errors import ConfigError, SessionClosedError
+from tests.helpers.aio import async_test
+from tests.helpers.ja4 import ClientHello, HelloCapture, is_grease, ja4
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "anytls.test"
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+def _pinned_curl_cffi() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    line = next(line for line in text.splitlines() if '"curl_cffi==' in line)
+    return line.split("==", 1)[1].split('"', 1)[0]
+
+
+def test_curl_cffi_is_the_pinned_version_with_the_symbols_we_use() -> None:
+    assert metadata.version("curl_cffi") == _pinned_curl_cffi()
+    curl = library()
+    # Not declared by curl_cffi's cffi module: bound from the shared library ourselves.
+    assert callable(curl.send) and callable(curl.recv) and callable(curl.getinfo)
+    # curl_cffi's C callbacks that drive our multi handle.
+    assert curl.lib.socket_function and curl.lib.timer_function
+    assert resolve_target("chrome").startswith("chrome")
+    assert resolve_target("chrome") != "chrome"  # the alias is resolved, never passed bare
+
+
+def test_unknown_fingerprint_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown fingerprint 'netscape'.*chrome.*openssl"):
+        check_fingerprint("netscape")
+    with pytest.raises(ConfigError, match="unknown fingerprint"):
+        Client(ClientConfig("127.0.0.1", 1, "pw", fingerprint="netscape"))
+    assert {"openssl", "chrome", "firefox", "safari"} <= set(fingerprint_names())
+
+
+async def _our_hellos(count: int) -> list[ClientHello]:
+    async with HelloCapture() as capture:
+        for _ in range(count):
+            config = ClientConfig("127.0.0.1", capture.port, "pw", sni=NAME, insecure=True)
+            async with Client(config) as client:
+                with pytest.raises(SessionClosedError):
+                    await client.open_stream(Address("127.0.0.1", 9))
+        await capture.wait_for(count)
+        return capture.hellos
+
+
+async def _chromium_hello(tmp: Path) -> ClientHello:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is needed (scripts/test installs it)"
+    async with HelloCapture() as capture:
+        proc = await asyncio.create_subprocess_exec(
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp}",
+            f"--host-resolver-rules=MAP {NAME} 127.0.0.1",
+            f"https://{NAME}:{capture.port}/",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            await capture.wait_for(1, timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        return capture.hellos[0]
+
+
+def _order(hello: ClientHello) -> list[int]:
+    return [e for e in hello.extensions if not is_grease(e)]
+
+
+@async_test(timeout=90)
+async def test_client_hello_is_chromiums() -> None:
+    ours = await _our_hellos(2)
+    with tempfile.TemporaryDirectory(prefix="anytls-chromium-") as tmp:
+        theirs = await _chromium_hello(Path(tmp))
+    print(f"JA4 ours {ja4(ours[0])} / {ja4(ours[1])}, chromium {ja4(theirs)}")
+    assert ja4(ours[0]) == ja4(theirs)
+    assert ja4(ours[1]) == ja4(theirs)
+    for hello in (*ours, theirs):
+        assert hello.sni == NAME
+        assert any(is_grease(c) for c in hello.ciphers)
+        assert any(is_grease(e) for e in hello.extensions)
+    # Chrome permutes its extensions per connection: so must we.
+    assert _order(ours[0]) != _order(ours[1])
+    assert sorted(_order(ours[0])) == sorted(_order(ours[1]))
+    # The same size class (an ML-KEM key share makes it ~2 KB), within padding jitter.
+    assert abs(ours[0].size - theirs.size) < 128, (ours[0].size, theirs.size)
+
+
+@async_test(timeout=30)
+async def test_openssl_fingerprint_is_pythons_own_hello() -> None:
+    async with HelloCapture() as capture:
+        config = ClientConfig(
+            "127.0.0.1", capture.port, "pw", sni=NAME, insecure=True, fingerprint="openssl"
+        )
+        async with Client(config) as client:
+            with pytest.raises(SessionClosedError):
+                await client.open_stream(Address("127.0.0.1", 9))
+        await capture.wait_for(1)
+    (hello,) = capture.hellos
+    assert not any(is_grease(c) for c in hello.ciphers)
+    assert 0x00FF in hello.ciphers  # the SCSV OpenSSL always sends
+
+
+@async_test(timeout=30)
+async def test_a_server_choosing_h2_is_refused(tmp_path: Path) -> None:
+    """A browser offers h2; an AnyTLS server never picks it. One that does is refused
+    with a clear error, cut before curl's HTTP/2 preface or ours reaches it."""
+    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    ctx.set_alpn_protocols(["h2"])
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                received.extend(data)
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            done.set()
+            writer.close()
+
+    server = await asyncio.start_server(record, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with Client(ClientConfig("127.0.0.1", port, "pw", insecure=True)) as client:
+            with pytest.raises(ImpersonationError, match="ALPN h2"):
+                await client.open_stream(Address("127.0.0.1", 9))
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        server.close()
+    # Not one application byte: neither curl's HTTP/2 preface nor our AnyTLS preface.
+    assert bytes(received) == b""
