@@ -1,10 +1,12 @@
 """``anytls://`` share URIs (PROTOCOL.md §8, §11 #15)::
 
-    anytls://[password@]host[:port]/?sni=name&insecure=1
+    anytls://[password@]host[:port]/?sni=name&insecure=1&fp=chrome
 
 The password is the whole userinfo, percent-encoded when needed; an IPv6 host is written
 in brackets; the port defaults to 443. ``sni`` set to an IP literal means "send no SNI";
-``insecure`` is ``1``/``0`` (``true``/``false`` also accepted). Unknown parameters and
+``insecure`` is ``1``/``0`` (``true``/``false`` also accepted); ``fp`` names the TLS
+fingerprint (``chrome``, ``firefox``, ``openssl`` ..., as other share links spell it;
+checked when a client is built from it). Unknown parameters and
 the ``#name`` fragment are ignored. Unlike the reference client, the password is
 percent-*decoded* and ``insecure`` is honoured.
 """
@@ -38,6 +40,8 @@ class ServerURI:
     sni: str | None = None
     #: Skip certificate verification.
     insecure: bool = False
+    #: TLS ClientHello fingerprint (``fp``); None when absent.
+    fingerprint: str | None = None
 
     @property
     def effective_sni(self) -> str | None:
@@ -89,9 +93,12 @@ def parse_uri(text: str) -> ServerURI:
 
     sni: str | None = None
     insecure = False
+    fingerprint: str | None = None
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "sni":
             sni = value or None
+        elif key == "fp":
+            fingerprint = value.strip().lower() or None
         elif key == "insecure":
             flag = value.strip().lower()
             if flag in _TRUE:
@@ -100,7 +107,14 @@ def parse_uri(text: str) -> ServerURI:
                 insecure = False
             else:
                 raise ConfigError(f"bad anytls URI {shown!r}: insecure={value!r}, expected 1 or 0")
-    return ServerURI(host=host, port=port, password=password, sni=sni, insecure=insecure)
+    return ServerURI(
+        host=host,
+        port=port,
+        password=password,
+        sni=sni,
+        insecure=insecure,
+        fingerprint=fingerprint,
+    )
 
 
 def _unquote(text: str) -> str:
@@ -121,6 +135,8 @@ def format_uri(uri: ServerURI) -> str:
         params.append(f"sni={quote(uri.sni, safe='')}")
     if uri.insecure:
         params.append("insecure=1")
+    if uri.fingerprint is not None:
+        params.append(f"fp={quote(uri.fingerprint, safe='')}")
     query = "?" + "&".join(params) if params else ""
     return f"{SCHEME}://{auth}{host}:{uri.port}/{query}"
 

@@ -61,7 +61,7 @@ def test_curl_cffi_is_the_pinned_version_with_the_symbols_we_use() -> None:
 
 
 def test_unknown_fingerprint_lists_the_valid_ones() -> None:
-    with pytest.raises(ConfigError, match="unknown fingerprint 'netscape'.*chrome.*openssl"):
+    with pytest.raises(ConfigError, match=r"unknown fingerprint 'netscape'.*chrome.*openssl"):
         check_fingerprint("netscape")
     with pytest.raises(ConfigError, match="unknown fingerprint"):
         Client(ClientConfig("127.0.0.1", 1, "pw", fingerprint="netscape"))

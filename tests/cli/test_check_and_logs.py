@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 from anytls import Client, ClientConfig
@@ -53,6 +54,7 @@ async def test_check_reports_success_and_each_failure(tmp_path: Path) -> None:
         assert lines[0] == f"checking {server_at} (stream to {target})"
         assert lines[1].startswith("TLS handshake: ") and " ms (TLSv1." in lines[1]
         assert "certificate NOT verified (insecure)" in lines[1]
+        assert re.search(r"TLSv1\.3, TLS_\w+, chrome\d+ ClientHello, ", lines[1]), lines[1]
         assert lines[2].startswith("stream open: ") and f"server connected to {target}" in lines[2]
         assert lines[3:] == ["server protocol version: 2", "OK"]
         await server.wait_log(r"stream \d+: connected to 127\.0\.0\.1")

@@ -62,6 +62,7 @@ CLIENT_SAMPLES: dict[str, Any] = {
     "sni": "real.example.com",
     "password": "pw",
     "insecure": True,
+    "fingerprint": "firefox",
     "min_idle_session": 2,
     "idle_session_timeout": 60,
     "idle_session_check_interval": 10,
@@ -129,6 +130,7 @@ def test_every_client_flag_is_a_config_key(tmp_path: Path) -> None:
         "pw",
     )
     assert config.sni == "real.example.com" and config.insecure and not config.reuse_sessions
+    assert config.fingerprint == "firefox"
     parser = client_cli.build_parser()
     dests = {a.dest for a in parser._actions if a.option_strings}
     commands = {"help", "version", "config", "print_config", "check"}
@@ -211,6 +213,7 @@ def test_bad_server_files(tmp_path: Path, values: dict[str, Any], message: str) 
         ({"udp_forward": ["nonsense"]}, "expected LOCAL=TARGET"),
         ({"auth": "nocolon"}, "auth: expected USER:PASS"),
         ({"min_idle_session": "5"}, "min_idle_session: expected a whole number"),
+        ({"fingerprint": "netscape"}, "unknown fingerprint 'netscape'; valid: openssl, chrome"),
     ],
 )
 def test_bad_client_files(tmp_path: Path, values: dict[str, Any], message: str) -> None:
@@ -326,3 +329,17 @@ def test_default_state_dir_follows_systemd_then_xdg(tmp_path: Path) -> None:
     assert default_state_dir({"HOME": "/h"}) == Path("/h/.local/state/anytls")
     made = ensure_state_dir(tmp_path / "a" / "b")
     assert made.is_dir() and (made.stat().st_mode & 0o777) == 0o700
+
+
+def test_fingerprint_from_link_flag_and_file(tmp_path: Path) -> None:
+    def config(*argv: str) -> Any:
+        return client_cli.config_from_args(client_cli.load_args(list(argv)))
+
+    assert config("-s", "h:1", "-p", "pw").fingerprint == "chrome"  # the default
+    link = "anytls://pw@h:1/?fp=firefox"
+    assert config("-s", link).fingerprint == "firefox"
+    assert config("-s", link, "--fingerprint", "openssl").fingerprint == "openssl"
+    path = write_toml(tmp_path / "client.toml", {"server": link, "fingerprint": "safari"})
+    assert config("-c", str(path)).fingerprint == "safari"
+    with pytest.raises(ConfigError, match="unknown fingerprint 'netscape'"):
+        config("-s", "anytls://pw@h:1/?fp=netscape")

@@ -40,6 +40,8 @@ FAST = settings(max_examples=200, deadline=None)
         ),
         ("anytls://pw@h/?sni=", ServerURI("h", 443, "pw", None)),
         ("anytls://%E4%BD%A0%E5%A5%BD@h", ServerURI("h", 443, "你好")),
+        ("anytls://pw@h/?fp=Firefox", ServerURI("h", 443, "pw", fingerprint="firefox")),
+        ("anytls://pw@h/?fp=", ServerURI("h", 443, "pw")),
     ],
 )
 def test_parse(text: str, expected: ServerURI) -> None:
@@ -105,9 +107,12 @@ hosts = st.one_of(
     st.text(max_size=30),
     st.one_of(st.none(), hosts),
     st.booleans(),
+    st.sampled_from([None, "chrome", "firefox", "chrome131_android", "openssl"]),
 )
-def test_round_trip(host: str, port: int, password: str, sni: str | None, insecure: bool) -> None:
-    uri = ServerURI(host, port, password, sni, insecure)
+def test_round_trip(
+    host: str, port: int, password: str, sni: str | None, insecure: bool, fp: str | None
+) -> None:
+    uri = ServerURI(host, port, password, sni, insecure, fp)
     assert parse_uri(format_uri(uri)) == uri
 
 

@@ -69,7 +69,7 @@ class _Curl:
     """curl_cffi's objects plus the functions its cffi module does not declare."""
 
     def __init__(self) -> None:
-        import cffi
+        import cffi  # type: ignore[import-untyped]
         from curl_cffi import Curl, CurlInfo, CurlMOpt, CurlOpt, _wrapper
         from curl_cffi.requests.impersonate import BrowserType, resolve_latest_browser_type
 
@@ -80,7 +80,7 @@ class _Curl:
         self.ffi = _wrapper.ffi
         self.lib = _wrapper.lib
         self.targets = sorted(b.value for b in BrowserType)
-        self.resolve_alias = resolve_latest_browser_type
+        self.resolve_alias: Any = resolve_latest_browser_type
         own = self.own_ffi = cffi.FFI()
         own.cdef(
             """
@@ -318,7 +318,7 @@ async def open_connection(
     insecure: bool = False,
     ca_file: str | None = None,
     collect_certificate: bool = False,
-    timeout: float = 10.0,
+    timeout: float = 10.0,  # noqa: ASYNC109 (curl's own connect timeout, not asyncio's)
 ) -> tuple[CurlTransport, Any]:
     """Connect to ``host:port`` with ``fingerprint``'s ClientHello, like
     :meth:`asyncio.loop.create_connection` with ``ssl=``.
@@ -380,16 +380,16 @@ async def open_connection(
             easy.setopt(opt.CERTINFO, 1)
         handshake.start()
         code = await asyncio.shield(handshake.done)
-        if refused_alpn or int(easy.getinfo(curl.CurlInfo.HTTP_VERSION)) == _CURL_HTTP_VERSION_2:
-            alpn = refused_alpn[0] if refused_alpn else "h2"
+        if refused_alpn or _info_int(easy, curl.CurlInfo.HTTP_VERSION) == _CURL_HTTP_VERSION_2:
+            chosen = refused_alpn[0] if refused_alpn else "h2"
             raise ImpersonationError(
-                f"{host}:{port} chose ALPN {alpn} for the browser's offer: a web server, "
-                f"not an AnyTLS server, or one whose ALPN setting must not include {alpn} "
+                f"{host}:{port} chose ALPN {chosen} for the browser's offer: a web server, "
+                f"not an AnyTLS server, or one whose ALPN setting must not include {chosen} "
                 "(the connection was cut before anything was sent)"
             )
         if code != _CURLE_OK:
             raise _handshake_error(code, easy, host, port, ca_file)
-        fd = int(easy.getinfo(curl.CurlInfo.ACTIVESOCKET))
+        fd = _info_int(easy, curl.CurlInfo.ACTIVESOCKET)
         if fd < 0:
             raise ImpersonationError(f"curl kept no connection to {host}:{port}")
         version, cipher = "", ""
@@ -451,11 +451,16 @@ def _connect_to(curl: _Curl, easy: Any, entry: str) -> Any:
     return head
 
 
+def _info_int(easy: Any, info: Any) -> int:
+    value: Any = easy.getinfo(info)
+    return int(value)
+
+
 def _address(easy: Any, ip_info: Any, port_info: Any) -> tuple[str, int] | None:
     ip = easy.getinfo(ip_info)
     if not ip:
         return None
-    return (ip.decode() if isinstance(ip, bytes) else str(ip), int(easy.getinfo(port_info)))
+    return (ip.decode() if isinstance(ip, bytes) else str(ip), _info_int(easy, port_info))
 
 
 def _handshake_error(
@@ -466,8 +471,8 @@ def _handshake_error(
     if code == _CURLE_PEER_FAILED_VERIFICATION:
         ca = f" with the CAs in {ca_file}" if ca_file else ""
         return SessionClosedError(
-            f"the certificate of {where} failed verification{ca} ({detail}); use a pin "
-            "(pinSHA256) or insecure=1 for a self-signed server"
+            f"the certificate of {where} failed verification{ca} ({detail}); "
+            "use insecure=1 for a self-signed server"
         )
     if code == _CURLE_SSL_CACERT_BADFILE:
         return SessionClosedError(f"cannot use the CA file {ca_file!r}: {detail}")
@@ -508,7 +513,7 @@ class CurlTransport(asyncio.Transport):
         self._recv = curl.recv
         self._from_buffer = curl.own_ffi.from_buffer
         self._n = curl.own_ffi.new("size_t *")
-        self._rbuf: memoryview | None = None
+        self._rbuf: Any = None
         self._rptr: Any = None
         self._wbuf: collections.deque[bytes] = collections.deque()
         self._woffset = 0
@@ -538,7 +543,7 @@ class CurlTransport(asyncio.Transport):
     def _read_ready(self) -> None:
         protocol = self._protocol
         try:
-            buf = protocol.get_buffer(-1)
+            buf: Any = protocol.get_buffer(-1)
             if buf is not self._rbuf:
                 self._rbuf = buf
                 self._rptr = self._from_buffer(buf, require_writable=True)
@@ -747,4 +752,3 @@ class CurlTransport(asyncio.Transport):
         """Replace the protocol (it must be a :class:`asyncio.BufferedProtocol`)."""
         assert isinstance(protocol, asyncio.BufferedProtocol)
         self._protocol = protocol
-

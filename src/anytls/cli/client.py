@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", "--password", dest="p", metavar="PASSWORD", help="password (unless in the URI)"
     )
     parser.add_argument(
+        "--fingerprint",
+        metavar="NAME",
+        help="TLS ClientHello to send: a browser profile (chrome, the default, is the "
+        "newest Chrome curl-impersonate knows; firefox, safari, edge, chrome131 ...) or "
+        "openssl for Python's own TLS; also fp=NAME in an anytls:// link",
+    )
+    parser.add_argument(
         "--insecure",
         nargs="?",
         const="true",
@@ -198,7 +205,14 @@ def _insecure(text: str) -> None:
         raise ConfigError(str(exc)) from exc
 
 
+def _fingerprint(text: str) -> None:
+    from ..aio.impersonate import check_fingerprint
+
+    check_fingerprint(text)
+
+
 VALIDATORS = {
+    "fingerprint": _fingerprint,
     "l": _common.parse_listen,
     "s": _server,
     "udp_forward": _forwards,
@@ -232,6 +246,7 @@ def fail(message: str) -> NoReturn:
 def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """Build a :class:`~anytls.aio.client.ClientConfig` from parsed flags."""
     from ..aio.client import ClientConfig
+    from ..aio.impersonate import DEFAULT_FINGERPRINT, check_fingerprint
 
     server = args.s
     if not server:
@@ -241,6 +256,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     sni = args.sni
     insecure = False
     password = args.p
+    fingerprint = DEFAULT_FINGERPRINT
     if server.lower().startswith("anytls://"):
         uri = parse_uri(server)
         host, port = uri.host, uri.port
@@ -248,6 +264,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if uri.sni is not None:
             sni = uri.sni
         insecure = uri.insecure
+        fingerprint = uri.fingerprint or fingerprint
     else:
         address = Address.parse(server)
         host, port = address.host, address.port
@@ -255,12 +272,16 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         insecure = parse_bool(args.insecure)  # checked by the validator
     if not password:
         raise ConfigError("no password: give -p PASSWORD or put it in the anytls:// URI")
+    if args.fingerprint:
+        fingerprint = args.fingerprint
+    check_fingerprint(fingerprint)
     return ClientConfig(
         server_host=host,
         server_port=port,
         password=password,
         sni=sni,
         insecure=insecure,
+        fingerprint=fingerprint,
         idle_session_timeout=args.idle_session_timeout,
         idle_session_check_interval=args.idle_session_check_interval,
         min_idle_session=max(0, args.min_idle_session),
@@ -349,6 +370,7 @@ async def check(config: Any, target: Address) -> int:
         tls = ""
         if ssl_object is not None:
             tls = f"{ssl_object.version()}, {ssl_object.cipher()[0]}, "
+        tls += f"{stream.get_extra_info('fingerprint') or 'openssl'} ClientHello, "
         verified = (
             "certificate NOT verified (insecure)" if config.insecure else "certificate verified"
         )
