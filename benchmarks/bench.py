@@ -56,6 +56,10 @@ PAIRS: list[tuple[str, str, str]] = [
     # Our server with its default worker count (one process per core, SO_REUSEPORT); the
     # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
+    # Our client with Python's own TLS (--fingerprint openssl) instead of the default
+    # browser ClientHello made by curl-impersonate: what impersonation costs, against
+    # ours:ours (the same server).
+    ("ours-openssl:ours", "ours-openssl", "ours"),
 ]
 REFERENCE = "sing-box:sing-box"
 
@@ -370,6 +374,8 @@ class Pair:
             ]
             if self.client_impl == "ours-workers":
                 argv += ["--workers", "0"]  # one process per core
+            if self.client_impl == "ours-openssl":
+                argv += ["--fingerprint", "openssl"]
             log = self.workdir / "anytls-client.log"
         else:
             argv, log = self._singbox("client", singbox_client_config(mixed_port, server_port))
@@ -630,6 +636,11 @@ downloads land on different workers in about half the runs (see the busy-process
 On a 2-core machine that also runs the client and the load generator, one download already
 keeps both cores busy (about 1.7 CPU-seconds per GB across the three processes), so a
 second worker has no idle core to add throughput with here.
+
+Our client's TLS is made by curl-impersonate (a Chrome ClientHello, the default) in every
+pair except "ours-openssl:ours", which runs it with `--fingerprint openssl` (Python's own
+`ssl`) against the same server as "ours:ours": the two columns side by side show what the
+browser fingerprint costs in throughput, client CPU and stream-open latency.
 """
 
 
