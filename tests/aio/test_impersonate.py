@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,8 @@ from anytls.aio.impersonate import (
     library,
     resolve_target,
 )
-from anytls.aio.tls import generate_self_signed
+from anytls.aio.server import ServerConfig, serve
+from anytls.aio.tls import generate_self_signed, server_context
 from anytls.core.address import Address
 from anytls.errors import ConfigError, SessionClosedError
 from tests.helpers.aio import async_test
@@ -175,3 +177,55 @@ async def test_a_server_choosing_h2_is_refused(tmp_path: Path) -> None:
         server.close()
     # Not one application byte: neither curl's HTTP/2 preface nor our AnyTLS preface.
     assert bytes(received) == b""
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+    writer.close()
+
+
+@async_test(timeout=30)
+async def test_certificate_checks_on_the_curl_path(tmp_path: Path) -> None:
+    """A private CA (ca_file) and the name are verified; a wrong name or an unknown
+    certificate is refused with the stdlib path's message."""
+    cert_pem, key_pem = generate_self_signed([NAME, "127.0.0.1"])
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    echo_port = echo.sockets[0].getsockname()[1]
+    server = await serve(
+        ServerConfig(users={"u": "pw"}), "127.0.0.1", 0, server_context(str(cert), str(key))
+    )
+    port = server.sockets[0].getsockname()[1]
+
+    async def attempt(**kw: Any) -> None:
+        async with Client(ClientConfig("127.0.0.1", port, "pw", **kw)) as client:
+            reader, writer = await client.open_connection("127.0.0.1", echo_port)
+            assert writer.get_extra_info("fingerprint").startswith("chrome")
+            writer.write(b"verified")
+            assert await reader.readexactly(8) == b"verified"
+            writer.close()
+
+    try:
+        await attempt(sni=NAME, ca_file=str(cert))
+        await attempt(ca_file=str(cert))  # an IP: no SNI, the IP address is verified
+        await attempt(sni="other.test", insecure=True)
+        for kw in ({"sni": NAME}, {"sni": "other.test", "ca_file": str(cert)}):
+            with pytest.raises(SessionClosedError, match=r"failed verification.*insecure=1"):
+                await attempt(**kw)
+    finally:
+        await server.close()
+        echo.close()
+
+
+@async_test(timeout=30)
+async def test_an_ip_server_name_sends_no_sni() -> None:
+    async with HelloCapture() as capture:
+        async with Client(ClientConfig("127.0.0.1", capture.port, "pw", insecure=True)) as client:
+            with pytest.raises(SessionClosedError):
+                await client.open_stream(Address("127.0.0.1", 9))
+        await capture.wait_for(1)
+    assert capture.hellos[0].sni is None
+    assert 0x0000 not in capture.hellos[0].extensions

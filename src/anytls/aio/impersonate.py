@@ -208,7 +208,14 @@ class _Handshake:
             self.quiet()
 
     def quiet(self) -> None:
-        """Stop watching curl's sockets and timer (the transport takes the socket over)."""
+        """Stop watching curl's sockets and timer (the transport takes the socket over).
+
+        The multi handle's callbacks are unset too: curl must never call back into this
+        object later (when the handles are freed, possibly after it is gone)."""
+        if self.multi is not None:
+            lib, opt, null = self.curl.lib, self.curl.CurlMOpt, self.curl.ffi.NULL
+            lib.curl_multi_setopt(self.multi, opt.SOCKETFUNCTION, null)
+            lib.curl_multi_setopt(self.multi, opt.TIMERFUNCTION, null)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -235,7 +242,6 @@ class _Handshake:
         if self.multi is not None:
             lib = self.curl.lib
             lib.curl_multi_remove_handle(self.multi, self.easy._curl)
-            self.quiet()  # removing may have registered nothing new; be sure
             lib.curl_multi_cleanup(self.multi)
             self.multi = None
         self.easy.close()
@@ -513,8 +519,6 @@ class CurlTransport(asyncio.Transport):
         self._recv = curl.recv
         self._from_buffer = curl.own_ffi.from_buffer
         self._n = curl.own_ffi.new("size_t *")
-        self._rbuf: Any = None
-        self._rptr: Any = None
         self._wbuf: collections.deque[bytes] = collections.deque()
         self._woffset = 0
         self._wsize = 0
@@ -544,10 +548,9 @@ class CurlTransport(asyncio.Transport):
         protocol = self._protocol
         try:
             buf: Any = protocol.get_buffer(-1)
-            if buf is not self._rbuf:
-                self._rbuf = buf
-                self._rptr = self._from_buffer(buf, require_writable=True)
-            ptr = self._rptr
+            # A fresh pointer per read event (not per record): a cached one would hold
+            # the protocol's buffer exported for as long as the connection lives.
+            ptr = self._from_buffer(buf, require_writable=True)
             size = len(buf)
             recv, handle, n = self._recv, self._handle, self._n
             filled = 0
@@ -612,7 +615,9 @@ class CurlTransport(asyncio.Transport):
         if not data or self._closing:
             return
         if not self._wbuf:
-            code = self._send(self._handle, self._from_buffer(data), len(data), self._n)
+            # cffi passes a bytes object's own buffer as ``const char *`` (no copy).
+            buf = data if type(data) is bytes else self._from_buffer(data)
+            code = self._send(self._handle, buf, len(data), self._n)
             if code == _CURLE_OK:
                 sent = self._n[0]
                 if sent == len(data):
