@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import ssl
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,9 @@ async def _chromium_hello(tmp: Path) -> ClientHello:
         try:
             await capture.wait_for(1, timeout=60)
         finally:
+            # Chromium's own children (zygote, renderer, network) share its process group.
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         return capture.hellos[0]
 
@@ -110,10 +112,9 @@ def _order(hello: ClientHello) -> list[int]:
 
 
 @async_test(timeout=90)
-async def test_client_hello_is_chromiums() -> None:
+async def test_client_hello_is_chromiums(tmp_path: Path) -> None:
     ours = await _our_hellos(2)
-    with tempfile.TemporaryDirectory(prefix="anytls-chromium-") as tmp:
-        theirs = await _chromium_hello(Path(tmp))
+    theirs = await _chromium_hello(tmp_path / "chromium-profile")
     print(f"JA4 ours {ja4(ours[0])} / {ja4(ours[1])}, chromium {ja4(theirs)}")
     assert ja4(ours[0]) == ja4(theirs)
     assert ja4(ours[1]) == ja4(theirs)

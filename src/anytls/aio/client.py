@@ -471,7 +471,7 @@ class Client:
             server_hostname=server_hostname,
             insecure=config.insecure,
             ca_file=config.ca_file,
-            collect_certificate=self.pin is not None,
+            pinned=self.pin is not None,
             timeout=config.connect_timeout,
         )
         assert isinstance(conn, ClientConnection)

@@ -45,6 +45,9 @@ DEFAULT_FINGERPRINT = "chrome"
 
 _CURLE_OK = 0
 _CURLE_AGAIN = 81
+_CURLE_COULDNT_CONNECT = 7
+_CURLE_OPERATION_TIMEDOUT = 28
+_CURLE_RECV_ERROR = 56
 _CURLE_PEER_FAILED_VERIFICATION = 60
 _CURLE_SSL_CACERT_BADFILE = 77
 _CURL_POLL_REMOVE = 4
@@ -272,7 +275,7 @@ class TLSInfo:
         return self._alpn
 
     def getpeercert(self, binary_form: bool = False) -> bytes | None:
-        """The server certificate's DER (when it was collected, i.e. for a pin)."""
+        """The server certificate's DER with ``binary_form`` (else None: not decoded)."""
         return self._der if binary_form else None
 
 
@@ -323,15 +326,15 @@ async def open_connection(
     server_hostname: str | None,
     insecure: bool = False,
     ca_file: str | None = None,
-    collect_certificate: bool = False,
+    pinned: bool = False,
     timeout: float = 10.0,  # noqa: ASYNC109 (curl's own connect timeout, not asyncio's)
 ) -> tuple[CurlTransport, Any]:
     """Connect to ``host:port`` with ``fingerprint``'s ClientHello, like
     :meth:`asyncio.loop.create_connection` with ``ssl=``.
 
     ``server_hostname`` is the SNI and the name verified (``None`` or an IP: no SNI);
-    ``insecure`` skips verification; ``collect_certificate`` keeps the leaf DER for
-    ``get_extra_info("ssl_object").getpeercert(True)`` (certificate pinning).
+    ``insecure`` skips verification, and so does ``pinned`` (the caller then checks the
+    leaf's DER, ``get_extra_info("ssl_object").getpeercert(True)``, against its pin).
     """
     loop = asyncio.get_running_loop()
     curl = library()
@@ -373,7 +376,7 @@ async def open_connection(
         if name != host:
             entry = f"{_url_host(name)}:{port}:{_url_host(host)}:{port}"
             handshake.connect_to = _connect_to(curl, easy, entry)
-        if insecure or collect_certificate:
+        if insecure or pinned:
             easy.setopt(opt.SSL_VERIFYPEER, 0)
             easy.setopt(opt.SSL_VERIFYHOST, 0)
         else:
@@ -382,8 +385,7 @@ async def open_connection(
                 easy.setopt(opt.CAINFO, cafile)
             if capath:
                 easy.setopt(opt.CAPATH, capath)
-        if collect_certificate:
-            easy.setopt(opt.CERTINFO, 1)
+        easy.setopt(opt.CERTINFO, 1)  # the leaf's DER, as getpeercert(binary_form=True)
         handshake.start()
         code = await asyncio.shield(handshake.done)
         if refused_alpn or _info_int(easy, curl.CurlInfo.HTTP_VERSION) == _CURL_HTTP_VERSION_2:
@@ -407,7 +409,7 @@ async def open_connection(
             if text.startswith(_ALPN_ACCEPTED):
                 alpn = text[len(_ALPN_ACCEPTED) :].strip()
         easy.setopt(opt.VERBOSE, 0)
-        der = _leaf_der(curl, easy) if collect_certificate else None
+        der = _leaf_der(curl, easy)
         info = TLSInfo(version, cipher, der, alpn)
         extra = {
             "peername": _address(easy, curl.CurlInfo.PRIMARY_IP, curl.CurlInfo.PRIMARY_PORT),
@@ -482,8 +484,11 @@ def _handshake_error(
         )
     if code == _CURLE_SSL_CACERT_BADFILE:
         return SessionClosedError(f"cannot use the CA file {ca_file!r}: {detail}")
-    if code == 28:
+    if code == _CURLE_OPERATION_TIMEDOUT:
         return SessionClosedError(f"connecting to {where} timed out ({detail})")
+    errno = _info_int(easy, library().CurlInfo.OS_ERRNO)
+    if code == _CURLE_COULDNT_CONNECT and errno:
+        detail = f"[Errno {errno}] {os.strerror(errno)}"
     return SessionClosedError(f"cannot connect to {where}: {detail or f'curl error {code}'}")
 
 
@@ -564,6 +569,11 @@ class CurlTransport(asyncio.Transport):
                         break
                     filled += got
                 elif code == _CURLE_AGAIN:
+                    break
+                elif code == _CURLE_RECV_ERROR:
+                    # The peer's TCP side is gone (FIN without close_notify, or a reset):
+                    # what asyncio's ssl transport reports as EOF.
+                    eof = True
                     break
                 else:
                     self._fatal(ConnectionResetError(f"TLS receive failed (curl error {code})"))
