@@ -230,3 +230,82 @@ async def test_an_ip_server_name_sends_no_sni() -> None:
         await capture.wait_for(1)
     assert capture.hellos[0].sni is None
     assert 0x0000 not in capture.hellos[0].extensions
+
+
+class _Recorder(asyncio.BufferedProtocol):
+    """A protocol that records what the transport tells it."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(65536)
+        self.data = bytearray()
+        self.paused: list[bool] = []
+        self.eof = asyncio.Event()
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buffer[:nbytes]
+
+    def pause_writing(self) -> None:
+        self.paused.append(True)
+
+    def resume_writing(self) -> None:
+        self.paused.append(False)
+
+    def eof_received(self) -> bool:
+        self.eof.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+@async_test(timeout=30)
+async def test_transport_write_buffer_read_and_eof(tmp_path: Path) -> None:
+    """CurlTransport: a peer that does not read makes writes buffer past the high-water
+    mark (pause_writing), reading again drains them in order (resume_writing); the peer's
+    bytes reach the protocol; the peer's close is EOF, then connection_lost."""
+    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    start_reading = asyncio.Event()
+    total = 16 << 20
+    got = bytearray()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await start_reading.wait()
+        while len(got) < total:
+            got.extend(await reader.read(1 << 18))
+        writer.write(b"bye")
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    from anytls.aio.impersonate import open_connection
+
+    try:
+        transport, protocol = await open_connection(
+            _Recorder, "127.0.0.1", port, fingerprint="chrome", server_hostname=None, insecure=True
+        )
+        assert transport.get_extra_info("peername") == ("127.0.0.1", port)
+        assert transport.get_extra_info("ssl_object").version() == "TLSv1.3"
+        assert transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        payload = bytes(range(256)) * (total // 256)
+        for i in range(0, total, 1 << 16):
+            transport.write(payload[i : i + (1 << 16)])
+        assert protocol.paused == [True]
+        assert transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+        start_reading.set()
+        await asyncio.wait_for(protocol.eof.wait(), 20)
+        assert protocol.paused == [True, False]
+        assert transport.get_write_buffer_size() == 0
+        assert bytes(got) == payload
+        assert bytes(protocol.data) == b"bye"
+        assert await asyncio.wait_for(protocol.lost, 5) is None
+        assert transport.is_closing()
+    finally:
+        server.close()
