@@ -88,6 +88,12 @@ class CertificatePinError(SessionClosedError):
     certificate on the server. Nothing was sent on that connection."""
 
 
+class ImpersonationError(SessionClosedError):
+    """The browser-fingerprinted TLS connection (curl-impersonate) could not be made: curl_cffi
+    is missing or unusable, or the server chose an ALPN protocol (h2) that an AnyTLS server
+    never picks. Nothing of ours was sent on that connection."""
+
+
 class StreamOpenError(AnyTLSError):
     """The server could not open the destination and said why (error SYNACK)."""
 

@@ -18,7 +18,6 @@ import pytest
 
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.impersonate import (
-    ImpersonationError,
     check_fingerprint,
     fingerprint_names,
     library,
@@ -27,7 +26,7 @@ from anytls.aio.impersonate import (
 from anytls.aio.server import ServerConfig, serve
 from anytls.aio.tls import generate_self_signed, server_context
 from anytls.core.address import Address
-from anytls.errors import ConfigError, SessionClosedError
+from anytls.errors import ConfigError, ImpersonationError, SessionClosedError
 from tests.helpers.aio import async_test
 from tests.helpers.ja4 import ClientHello, HelloCapture, is_grease, ja4
 

@@ -34,7 +34,7 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ConfigError, SessionClosedError
+from ..errors import ConfigError, ImpersonationError, SessionClosedError
 
 log = logging.getLogger("anytls.client")
 
@@ -59,10 +59,6 @@ _ALPN_ACCEPTED = "ALPN: server accepted "
 #: High and low write-buffer marks (bytes), asyncio's defaults.
 _HIGH_WATER = 64 * 1024
 _LOW_WATER = 16 * 1024
-
-
-class ImpersonationError(SessionClosedError):
-    """The impersonated TLS connection could not be made (the message says why)."""
 
 
 # ---------------------------------------------------------------------- the library
