@@ -463,11 +463,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         log.log(
             level,
-            "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s%s",
+            "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d (%s ClientHello)%s%s",
             __version__,
             listen,
             config.server_host,
             config.server_port,
+            client.fingerprint or "openssl",
             " (certificate not verified)" if config.insecure else "",
             f", {workers} workers" if workers > 1 else "",
         )
