@@ -324,3 +324,29 @@ async def test_transport_write_buffer_read_and_eof(tmp_path: Path) -> None:
         assert transport.is_closing()
     finally:
         server.close()
+
+
+@async_test(timeout=30)
+async def test_a_silent_server_times_out_and_frees_the_handshake() -> None:
+    """A server that accepts TCP and never answers the hello: the connect timeout ends
+    the handshake (curl's transfer removed, its socket closed, nothing left watched)."""
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    config = ClientConfig("127.0.0.1", port, "pw", insecure=True, connect_timeout=0.5)
+    try:
+        async with Client(config) as client:
+            started = loop.time()
+            with pytest.raises(SessionClosedError, match="timed out"):
+                await client.open_stream(Address("127.0.0.1", 9))
+            assert loop.time() - started < 3
+        await asyncio.wait_for(closed.wait(), 5)  # the client's socket is closed
+    finally:
+        server.close()
