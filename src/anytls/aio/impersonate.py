@@ -14,10 +14,14 @@ browser's exact TLS settings), so the connection is made by curl instead:
   socket from ``CURLINFO_ACTIVESOCKET``, and exposed as an :class:`asyncio.Transport`
   (:class:`CurlTransport`) under the same protocol as the ``ssl`` path.
 
-A server that answers the browser's ALPN offer with ``h2`` makes curl write an HTTP/2
-preface; such a connection is refused with :class:`ImpersonationError`, nothing of ours
-having been sent on it. The curl_cffi version is pinned in ``pyproject.toml`` because
-this module relies on those details.
+Certificates are checked as on the ``ssl`` path: the CAs CPython would trust (or
+``ca_file``), the name, or nothing (``insecure``, or a pin the caller checks against the
+leaf's DER from ``CURLINFO_CERTINFO`` before it sends a byte). A server that answers the
+browser's ALPN offer with ``h2`` would make curl write an HTTP/2 preface: the socket is
+shut for writing the moment curl reports that ALPN, and the connection refused with
+:class:`ImpersonationError`, so not one application byte reaches that server. The
+curl_cffi version is pinned in ``pyproject.toml`` because this module relies on those
+details (``tests/aio/test_impersonate.py`` checks them).
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ _CURLE_OPERATION_TIMEDOUT = 28
 _CURLE_RECV_ERROR = 56
 _CURLE_PEER_FAILED_VERIFICATION = 60
 _CURLE_SSL_CACERT_BADFILE = 77
-_CURL_POLL_REMOVE = 4
 _CURL_SOCKET_TIMEOUT = -1
 _CURLMSG_DONE = 1
 _CURL_HTTP_VERSION_2 = 3
