@@ -149,3 +149,10 @@ async def test_link_errors_and_unix_socket() -> None:
     transport = AnyTLSTransport("anytls://pw@127.0.0.1:9/?sni=example.com&insecure=1")
     assert transport.client.config.sni == "example.com" and transport.client.config.insecure
     await transport.aclose()
+
+
+def test_link_parameters_reach_the_config() -> None:
+    """``fp`` in a link picks the ClientHello; a link without it keeps the default."""
+    assert config_from_uri("anytls://pw@h:1/?fp=firefox").fingerprint == "firefox"
+    assert config_from_uri("anytls://pw@h:1/").fingerprint == "chrome"
+    assert config_from_uri("anytls://pw@h:1/?sni=s&insecure=1").sni == "s"

@@ -26,8 +26,9 @@ ServerSpec = str | ClientConfig | Client
 def config_from_uri(uri: str, **overrides: Any) -> ClientConfig:
     """A :class:`ClientConfig` from an ``anytls://PASSWORD@HOST:PORT/?sni=..`` link.
 
-    Every link parameter that has a :class:`ClientConfig` field of the same name is used;
-    ``overrides`` set any other field (``min_idle_session=2`` ...).
+    Every link parameter that has a :class:`ClientConfig` field of the same name is used
+    (one the link leaves out keeps the field's default); ``overrides`` set any other field
+    (``min_idle_session=2`` ...).
     """
     parsed = parse_uri(uri)
     if not parsed.password:
@@ -36,7 +37,9 @@ def config_from_uri(uri: str, **overrides: Any) -> ClientConfig:
     shared = {
         f.name: getattr(parsed, f.name)
         for f in dataclasses.fields(parsed)
-        if f.name in fields and f.name not in ("host", "port")
+        if f.name in fields
+        and f.name not in ("host", "port")
+        and getattr(parsed, f.name) is not None
     }
     shared.update(overrides)
     return ClientConfig(parsed.host, parsed.port, **shared)
