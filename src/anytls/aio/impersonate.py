@@ -71,6 +71,9 @@ class _Curl:
     """curl_cffi's objects plus the functions its cffi module does not declare."""
 
     def __init__(self) -> None:
+        # TLS_KEY_LOG (as on the ssl path): curl reads SSLKEYLOGFILE when it initialises.
+        if os.environ.get("TLS_KEY_LOG") and not os.environ.get("SSLKEYLOGFILE"):
+            os.environ["SSLKEYLOGFILE"] = os.environ["TLS_KEY_LOG"]
         import cffi  # type: ignore[import-untyped]
         from curl_cffi import Curl, CurlInfo, CurlMOpt, CurlOpt, _wrapper
         from curl_cffi.requests.impersonate import BrowserType, resolve_latest_browser_type
