@@ -62,9 +62,7 @@ def test_new_name_makes_a_new_certificate_with_the_same_key(tmp_path: Path) -> N
     # Same key: sing-box's public-key pin survives, the certificate pin does not.
     assert (tmp_path / KEY_FILE).read_bytes() == key_pem
     assert spki_sha256_base64(_load(second.cert_path)) == spki
-    names = _load(second.cert_path).extensions.get_extension_for_class(
-        x509.SubjectAlternativeName
-    )
+    names = _load(second.cert_path).extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert set(names.value.get_values_for_type(x509.DNSName)) == {"vpn.example.org", "localhost"}
 
 
@@ -94,11 +92,11 @@ def test_near_expiry_is_renewed(tmp_path: Path) -> None:
 def test_damaged_or_unwritable_state_is_a_config_error(tmp_path: Path) -> None:
     stored_certificate(tmp_path, ["localhost"])
     (tmp_path / CERT_FILE).write_text("not a certificate")
-    with pytest.raises(ConfigError, match="damaged.*remove self-signed-cert.pem"):
+    with pytest.raises(ConfigError, match=r"damaged.*remove self-signed-cert\.pem"):
         stored_certificate(tmp_path, ["localhost"])
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match="cannot keep the generated certificate.*--state-dir"):
+    with pytest.raises(ConfigError, match=r"cannot keep the generated certificate.*--state-dir"):
         stored_certificate(blocker / "sub", ["localhost"])
 
 

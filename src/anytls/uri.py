@@ -7,8 +7,8 @@ in brackets; the port defaults to 443. ``sni`` set to an IP literal means "send 
 ``pinSHA256`` is the hex SHA-256 of the server certificate's DER (Hysteria 2's parameter;
 ``:`` separators and upper case accepted): the client accepts that certificate and no
 other, without CA or name checks; ``insecure`` is ``1``/``0`` (``true``/``false`` also
-accepted). Unknown parameters and the ``#name`` fragment are ignored. Unlike the reference client, the password is
-percent-*decoded* and ``insecure`` is honoured.
+accepted). Unknown parameters and the ``#name`` fragment are ignored. Unlike the
+reference client, the password is percent-*decoded* and ``insecure`` is honoured.
 """
 
 from __future__ import annotations

@@ -230,7 +230,6 @@ VALIDATORS = {
     "auth": parse_auth,
     "insecure": _insecure,
     "pin_sha256": _pin,
-    "ca": _ca,
     "log_level": _common.check_log_level,
 }
 

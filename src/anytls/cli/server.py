@@ -372,7 +372,7 @@ def certificate_hosts(args: argparse.Namespace, listen: Address) -> list[str]:
     hosts = [link_host(listen, args.public_host)[0]]
     if listen.host not in ("", "0.0.0.0", "::"):
         hosts.append(listen.host)
-    return [*hosts, "localhost"]
+    return list(dict.fromkeys([*hosts, "localhost"]))
 
 
 def certificate_files(args: argparse.Namespace, listen: Address) -> tuple[str, str | None]:
