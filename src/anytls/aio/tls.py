@@ -20,6 +20,11 @@ from ..errors import CertificatePinError, ConfigError
 
 log = logging.getLogger(__name__)
 
+#: ALPN the server selects when a client offers it: what the HTTP/1.1 web server behind
+#: ``--fallback`` (plain HTTP) would answer a browser. Never ``h2``: a curl-based client
+#: writes an HTTP/2 preface once ``h2`` is selected. Clients that offer none get none.
+SERVER_ALPN = ("http/1.1",)
+
 #: TLS 1.3 cipher suites in Go's order on AES-capable CPUs (what sing-box negotiates).
 GO_TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
 
@@ -103,6 +108,10 @@ def _load_pem_pair(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None
         ctx.load_cert_chain(cert_path, key_path)
 
 
+def _accept_server_name(obj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+    """Accept every server name (the certificate is the same for all)."""
+
+
 def server_context(
     cert: str | None = None, key: str | None = None, hosts: list[str] | None = None
 ) -> ssl.SSLContext:
@@ -112,6 +121,13 @@ def server_context(
     prefer_go_ciphersuites(ctx)
     # One TLS 1.3 session ticket per handshake, as Go servers send (OpenSSL's default is 2).
     ctx.num_tickets = 1
+    # A browser offering h2 and http/1.1 gets http/1.1, as from a web server; no overlap
+    # (e.g. only h2) means no ALPN, and the handshake goes on.
+    ctx.set_alpn_protocols(list(SERVER_ALPN))
+    # With a server-name callback OpenSSL acknowledges the client's SNI (an empty
+    # server_name in EncryptedExtensions), as Go servers and nginx do; without one it
+    # stays silent, which only bare OpenSSL servers do.
+    ctx.sni_callback = _accept_server_name
     if cert:
         try:
             ctx.load_cert_chain(cert, key or None)
