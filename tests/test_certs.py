@@ -25,7 +25,7 @@ from anytls.certs import (
     stored_certificate,
 )
 from anytls.errors import ConfigError
-from tests.cli._util import make_ca_signed_cert
+from tests.helpers.certs import make_ca_signed_cert
 
 
 def _load(path: Path) -> x509.Certificate:

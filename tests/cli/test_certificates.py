@@ -12,7 +12,8 @@ from pathlib import Path
 
 from anytls.certs import CERT_FILE
 from anytls.uri import parse_uri
-from tests.cli._util import make_ca_signed_cert, run_cli
+from tests.cli._util import run_cli
+from tests.helpers.certs import make_ca_signed_cert
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
