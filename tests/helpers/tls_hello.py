@@ -16,7 +16,15 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["GROUPS", "FirstFlight", "client_hello_alpn", "first_flight", "split_records"]
+__all__ = [
+    "GROUPS",
+    "FirstFlight",
+    "Rejection",
+    "client_hello_alpn",
+    "first_flight",
+    "rejection",
+    "split_records",
+]
 
 #: Named groups by code point (the ones that matter here).
 GROUPS = {
@@ -125,3 +133,60 @@ def first_flight(host: str, port: int, alpn: Sequence[str] | None = None) -> Fir
     return FirstFlight(
         [(ctype, len(body)) for ctype, body in records], suite, group, sorted(extensions), selected
     )
+
+
+@dataclass
+class Rejection:
+    """How a server ended a TLS connection whose first application bytes it refused."""
+
+    #: The server sent close_notify.
+    close_notify: bool
+    #: The TCP connection ended with a reset (else a FIN).
+    reset: bool
+    #: Seconds from the refused bytes to the end of the TCP connection.
+    seconds: float
+
+
+def rejection(host: str, port: int, payload: bytes, timeout: float = 35.0) -> Rejection:
+    """Handshake, send ``payload`` and read until the server ends the connection."""
+    import time
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            if pending := outgoing.read():
+                sock.sendall(pending)
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the server closed during the handshake")
+            incoming.write(data)
+        tls.write(payload)
+        sock.sendall(outgoing.read())
+        started = time.monotonic()
+        close_notify = reset = False
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                reset = True
+                break
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                while tls.read(65536):
+                    pass
+                close_notify = True  # read() gives b"" once close_notify arrived
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:
+                close_notify = True
+        return Rejection(close_notify, reset, time.monotonic() - started)

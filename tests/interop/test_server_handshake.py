@@ -20,7 +20,7 @@ from tests.helpers.echo import tcp_echo_server
 from tests.helpers.interop import socks_echo_check
 from tests.helpers.net import free_port, make_self_signed_cert
 from tests.helpers.singbox import SingBox, anytls_client_config, anytls_server_config
-from tests.helpers.tls_hello import client_hello_alpn, first_flight
+from tests.helpers.tls_hello import client_hello_alpn, first_flight, rejection
 
 PASSWORD = "handshake-pw"
 
@@ -113,3 +113,20 @@ async def test_singbox_clients_with_and_without_alpn(tmp_path: Path) -> None:
     capturer.close()
     # The outbound as our export writes it offers no ALPN; configured, it offers its list.
     assert [client_hello_alpn(h) for h in hellos[:2]] == [None, ["h2", "http/1.1"]]
+
+
+@async_test
+async def test_failed_authentication_ends_like_singbox(tmp_path: Path) -> None:
+    """A client that fails authentication: close_notify, then a reset at once, as sing-box
+    does (SO_LINGER 0, then Go's tls.Conn.Close()): no bare close, no wait for the prober."""
+    cert, key = make_self_signed_cert(tmp_path / "tls")
+    port = free_port()
+    config = anytls_server_config(port, [("u", PASSWORD)], cert, key, log_level="warn")
+    async with our_server(cert, key) as ours, SingBox(config, tmp_path / "sing-box"):
+        # A wrong password hash (and an empty padding), and what a browser would send.
+        for probe in (bytes(34), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"):
+            mine = await asyncio.to_thread(rejection, "127.0.0.1", ours, probe)
+            theirs = await asyncio.to_thread(rejection, "127.0.0.1", port, probe)
+            assert (theirs.close_notify, theirs.reset) == (True, True), probe
+            assert (mine.close_notify, mine.reset) == (True, True), probe
+            assert mine.seconds < 2 and theirs.seconds < 2
