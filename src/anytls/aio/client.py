@@ -148,6 +148,9 @@ class ClientConnection(SessionConnection):
 
     def open_stream(self, destination: Address) -> Stream:
         """Open a stream to ``destination`` (0-RTT: nothing is awaited)."""
+        if self.is_closed:  # e.g. the server refused the preface before the first stream
+            reason = self._close_reason or "closed"
+            raise SessionClosedError(f"session with {self.peer} ended: {reason}")
         stream_id = self.core.open_stream(destination.encode(), self.loop.time())
         stream = self.add_stream(stream_id)
         self.idle_since = None
