@@ -1,13 +1,15 @@
 """``anytls://`` share URIs (PROTOCOL.md §8, §11 #15)::
 
-    anytls://[password@]host[:port]/?sni=name&insecure=1&fp=chrome
+    anytls://[password@]host[:port]/?sni=name&pinSHA256=hex&insecure=1&fp=chrome
 
 The password is the whole userinfo, percent-encoded when needed; an IPv6 host is written
 in brackets; the port defaults to 443. ``sni`` set to an IP literal means "send no SNI";
-``insecure`` is ``1``/``0`` (``true``/``false`` also accepted); ``fp`` names the TLS
-fingerprint (``chrome``, ``firefox``, ``openssl`` ..., as other share links spell it;
-checked when a client is built from it). Unknown parameters and
-the ``#name`` fragment are ignored. Unlike the reference client, the password is
+``pinSHA256`` is the hex SHA-256 of the server certificate's DER (Hysteria 2's parameter;
+``:`` separators and upper case accepted): the client accepts that certificate and no
+other, without CA or name checks; ``insecure`` is ``1``/``0`` (``true``/``false`` also
+accepted); ``fp`` names the TLS fingerprint (``chrome``, ``firefox``, ``openssl`` ..., as
+other share links spell it; checked when a client is built from it). Unknown parameters
+and the ``#name`` fragment are ignored. Unlike the reference client, the password is
 percent-*decoded* and ``insecure`` is honoured.
 """
 
@@ -40,6 +42,8 @@ class ServerURI:
     sni: str | None = None
     #: Skip certificate verification.
     insecure: bool = False
+    #: Hex SHA-256 of the server certificate's DER (normalised), or None.
+    pin_sha256: str | None = None
     #: TLS ClientHello fingerprint (``fp``); None when absent.
     fingerprint: str | None = None
 
@@ -93,9 +97,14 @@ def parse_uri(text: str) -> ServerURI:
 
     sni: str | None = None
     insecure = False
+    pin: str | None = None
     fingerprint: str | None = None
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "sni":
+        if key.lower() == "pinsha256":
+            from .aio.tls import normalise_pin
+
+            pin = normalise_pin(value) if value else None
+        elif key == "sni":
             sni = value or None
         elif key == "fp":
             fingerprint = value.strip().lower() or None
@@ -113,6 +122,7 @@ def parse_uri(text: str) -> ServerURI:
         password=password,
         sni=sni,
         insecure=insecure,
+        pin_sha256=pin,
         fingerprint=fingerprint,
     )
 
@@ -133,6 +143,8 @@ def format_uri(uri: ServerURI) -> str:
     params = []
     if uri.sni is not None:
         params.append(f"sni={quote(uri.sni, safe='')}")
+    if uri.pin_sha256:
+        params.append(f"pinSHA256={uri.pin_sha256}")
     if uri.insecure:
         params.append("insecure=1")
     if uri.fingerprint is not None:

@@ -473,25 +473,23 @@ def _address(easy: Any, ip_info: Any, port_info: Any) -> tuple[str, int] | None:
     return (ip.decode() if isinstance(ip, bytes) else str(ip), _info_int(easy, port_info))
 
 
-def _handshake_error(
-    code: int, easy: Any, host: str, port: int, ca_file: str | None
-) -> SessionClosedError:
+def _handshake_error(code: int, easy: Any, host: str, port: int, ca_file: str | None) -> Exception:
+    """The exception ``create_connection(ssl=...)`` would raise for this failure (so the
+    caller reports both paths alike), or :class:`SessionClosedError` for curl's own."""
     detail = library().ffi.string(easy._error_buffer).decode("latin-1").strip()
-    where = f"{host}:{port}"
     if code == _CURLE_PEER_FAILED_VERIFICATION:
-        ca = f" with the CAs in {ca_file}" if ca_file else ""
-        return SessionClosedError(
-            f"the certificate of {where} failed verification{ca} ({detail}); "
-            "use insecure=1 for a self-signed server"
-        )
+        ca = f"with the CAs in {ca_file}: " if ca_file else ""
+        error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {ca}{detail}")
+        error.verify_message = f"{ca}{detail}"
+        return error
     if code == _CURLE_SSL_CACERT_BADFILE:
         return SessionClosedError(f"cannot use the CA file {ca_file!r}: {detail}")
     if code == _CURLE_OPERATION_TIMEDOUT:
-        return SessionClosedError(f"connecting to {where} timed out ({detail})")
+        return TimeoutError(detail)
     errno = _info_int(easy, library().CurlInfo.OS_ERRNO)
     if code == _CURLE_COULDNT_CONNECT and errno:
-        detail = f"[Errno {errno}] {os.strerror(errno)}"
-    return SessionClosedError(f"cannot connect to {where}: {detail or f'curl error {code}'}")
+        return OSError(errno, os.strerror(errno))
+    return SessionClosedError(f"cannot connect to {host}:{port}: {detail or f'curl error {code}'}")
 
 
 # ---------------------------------------------------------------------- the transport

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -79,7 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
         const="true",
         default=None,
         metavar="BOOL",
-        help="do not verify the server certificate",
+        help="do not verify the server certificate (unsafe: a man in the middle gets the "
+        "password hash, which is the credential; pin the certificate instead)",
+    )
+    parser.add_argument(
+        "--pin-sha256",
+        metavar="HEX",
+        help="accept only the server certificate with this SHA-256 of its DER (the "
+        "pinSHA256 of a share link), without CA or name checks",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="verify the server certificate against the CA certificates in this file "
+        "(a private CA) instead of the system's",
     )
     parser.add_argument(
         "-m",
@@ -198,6 +212,17 @@ def parse_auth(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _pin(text: str) -> None:
+    from ..aio.tls import normalise_pin
+
+    normalise_pin(text)
+
+
+def _ca(path: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"{path!r} is not a readable file of PEM CA certificates")
+
+
 def _insecure(text: str) -> None:
     try:
         parse_bool(text)
@@ -218,6 +243,7 @@ VALIDATORS = {
     "udp_forward": _forwards,
     "auth": parse_auth,
     "insecure": _insecure,
+    "pin_sha256": _pin,
     "log_level": _common.check_log_level,
 }
 
@@ -227,7 +253,7 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
     return schema_from_parser(
         parser or build_parser(),
         exclude=("config", "print_config", "check"),
-        kinds={"insecure": "gobool"},
+        kinds={"insecure": "gobool", "ca": "path"},
         secrets=("p",),
         validators=VALIDATORS,
     )
@@ -255,6 +281,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         )
     sni = args.sni
     insecure = False
+    pin = args.pin_sha256
     password = args.p
     fingerprint = DEFAULT_FINGERPRINT
     if server.lower().startswith("anytls://"):
@@ -265,6 +292,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             sni = uri.sni
         insecure = uri.insecure
         fingerprint = uri.fingerprint or fingerprint
+        pin = uri.pin_sha256 or pin
     else:
         address = Address.parse(server)
         host, port = address.host, address.port
@@ -275,6 +303,8 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.fingerprint:
         fingerprint = args.fingerprint
     check_fingerprint(fingerprint)
+    if args.ca:
+        _ca(args.ca)
     return ClientConfig(
         server_host=host,
         server_port=port,
@@ -282,6 +312,8 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         sni=sni,
         insecure=insecure,
         fingerprint=fingerprint,
+        pin_sha256=pin,
+        ca_file=args.ca,
         idle_session_timeout=args.idle_session_timeout,
         idle_session_check_interval=args.idle_session_check_interval,
         min_idle_session=max(0, args.min_idle_session),
@@ -371,9 +403,12 @@ async def check(config: Any, target: Address) -> int:
         if ssl_object is not None:
             tls = f"{ssl_object.version()}, {ssl_object.cipher()[0]}, "
         tls += f"{stream.get_extra_info('fingerprint') or 'openssl'} ClientHello, "
-        verified = (
-            "certificate NOT verified (insecure)" if config.insecure else "certificate verified"
-        )
+        if config.pin_sha256:
+            verified = "certificate pinned"
+        elif config.insecure:
+            verified = "certificate NOT verified (insecure)"
+        else:
+            verified = "certificate verified"
         print(f"TLS handshake: {_ms(handshake)} ({tls}{verified})", flush=True)
         try:
             await client.wait_acknowledged(stream)
@@ -469,7 +504,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             config.server_host,
             config.server_port,
             client.fingerprint or "openssl",
-            " (certificate not verified)" if config.insecure else "",
+            " (certificate pinned)"
+            if config.pin_sha256
+            else " (certificate NOT verified)"
+            if config.insecure
+            else "",
             f", {workers} workers" if workers > 1 else "",
         )
         await stop.wait()

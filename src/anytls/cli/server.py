@@ -17,6 +17,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
@@ -356,14 +357,61 @@ def server_config(args: argparse.Namespace) -> Any:
     )
 
 
+def state_dir(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else the default (see :mod:`anytls.state`)."""
+    from ..state import default_state_dir
+
+    return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+
+
+def certificate_hosts(args: argparse.Namespace, listen: Address) -> list[str]:
+    """The names a generated certificate carries: the link's host, the listen address
+    (unless a wildcard) and localhost."""
+    from ._share import link_host
+
+    hosts = [link_host(listen, args.public_host)[0]]
+    if listen.host not in ("", "0.0.0.0", "::"):
+        hosts.append(listen.host)
+    return list(dict.fromkeys([*hosts, "localhost"]))
+
+
+def certificate_files(args: argparse.Namespace, listen: Address) -> tuple[str, str | None]:
+    """``(cert, key)``: ``--cert``/``--key``, else the self-signed pair kept in the state
+    directory (made, or remade when it does not fit, and logged)."""
+    from ..certs import stored_certificate
+
+    if args.cert:
+        return args.cert, args.key
+    if args.key:
+        raise ConfigError("--key was given without --cert")
+    directory = state_dir(args)
+    stored = stored_certificate(directory, certificate_hosts(args, listen))
+    where = stored.cert_path
+    if not stored.made:
+        log.debug("self-signed certificate %s (pinSHA256 %s)", where, stored.sha256)
+    elif stored.made == "none was stored yet":
+        log.info(
+            "made a self-signed certificate for %s, kept in %s (pinSHA256 %s)",
+            ", ".join(certificate_hosts(args, listen)),
+            directory,
+            stored.sha256,
+        )
+    else:
+        log.warning(
+            "made a new self-signed certificate (%s): clients need the new share link or "
+            "exported config (pinSHA256 %s)",
+            stored.made,
+            stored.sha256,
+            extra={"event": "certificate_renewed", "pin_sha256": stored.sha256},
+        )
+    return str(where), str(stored.key_path)
+
+
 def tls_context(args: argparse.Namespace, listen: Address) -> ssl.SSLContext:
-    """The server's TLS context (self-signed unless --cert)."""
+    """The server's TLS context (``--cert``, else the stored self-signed certificate)."""
     from ..aio.tls import server_context
 
-    hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])
-    if args.public_host:
-        hosts.append(args.public_host)
-    return server_context(args.cert, args.key, hosts=hosts)
+    return server_context(*certificate_files(args, listen))
 
 
 def _listen_error(listen: Address, exc: OSError) -> str:
@@ -403,7 +451,8 @@ def export(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--export-user {name!r}: no such user (users: {', '.join(sorted(users))})"
         )
-    endpoint = public_endpoint(_listen(args.l), args.public_host, args.cert)
+    listen = _listen(args.l)
+    endpoint = public_endpoint(listen, args.public_host, *certificate_files(args, listen))
     if endpoint.guessed:
         print(
             f"{PROG}: note: the server address {endpoint.host!r} is this machine's name; "
@@ -416,14 +465,20 @@ def export(args: argparse.Namespace) -> None:
         sys.stdout.write(mihomo_yaml(endpoint, users[name], f"anytls-{endpoint.host}-{name}"))
 
 
-def announce_links(args: argparse.Namespace, listen: Address, users: dict[str, str]) -> None:
-    """Log each user's share link (and print QR codes with --qr)."""
+def announce_links(
+    args: argparse.Namespace,
+    listen: Address,
+    users: dict[str, str],
+    cert: tuple[str, str | None],
+) -> None:
+    """Log each user's share link (and print QR codes with --qr); ``cert`` is the
+    ``(cert, key)`` files the server uses."""
     from ._share import public_endpoint, qr_code, share_link
 
     if not args.share_links and not args.qr:
         return
     try:
-        endpoint = public_endpoint(listen, args.public_host, args.cert)
+        endpoint = public_endpoint(listen, args.public_host, *cert)
     except ConfigError as exc:
         log.warning("no share links: %s", exc)
         return
@@ -531,8 +586,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level, args.log_format)
+    from ..aio.tls import server_context
+
     try:
-        ctx = tls_context(args, listen)
+        cert = certificate_files(args, listen)
+        ctx = server_context(*cert)
     except ConfigError as exc:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
@@ -578,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     log.error("--metrics: %s", _listen_error(where, exc))
                     raise SystemExit(1) from exc
                 log.info("Prometheus metrics at http://%s/metrics", where)
-            announce_links(args, listen, dict(config.users))
+            announce_links(args, listen, dict(config.users), cert)
             if args.stats_interval > 0:
                 background.append(loop.create_task(log_summaries(snapshot, args.stats_interval)))
             log.info(
