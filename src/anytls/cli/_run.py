@@ -144,6 +144,26 @@ def tune_malloc() -> None:
     mallopt(m_trim_threshold, 64 * 1024 * 1024)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one, as Go programs (sing-box) do at
+    start; returns the soft limit now in force.
+
+    Every session holds descriptors: a socket, and on the client's default (browser
+    fingerprint) path also the eventfd of the curl multi handle that owns the connection,
+    so a distro's default soft limit of 1024 would cap a client near 500 sessions.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not Unix
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def tune_gc() -> None:
     """Leave start-up objects out of garbage collection and collect young objects less often.
 
@@ -177,6 +197,7 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     tune_malloc()
     tune_gc()
+    raise_fd_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop missing
