@@ -13,6 +13,7 @@ import io
 import ipaddress
 import json
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -96,8 +97,21 @@ def machine_name() -> str:
     return socket.gethostname() or "localhost"
 
 
-def public_endpoint(listen: Address, public_host: str | None, cert: str | None) -> Endpoint:
-    """How clients reach a server listening on ``listen`` with certificate file ``cert``."""
+def public_endpoint(
+    listen: Address,
+    public_host: str | None,
+    cert: str | None,
+    acme_domains: Sequence[str] = (),
+) -> Endpoint:
+    """How clients reach a server listening on ``listen`` with certificate file ``cert``.
+
+    ``acme_domains``: the certificate comes from an ACME CA for these names, so clients
+    verify it and reach the server by the first name unless ``public_host`` says otherwise.
+    """
+    if acme_domains:
+        host = public_host or acme_domains[0]
+        sni = None if host.lower().rstrip(".") in acme_domains else acme_domains[0]
+        return Endpoint(host, listen.port, sni, False)
     guessed = False
     if public_host:
         host = public_host

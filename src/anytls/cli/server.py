@@ -482,6 +482,10 @@ def _listen_error(listen: Address, exc: OSError) -> str:
 # ---------------------------------------------------------------------- commands
 
 
+def _acme_names(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(d.strip().lower().rstrip(".") for d in args.acme))
+
+
 def print_config(args: argparse.Namespace) -> None:
     """``--print-config``: the effective settings as TOML."""
     _common.print_config(PROG, args, schema())
@@ -497,7 +501,7 @@ def export(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--export-user {name!r}: no such user (users: {', '.join(sorted(users))})"
         )
-    endpoint = public_endpoint(_listen(args.l), args.public_host, args.cert)
+    endpoint = public_endpoint(_listen(args.l), args.public_host, args.cert, _acme_names(args))
     if endpoint.guessed:
         print(
             f"{PROG}: note: the server address {endpoint.host!r} is this machine's name; "
@@ -517,7 +521,7 @@ def announce_links(args: argparse.Namespace, listen: Address, users: dict[str, s
     if not args.share_links and not args.qr:
         return
     try:
-        endpoint = public_endpoint(listen, args.public_host, args.cert)
+        endpoint = public_endpoint(listen, args.public_host, args.cert, _acme_names(args))
     except ConfigError as exc:
         log.warning("no share links: %s", exc)
         return
