@@ -145,3 +145,27 @@ def test_acme_settings(tmp_path: Path) -> None:
         store.fullchain
         == tmp_path / "acme/acme-v02.api.letsencrypt.org/a.example.com/fullchain.pem"
     )
+
+
+def test_share_links_and_exports_name_the_acme_domain_without_insecure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    args = server_cli.load_args(
+        ["-p", "pw", "-l", "0.0.0.0:443", "--acme", "proxy.example.com", "--export", "sing-box"]
+    )
+    server_cli.export(args)
+    outbound = json.loads(capsys.readouterr().out)["outbounds"][0]
+    assert outbound["server"] == "proxy.example.com" and outbound["server_port"] == 443
+    assert "insecure" not in outbound["tls"]
+
+
+def test_unwritable_state_dir_is_refused_at_start(tmp_path: Path) -> None:
+    from anytls.aio.acme import AcmeManager, AcmeSettings
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    manager = AcmeManager(AcmeSettings(("proxy.example.com",), blocker / "state"))
+    with pytest.raises(ConfigError, match="give a writable --state-dir"):
+        manager.initial_context()

@@ -669,7 +669,17 @@ class AcmeManager:
         return cert.not_after > _utcnow()
 
     def initial_context(self) -> ssl.SSLContext:
-        """The context to start with: a stored, still valid certificate, else a temporary one."""
+        """The context to start with: a stored, still valid certificate, else a temporary one.
+
+        Raises ConfigError when the state directory cannot be made.
+        """
+        try:
+            self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"--acme keeps its account and certificates in {self.store.root}, which "
+                f"cannot be created: {exc.strerror or exc}; give a writable --state-dir"
+            ) from exc
         stored = self.store.certificate()
         if stored is not None and self._usable(stored):
             try:
