@@ -710,6 +710,22 @@ class AcmeManager:
             cert_path.write_bytes(cert_pem)
             return server_context(str(cert_path), str(key_path))
 
+    def port_hint(self, port: int) -> None:
+        """Say where the CA will connect when it cannot be this port directly."""
+        if self.settings.http is None and port != 443:
+            log.info(
+                "ACME: the CA checks %s on port 443 (TLS-ALPN-01): it must reach this "
+                "server's port %d, or give --acme-http 80",
+                ", ".join(self.settings.domains),
+                port,
+            )
+        elif self.settings.http is not None and self.settings.http.port != 80:
+            log.info(
+                "ACME: the CA checks %s on port 80 (HTTP-01): it must reach port %d",
+                ", ".join(self.settings.domains),
+                self.settings.http.port,
+            )
+
     def attach(self, server: Any) -> None:
         """Answer TLS-ALPN-01 validations on ``server``'s port (in every worker process)."""
         if not self.responder.watch(server.ssl_context) and self.settings.http is None:
@@ -782,6 +798,12 @@ class AcmeManager:
             _when(stored.not_after),
             _when(stored.renew_at),
             self.store.cert_dir,
+            extra={
+                "event": "acme_issued",
+                "domains": list(stored.names),
+                "not_after": stored.not_after.isoformat(),
+                "seconds": round(time.monotonic() - started, 3),
+            },
         )
         return stored
 
@@ -808,6 +830,7 @@ class AcmeManager:
                         exc,
                         keep,
                         _duration(delay),
+                        extra={"event": "acme_failed", "reason": str(exc)},
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.retry_max)

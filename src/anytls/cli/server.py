@@ -690,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _run.signal_workers(signal.SIGUSR1)  # they load it from the state directory
 
             try:
+                acme_manager.port_hint(listen.port)
                 await acme_manager.start_http()
             except OSError as exc:
                 where = acme_manager.settings.http
