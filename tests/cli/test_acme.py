@@ -161,11 +161,17 @@ async def test_renewal_while_a_stream_is_open_then_a_failed_renewal(tmp_path: Pa
             rounds = 0
             stop = asyncio.Event()
 
+            loop = asyncio.get_running_loop()
+            gaps: list[float] = []
+
             async def pump() -> None:
                 nonlocal rounds
+                last = loop.time()
                 while not stop.is_set():
                     await roundtrip(reader, writer, b"x" * 1000)
                     rounds += 1
+                    gaps.append(loop.time() - last)
+                    last = loop.time()
                     await asyncio.sleep(0.02)
 
             pumping = asyncio.create_task(pump())
@@ -191,6 +197,9 @@ async def test_renewal_while_a_stream_is_open_then_a_failed_renewal(tmp_path: Pa
             assert third.serial_number == second.serial_number
             stop.set()
             await pumping
+            # No stall either: each issuance holds the CA's answers for over a second
+            # (finalization polls after 1 s), in a thread, never in the event loop.
+            assert max(gaps) < 1.0, f"the stream stalled for {max(gaps):.2f} s"
             await roundtrip(reader, writer, b"still here")
             writer.close()
             assert srv.returncode is None
