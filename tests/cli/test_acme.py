@@ -8,6 +8,7 @@ certificates are checked as clients see them: verified against pebble's root of 
 from __future__ import annotations
 
 import asyncio
+import signal
 import ssl
 import stat
 import urllib.error
@@ -108,6 +109,11 @@ async def test_first_certificate_by_tls_alpn_then_reused_after_restart(tmp_path:
                 writer.close()
             finally:
                 await client.close()
+            # A reload (SIGHUP) keeps the ACME certificate.
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGHUP)
+            await srv.wait_log("reloaded")
+            assert (await served_certificate(port, root)).serial_number == cert.serial_number
         store = tmp_path / "state" / "acme" / f"127.0.0.1_{ca.pebble.port}"
         for path in (store / "account.key", store / DOMAIN / "privkey.pem"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
