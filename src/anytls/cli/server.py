@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
+from ..aio.acme import LETS_ENCRYPT
 from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--acme-directory",
         metavar="URL",
-        default="https://acme-v02.api.letsencrypt.org/directory",
+        default=LETS_ENCRYPT,
         help="ACME directory URL of the CA (default: Let's Encrypt production)",
     )
     parser.add_argument(
