@@ -169,3 +169,28 @@ def test_unwritable_state_dir_is_refused_at_start(tmp_path: Path) -> None:
     manager = AcmeManager(AcmeSettings(("proxy.example.com",), blocker / "state"))
     with pytest.raises(ConfigError, match="give a writable --state-dir"):
         manager.initial_context()
+
+
+@async_test(timeout=20)
+async def test_without_the_alpn_hook_the_name_alone_picks_the_challenge(tmp_path: Path) -> None:
+    """Where the ClientHello's ALPN cannot be read, a pending challenge answers every
+    handshake for its name (documented fallback) and none once it is over."""
+    server = await serve(
+        ServerConfig(users={"u": "pw"}), "127.0.0.1", 0, server_context(hosts=[DOMAIN])
+    )
+    port = server.sockets[0].getsockname()[1]
+    store = AcmeStore(tmp_path, "https://ca.example/directory", [DOMAIN])
+    server.set_challenge_responder(TlsAlpnResponder(store, [DOMAIN]))  # no watch()
+    try:
+        normal, _, _ = await handshake(port, DOMAIN, None)
+        path = store.challenge_path(DOMAIN)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(tls_alpn_certificate(DOMAIN, KEY_AUTHORIZATION))
+        cert, _, _ = await handshake(port, DOMAIN, ["h2"])
+        assert cert.extensions.get_extension_for_oid(ACME_IDENTIFIER).critical
+        other, _, _ = await handshake(port, "other.test", [ACME_TLS_ALPN])
+        assert other == normal
+        path.unlink()
+        assert (await handshake(port, DOMAIN, [ACME_TLS_ALPN]))[0] == normal
+    finally:
+        await server.close()
