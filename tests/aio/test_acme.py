@@ -194,3 +194,16 @@ async def test_without_the_alpn_hook_the_name_alone_picks_the_challenge(tmp_path
         assert (await handshake(port, DOMAIN, [ACME_TLS_ALPN]))[0] == normal
     finally:
         await server.close()
+
+
+@async_test(timeout=20)
+async def test_an_unreachable_ca_is_named(tmp_path: Path) -> None:
+    from anytls.aio.acme import AcmeManager, AcmeSettings
+    from anytls.errors import AcmeError
+    from tests.helpers.net import free_port
+
+    directory = f"https://127.0.0.1:{free_port()}/dir"  # nothing listens there
+    manager = AcmeManager(AcmeSettings((DOMAIN,), tmp_path, directory=directory))
+    with pytest.raises(AcmeError, match=f"cannot reach the CA at {directory}"):
+        await manager.obtain()
+    assert manager.store.certificate() is None

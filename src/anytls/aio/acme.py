@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 
 from ..core.address import Address
 from ..errors import AcmeError, ConfigError
+from ..state import ensure_state_dir
 from .tls import generate_self_signed, offered_alpn, server_context, watch_client_alpn
 
 log = logging.getLogger("anytls.acme")
@@ -83,7 +84,8 @@ class AcmeSettings:
     state_dir: Path
     email: str | None = None
     directory: str = LETS_ENCRYPT
-    #: PEM file of extra roots to trust for the CA's HTTPS API (a test CA such as pebble).
+    #: PEM file of the roots that verify the CA's HTTPS API instead of the system's (a
+    #: private or test CA such as pebble).
     ca_file: str | None = None
     #: Where to answer HTTP-01 (None: use TLS-ALPN-01 on the server's port).
     http: Address | None = None
@@ -674,7 +676,7 @@ class AcmeManager:
         Raises ConfigError when the state directory cannot be made.
         """
         try:
-            self.store.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            ensure_state_dir(self.store.root)
         except OSError as exc:
             raise ConfigError(
                 f"--acme keeps its account and certificates in {self.store.root}, which "

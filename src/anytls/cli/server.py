@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--acme-ca",
         metavar="PEM",
-        help="trust the roots in this file for the CA's HTTPS API (a private or test CA)",
+        help="verify the CA's HTTPS API with the roots in this file instead of the "
+        "system's (a private or test CA)",
     )
     parser.add_argument(
         "--acme-http",
