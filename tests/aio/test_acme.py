@@ -207,3 +207,23 @@ async def test_an_unreachable_ca_is_named(tmp_path: Path) -> None:
     with pytest.raises(AcmeError, match=f"cannot reach the CA at {directory}"):
         await manager.obtain()
     assert manager.store.certificate() is None
+
+
+@async_test(timeout=20)
+async def test_a_ca_with_an_unknown_certificate_suggests_acme_ca(tmp_path: Path) -> None:
+    from anytls.aio.acme import AcmeManager, AcmeSettings
+    from anytls.errors import AcmeError
+
+    async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    tls = await asyncio.start_server(
+        nothing, "127.0.0.1", 0, ssl=server_context(hosts=["127.0.0.1"])
+    )
+    directory = f"https://127.0.0.1:{tls.sockets[0].getsockname()[1]}/dir"
+    manager = AcmeManager(AcmeSettings((DOMAIN,), tmp_path, directory=directory))
+    try:
+        with pytest.raises(AcmeError, match=r"certificate verify failed.*root with --acme-ca"):
+            await manager.obtain()
+    finally:
+        tls.close()

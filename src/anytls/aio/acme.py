@@ -424,6 +424,19 @@ def _problem(error: Any) -> str:
     return text
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost error of requests' wrapped ones (urllib3 keeps it in ``reason``)."""
+    seen = {id(exc)}
+    while True:
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException) and exc.args:
+            inner = exc.args[0]
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
 def describe_failure(exc: BaseException, directory: str) -> str:
     """What went wrong with the CA, in its own words where it gave any."""
     import requests
@@ -444,7 +457,11 @@ def describe_failure(exc: BaseException, directory: str) -> str:
     if isinstance(exc, errors.TimeoutError):
         return f"the CA did not finish within {ISSUE_TIMEOUT:g} s"
     if isinstance(exc, requests.RequestException):
-        return f"cannot reach the CA at {directory}: {exc}"
+        cause = _root_cause(exc)
+        text = str(cause)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            text += " (a private or test CA: give its root with --acme-ca)"
+        return f"cannot reach the CA at {directory}: {text}"
     return str(exc) or type(exc).__name__
 
 
