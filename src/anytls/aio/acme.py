@@ -51,14 +51,18 @@ from urllib.parse import urlsplit
 from ..core.address import Address
 from ..errors import AcmeError, ConfigError
 from ..state import ensure_state_dir
-from .tls import generate_self_signed, offered_alpn, server_context, watch_client_alpn
+from .tls import (
+    ACME_TLS_ALPN,
+    generate_self_signed,
+    offered_alpn,
+    server_context,
+    watch_client_alpn,
+)
 
 log = logging.getLogger("anytls.acme")
 
 #: Let's Encrypt's production directory, the default CA.
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
-#: The ALPN protocol of TLS-ALPN-01 validations.
-ACME_TLS_ALPN = "acme-tls/1"
 #: Renew when this much of a certificate's lifetime has passed.
 RENEW_FRACTION = 2 / 3
 #: First delay before trying again after a failure; it doubles up to :data:`RETRY_MAX`.

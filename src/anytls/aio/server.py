@@ -33,6 +33,7 @@ from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
 from .stream import Stream
+from .tls import ACME_TLS_ALPN
 from .uot_server import UDP_IDLE_TIMEOUT, UotServerRelay
 
 log = logging.getLogger("anytls.server")
@@ -255,10 +256,6 @@ class _ServerStream(asyncio.Protocol):
         stream.set_protocol(StreamSide(transport))
         stream.resume_reading()
         transport.resume_reading()
-
-
-#: ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
-ACME_TLS_ALPN = "acme-tls/1"
 
 
 def _is_acme_validation(transport: asyncio.BaseTransport) -> bool:

@@ -92,6 +92,8 @@ def prefer_go_ciphersuites(ctx: ssl.SSLContext) -> bool:
 
 # ---------------------------------------------------------------------- ClientHello ALPN
 
+#: ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
+ACME_TLS_ALPN = "acme-tls/1"
 _TLSEXT_ALPN = 16
 _CLIENT_HELLO_CB = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p
