@@ -95,6 +95,10 @@ async def test_first_certificate_by_tls_alpn_then_reused_after_restart(tmp_path:
         root = await save_root(ca, tmp_path)
         async with acme_server(port, ca, tmp_path) as srv:
             await srv.wait_log("serving a temporary self-signed one")
+            # Links name the domain and need neither a pin nor insecure: clients verify.
+            assert srv.log_lines(
+                rf"share link for user default: anytls://{PASSWORD}@proxy\.test:{port}/#default"
+            )
             await srv.wait_log(ISSUED, timeout=20)
             await srv.wait_log("new connections get the new certificate")
             assert srv.log_lines("answered an ACME TLS-ALPN-01 validation")
