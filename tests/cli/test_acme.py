@@ -29,6 +29,7 @@ from tests.helpers.pebble import PebbleCA
 DOMAIN = "proxy.test"
 PASSWORD = "acme-pw"
 ISSUED = r"ACME: certificate for proxy\.test issued by Pebble Intermediate CA"
+INSTALLED = "ACME: new connections get the new certificate"
 
 
 def acme_server(
@@ -66,6 +67,13 @@ async def served_certificate(port: int, root: Path | None) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
+async def installed(srv: AnyTLSProcess, count: int = 1, timeout: float = 20) -> None:  # noqa: ASYNC109
+    """Wait until the server has put its ``count``-th ACME certificate in service."""
+    await wait_until(lambda: len(srv.log_lines(INSTALLED)) >= count, timeout=timeout)
+    assert len(srv.log_lines(INSTALLED)) >= count, srv.log_text()
+    assert len(srv.log_lines(ISSUED)) >= count
+
+
 def issuer_name(cert: x509.Certificate) -> str:
     return str(cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
@@ -99,8 +107,7 @@ async def test_first_certificate_by_tls_alpn_then_reused_after_restart(tmp_path:
             assert srv.log_lines(
                 rf"share link for user default: anytls://{PASSWORD}@proxy\.test:{port}/#default"
             )
-            await srv.wait_log(ISSUED, timeout=20)
-            await srv.wait_log("new connections get the new certificate")
+            await installed(srv)
             assert srv.log_lines("answered an ACME TLS-ALPN-01 validation")
             cert = await served_certificate(port, root)
             assert issuer_name(cert).startswith("Pebble Intermediate CA")
@@ -138,7 +145,7 @@ async def test_first_certificate_by_http01(tmp_path: Path) -> None:
     async with PebbleCA(tmp_path, tls_port=port, http_port=http_port) as ca:
         root = await save_root(ca, tmp_path)
         async with acme_server(port, ca, tmp_path, "--acme-http", f"127.0.0.1:{http_port}") as srv:
-            await srv.wait_log(ISSUED, timeout=20)
+            await installed(srv)
             assert srv.log_lines("answered an ACME HTTP-01 validation")
             assert not srv.log_lines("TLS-ALPN-01 validation")
             cert = await served_certificate(port, root)
@@ -162,7 +169,7 @@ async def test_renewal_while_a_stream_is_open_then_a_failed_renewal(tmp_path: Pa
         acme_server(port, ca, tmp_path) as srv,
     ):
         root = await save_root(ca, tmp_path)
-        await srv.wait_log(ISSUED, timeout=20)
+        await installed(srv)
         first = await served_certificate(port, root)
         client = verifying_client(port, root)
         pumping: asyncio.Task[None] | None = None
@@ -185,9 +192,7 @@ async def test_renewal_while_a_stream_is_open_then_a_failed_renewal(tmp_path: Pa
                     await asyncio.sleep(0.02)
 
             pumping = asyncio.create_task(pump())
-            await wait_until(lambda: len(srv.log_lines(ISSUED)) >= 2, timeout=15)
-            assert len(srv.log_lines(ISSUED)) >= 2, srv.log_text()
-            await srv.wait_log("new connections get the new certificate")
+            await installed(srv, 2, timeout=15)
             before = rounds
             second = await served_certificate(port, root)
             assert second.serial_number != first.serial_number
@@ -243,7 +248,7 @@ async def test_workers_one_process_asks_every_process_serves(tmp_path: Path) -> 
     async with PebbleCA(tmp_path, tls_port=port) as ca:
         root = await save_root(ca, tmp_path)
         async with acme_server(port, ca, tmp_path, workers=2) as srv:
-            await srv.wait_log(ISSUED, timeout=20)
+            await installed(srv)
             await srv.wait_log("loaded the new certificate from the state directory")
             # New connections land on either process (SO_REUSEPORT): all verify.
             serials = {(await served_certificate(port, root)).serial_number for _ in range(16)}
