@@ -110,8 +110,12 @@ async def test_http01_responder_serves_pending_tokens_only() -> None:
     try:
         ok = await get("/.well-known/acme-challenge/tok1")
         assert ok.startswith(b"HTTP/1.1 200") and ok.endswith(KEY_AUTHORIZATION.encode())
-        for path in ("/.well-known/acme-challenge/tok2", "/", "/.well-known/acme-challenge/"):
+        for path in ("/.well-known/acme-challenge/tok2", "/.well-known/acme-challenge/"):
             assert (await get(path)).startswith(b"HTTP/1.1 404"), path
+        # Anything else goes to https://, as on the port 80 of an HTTPS site.
+        moved = await get("/some/page?q=1")
+        assert moved.startswith(b"HTTP/1.1 301")
+        assert f"location: https://{DOMAIN}/some/page?q=1\r\n".encode() in moved.lower()
     finally:
         await responder.close()
 

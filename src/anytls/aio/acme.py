@@ -356,9 +356,10 @@ HTTP01_PREFIX = "/.well-known/acme-challenge/"
 class HttpChallengeServer:
     """A tiny HTTP server answering HTTP-01 challenges (``GET /.well-known/acme-challenge/T``).
 
-    Every other request gets 404. ``tokens`` maps a token to its key authorization; the
-    ACME thread adds and removes entries (single dictionary operations, safe across
-    threads).
+    An unknown token gets 404; any other request is redirected to ``https://`` on the same
+    host, as the port 80 of an HTTPS site does. ``tokens`` maps a token to its key
+    authorization; the ACME thread adds and removes entries (single dictionary operations,
+    safe across threads).
     """
 
     def __init__(self) -> None:
@@ -387,19 +388,23 @@ class HttpChallengeServer:
                     event = conn.next_event()
             if not isinstance(event, h11.Request):
                 return
-            target = event.target.decode("ascii", "replace").split("?", 1)[0]
-            answer = None
-            if event.method in (b"GET", b"HEAD") and target.startswith(HTTP01_PREFIX):
-                answer = self.tokens.get(target[len(HTTP01_PREFIX) :])
-            status, body = (200, answer.encode()) if answer is not None else (404, b"not found\n")
-            peer = writer.get_extra_info("peername")
-            if answer is not None:
-                log.info("answered an ACME HTTP-01 validation from %s", peer[0] if peer else "?")
-            headers = [
-                ("content-type", "text/plain"),
-                ("content-length", str(len(body))),
-                ("connection", "close"),
-            ]
+            target = event.target.decode("ascii", "replace")
+            path = target.split("?", 1)[0]
+            headers = [("content-type", "text/plain"), ("connection", "close")]
+            host = _redirect_host(dict(event.headers).get(b"host", b""))
+            if path.startswith(HTTP01_PREFIX) or not host:
+                answer = self.tokens.get(path[len(HTTP01_PREFIX) :])
+                if answer is not None and event.method in (b"GET", b"HEAD"):
+                    status, body = 200, answer.encode()
+                    peer = writer.get_extra_info("peername")
+                    where = peer[0] if peer else "?"
+                    log.info("answered an ACME HTTP-01 validation from %s", where)
+                else:
+                    status, body = 404, b"not found\n"
+            else:
+                status, body = 301, b""
+                headers.append(("location", f"https://{host}{target}"))
+            headers.append(("content-length", str(len(body))))
             data = conn.send(h11.Response(status_code=status, headers=headers))
             if event.method != b"HEAD":
                 data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
@@ -411,6 +416,15 @@ class HttpChallengeServer:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+
+def _redirect_host(value: bytes) -> str:
+    """The Host header without its port, if it is a plausible host name ('' otherwise)."""
+    text = value.decode("ascii", "replace").strip().lower()
+    host = text[1:].partition("]")[0] if text.startswith("[") else text.rpartition(":")[0] or text
+    if text.startswith("["):
+        return f"[{host}]" if re.fullmatch(r"[0-9a-f:.]+", host) else ""
+    return host if re.fullmatch(r"[a-z0-9.-]{1,253}", host) else ""
 
 
 # ---------------------------------------------------------------------- the CA
