@@ -22,9 +22,11 @@ from cryptography.x509.oid import NameOID
 from anytls.aio.client import Client, ClientConfig
 from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import tcp_echo_server
+from tests.helpers.interop import socks_echo_check
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
 from tests.helpers.pebble import PebbleCA
+from tests.helpers.singbox import SingBox, anytls_client_config
 
 DOMAIN = "proxy.test"
 PASSWORD = "acme-pw"
@@ -140,9 +142,12 @@ async def test_first_certificate_by_tls_alpn_then_reused_after_restart(tmp_path:
 
 
 @async_test(timeout=50)
-async def test_first_certificate_by_http01(tmp_path: Path) -> None:
-    port, http_port = free_port(), free_port()
-    async with PebbleCA(tmp_path, tls_port=port, http_port=http_port) as ca:
+async def test_first_certificate_by_http01_verified_by_sing_box_too(tmp_path: Path) -> None:
+    port, http_port, mixed_port = free_port(), free_port(), free_port()
+    async with (
+        PebbleCA(tmp_path, tls_port=port, http_port=http_port) as ca,
+        tcp_echo_server() as echo,
+    ):
         root = await save_root(ca, tmp_path)
         async with acme_server(port, ca, tmp_path, "--acme-http", f"127.0.0.1:{http_port}") as srv:
             await installed(srv)
@@ -150,6 +155,12 @@ async def test_first_certificate_by_http01(tmp_path: Path) -> None:
             assert not srv.log_lines("TLS-ALPN-01 validation")
             cert = await served_certificate(port, root)
             assert issuer_name(cert).startswith("Pebble Intermediate CA")
+            # Go's TLS (sing-box) verifies the served chain against pebble's root too.
+            config = anytls_client_config(
+                mixed_port, port, PASSWORD, DOMAIN, insecure=False, ca_cert=root
+            )
+            async with SingBox(config, tmp_path / "sing-box"):
+                await socks_echo_check(mixed_port, *echo, 4096)
             # Anything but a pending token is 404.
             url = f"http://127.0.0.1:{http_port}/.well-known/acme-challenge/unknown-token"
             with pytest.raises(urllib.error.HTTPError) as caught:
