@@ -24,3 +24,13 @@ hypothesis.settings.load_profile("ci")
 def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
     """(cert.pem, key.pem): self-signed EC P-256 for localhost / 127.0.0.1 / ::1."""
     return make_self_signed_cert(tmp_path / "tls")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Servers started without --cert keep their certificate in the state directory: give
+    the whole run (and the programs it starts) its own instead of ~/.local/state."""
+    import os
+
+    os.environ.pop("STATE_DIRECTORY", None)
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))

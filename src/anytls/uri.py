@@ -1,12 +1,14 @@
 """``anytls://`` share URIs (PROTOCOL.md §8, §11 #15)::
 
-    anytls://[password@]host[:port]/?sni=name&insecure=1
+    anytls://[password@]host[:port]/?sni=name&pinSHA256=hex&insecure=1
 
 The password is the whole userinfo, percent-encoded when needed; an IPv6 host is written
 in brackets; the port defaults to 443. ``sni`` set to an IP literal means "send no SNI";
-``insecure`` is ``1``/``0`` (``true``/``false`` also accepted). Unknown parameters and
-the ``#name`` fragment are ignored. Unlike the reference client, the password is
-percent-*decoded* and ``insecure`` is honoured.
+``pinSHA256`` is the hex SHA-256 of the server certificate's DER (Hysteria 2's parameter;
+``:`` separators and upper case accepted): the client accepts that certificate and no
+other, without CA or name checks; ``insecure`` is ``1``/``0`` (``true``/``false`` also
+accepted). Unknown parameters and the ``#name`` fragment are ignored. Unlike the
+reference client, the password is percent-*decoded* and ``insecure`` is honoured.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class ServerURI:
     sni: str | None = None
     #: Skip certificate verification.
     insecure: bool = False
+    #: Hex SHA-256 of the server certificate's DER (normalised), or None.
+    pin_sha256: str | None = None
 
     @property
     def effective_sni(self) -> str | None:
@@ -89,8 +93,13 @@ def parse_uri(text: str) -> ServerURI:
 
     sni: str | None = None
     insecure = False
+    pin: str | None = None
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key == "sni":
+        if key.lower() == "pinsha256":
+            from .aio.tls import normalise_pin
+
+            pin = normalise_pin(value) if value else None
+        elif key == "sni":
             sni = value or None
         elif key == "insecure":
             flag = value.strip().lower()
@@ -100,7 +109,9 @@ def parse_uri(text: str) -> ServerURI:
                 insecure = False
             else:
                 raise ConfigError(f"bad anytls URI {shown!r}: insecure={value!r}, expected 1 or 0")
-    return ServerURI(host=host, port=port, password=password, sni=sni, insecure=insecure)
+    return ServerURI(
+        host=host, port=port, password=password, sni=sni, insecure=insecure, pin_sha256=pin
+    )
 
 
 def _unquote(text: str) -> str:
@@ -119,6 +130,8 @@ def format_uri(uri: ServerURI) -> str:
     params = []
     if uri.sni is not None:
         params.append(f"sni={quote(uri.sni, safe='')}")
+    if uri.pin_sha256:
+        params.append(f"pinSHA256={uri.pin_sha256}")
     if uri.insecure:
         params.append("insecure=1")
     query = "?" + "&".join(params) if params else ""

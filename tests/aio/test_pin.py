@@ -4,6 +4,7 @@ other certificate is refused before a single byte of the authentication preface 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from pathlib import Path
 
@@ -104,3 +105,17 @@ def test_pin_forms() -> None:
     assert normalise_pin(":".join(["AB"] * 32)) == pin
     with pytest.raises(ConfigError, match="64 hex digits"):
         normalise_pin("abcd")
+
+
+def test_insecure_warns_unless_pinned(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        Client(ClientConfig("vpn.example.org", 8443, PASSWORD, insecure=True))
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "certificate of vpn.example.org:8443 is not verified" in record.getMessage()
+    assert "password hash, which is the credential" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Client(ClientConfig("vpn.example.org", 8443, PASSWORD, insecure=True, pin_sha256="ab" * 32))
+        Client(ClientConfig("vpn.example.org", 8443, PASSWORD))
+    assert caplog.records == []

@@ -69,7 +69,7 @@ async def test_check_reports_success_and_each_failure(tmp_path: Path) -> None:
             assert len(failed) == 1 and expected in failed[0], (name, result.stdout)
         assert "connection refused" in results["target"].stdout
         assert "is the server running" in results["no server"].stdout
-        assert "use insecure=1" in results["verify"].stdout
+        assert "use its share link (it pins the certificate" in results["verify"].stdout
 
 
 @async_test

@@ -67,6 +67,8 @@ CLIENT_SAMPLES: dict[str, Any] = {
     "sni": "real.example.com",
     "password": "pw",
     "insecure": True,
+    "pin_sha256": "ab" * 32,
+    "ca": "ca.pem",
     "min_idle_session": 2,
     "idle_session_timeout": 60,
     "idle_session_check_interval": 10,
@@ -121,11 +123,14 @@ def test_every_client_flag_is_a_config_key(tmp_path: Path) -> None:
     spec = client_cli.schema()
     assert {o.key for o in spec.options} == set(CLIENT_SAMPLES)
     path = write_toml(tmp_path / "client.toml", CLIENT_SAMPLES)
+    (tmp_path / "ca.pem").write_text("")
     args = client_cli.load_args(["-c", str(path)])
     for option in spec.options:
         expected = CLIENT_SAMPLES[option.key]
         if option.key == "insecure":
             expected = "true"
+        elif option.key == "ca":
+            expected = str(tmp_path / expected)  # relative to the file
         assert getattr(args, option.dest) == expected, option.key
     config = client_cli.config_from_args(args)
     assert (config.server_host, config.server_port, config.password) == (
@@ -134,6 +139,7 @@ def test_every_client_flag_is_a_config_key(tmp_path: Path) -> None:
         "pw",
     )
     assert config.sni == "real.example.com" and config.insecure and not config.reuse_sessions
+    assert (config.pin_sha256, config.ca_file) == ("ab" * 32, str(tmp_path / "ca.pem"))
     parser = client_cli.build_parser()
     dests = {a.dest for a in parser._actions if a.option_strings}
     commands = {"help", "version", "config", "print_config", "check"}

@@ -105,10 +105,26 @@ hosts = st.one_of(
     st.text(max_size=30),
     st.one_of(st.none(), hosts),
     st.booleans(),
+    st.one_of(st.none(), st.binary(min_size=32, max_size=32).map(bytes.hex)),
 )
-def test_round_trip(host: str, port: int, password: str, sni: str | None, insecure: bool) -> None:
-    uri = ServerURI(host, port, password, sni, insecure)
+def test_round_trip(
+    host: str, port: int, password: str, sni: str | None, insecure: bool, pin: str | None
+) -> None:
+    uri = ServerURI(host, port, password, sni, insecure, pin)
     assert parse_uri(format_uri(uri)) == uri
+
+
+def test_pin_parameter() -> None:
+    pin = "0f" * 32
+    # Hysteria 2's spelling; colons and upper case as `openssl x509 -fingerprint` prints.
+    colons = ":".join(["0F"] * 32)
+    uri = parse_uri(f"anytls://pw@vpn.example.org:8443/?pinSHA256={colons}#me")
+    assert (uri.pin_sha256, uri.insecure) == (pin, False)
+    assert format_uri(uri) == f"anytls://pw@vpn.example.org:8443/?pinSHA256={pin}"
+    assert parse_uri(f"anytls://pw@h/?pinsha256={pin}").pin_sha256 == pin
+    assert parse_uri("anytls://pw@h/?pinSHA256=").pin_sha256 is None
+    with pytest.raises(ConfigError, match="pinSHA256 'abc' is not a SHA-256 in hex"):
+        parse_uri("anytls://pw@h/?pinSHA256=abc")
 
 
 @FAST

@@ -244,9 +244,11 @@ async def test_padding_scheme_pushed_to_singbox(tmp_path: Path) -> None:
 async def test_self_signed_default_cli_server(tmp_path: Path) -> None:
     async with (
         tcp_echo_server() as (host, port),
-        AnyTLSProcess.server(free_port(), ["-p", PASSWORD], tmp_path / "server") as srv,
+        AnyTLSProcess.server(
+            free_port(), ["-p", PASSWORD, "--state-dir", str(tmp_path / "state")], tmp_path / "s"
+        ) as srv,
         singbox_client(tmp_path / "client", srv.port) as sb,
     ):
-        await srv.wait_log("no certificate given: using a generated self-signed one")
+        await srv.wait_log("made a self-signed certificate for 127.0.0.1, localhost, kept in")
         await socks_echo_check(mixed_port(sb), host, port, MIB)
         await srv.wait_log(r"session from 127\.0\.0\.1:\d+: user default")

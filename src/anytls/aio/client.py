@@ -67,7 +67,8 @@ class ClientConfig:
     sni: str | None = None
     """TLS server name; ``None`` uses the server host (no SNI when it is an IP)."""
     insecure: bool = False
-    """Skip certificate verification."""
+    """Skip certificate verification (logs a warning: a man in the middle gets the
+    credential). A pin, when also given, is still checked."""
     pin_sha256: str | None = None
     """Hex SHA-256 of the server certificate's DER (the ``pinSHA256`` link parameter).
     When set, the certificate must be exactly this one (CA and name checks are not needed
@@ -147,6 +148,9 @@ class ClientConnection(SessionConnection):
 
     def open_stream(self, destination: Address) -> Stream:
         """Open a stream to ``destination`` (0-RTT: nothing is awaited)."""
+        if self.is_closed:  # e.g. the server refused the preface before the first stream
+            reason = self._close_reason or "closed"
+            raise SessionClosedError(f"session with {self.peer} ended: {reason}")
         stream_id = self.core.open_stream(destination.encode(), self.loop.time())
         stream = self.add_stream(stream_id)
         self.idle_since = None
@@ -363,10 +367,12 @@ class Client:
     """Sessions to one AnyTLS server, pooled as :class:`ClientConfig` says."""
 
     def __init__(self, config: ClientConfig, ssl_context: ssl.SSLContext | None = None) -> None:
-        from .tls import client_context, normalise_pin
+        from .tls import client_context, normalise_pin, warn_insecure
 
         self.config = config
         self.pin = normalise_pin(config.pin_sha256) if config.pin_sha256 else None
+        if config.insecure and self.pin is None:
+            warn_insecure(f"{config.server_host}:{config.server_port}")
         self.ssl_context = ssl_context or client_context(
             insecure=config.insecure, ca_file=config.ca_file, pinned=self.pin is not None
         )
@@ -421,7 +427,8 @@ class Client:
         except ssl.SSLCertVerificationError as exc:
             raise SessionClosedError(
                 f"the certificate of {where} failed verification ({exc.verify_message}); "
-                "use insecure=1 for a self-signed server"
+                "for a self-signed server use its share link (it pins the certificate with "
+                "pinSHA256), for a private CA --ca"
             ) from exc
         except OSError as exc:
             raise SessionClosedError(f"cannot connect to {where}: {exc}") from exc

@@ -11,11 +11,13 @@ v2 clients only) and then spliced to the socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import logging
 import socket
 import ssl
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,9 @@ log = logging.getLogger("anytls.server")
 #: Pending connections the kernel queues. asyncio's default of 100 overflows when a
 #: sing-box client opens 200 sessions at once (measured: 1.1 s instead of 0.3 s).
 LISTEN_BACKLOG = 4096
+#: SO_LINGER on, 0 s: close() resets the connection at once.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
 #: Bytes kept from an unauthenticated client for replay to the fallback.
 PREAUTH_LIMIT = 128 * 1024
 #: Bytes a stream may buffer while its destination is being dialled before reads pause.
@@ -330,7 +335,7 @@ class ServerConnection(SessionConnection):
         fallback = self.config.fallback
         if fallback is None or self.transport is None or self.transport.is_closing():
             log.info("rejected %s: %s", self.peer, reason)
-            self.close(reason, abort=True)
+            self._refuse(reason)
             return
         log.info("rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback)
         if self._preface_timer is not None:
@@ -340,6 +345,19 @@ class ServerConnection(SessionConnection):
         self._preauth = None
         self.core.close()
         self.start_task(self._fallback(fallback, initial))
+
+    def _refuse(self, reason: str) -> None:
+        """End the connection as sing-box (Go) ends one that failed authentication: a TLS
+        close_notify, then at once a reset (SO_LINGER 0) instead of waiting for the peer."""
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        self.close(reason)  # hands the close_notify to the socket now
+        if transport is None:
+            return
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
 
     async def _fallback(self, fallback: Address, initial: bytes) -> None:
         assert self.transport is not None

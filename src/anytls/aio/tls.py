@@ -8,10 +8,8 @@ IP-literal server name sends no SNI, which CPython already does for IP addresses
 from __future__ import annotations
 
 import ctypes
-import datetime
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import ssl
@@ -22,6 +20,11 @@ import threading
 from ..errors import CertificatePinError, ConfigError
 
 log = logging.getLogger(__name__)
+
+#: ALPN the server selects when a client offers it: what the HTTP/1.1 web server behind
+#: ``--fallback`` (plain HTTP) would answer a browser. Never ``h2``: a curl-based client
+#: writes an HTTP/2 preface once ``h2`` is selected. Clients that offer none get none.
+SERVER_ALPN = ("http/1.1",)
 
 #: TLS 1.3 cipher suites in Go's order on AES-capable CPUs (what sing-box negotiates).
 GO_TLS13_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
@@ -186,36 +189,16 @@ def offered_alpn() -> list[bytes] | None:
 
 
 def generate_self_signed(hosts: list[str]) -> tuple[bytes, bytes]:
-    """Return ``(cert_pem, key_pem)`` for a fresh EC P-256 certificate naming ``hosts``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    """Return ``(cert_pem, key_pem)`` for a fresh EC P-256 certificate naming ``hosts``.
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(h for h in hosts if h):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    common_name = hosts[0] if hosts and hosts[0] else "anytls"
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    cert = builder.sign(key, hashes.SHA256())
+    See :func:`anytls.certs.make_self_signed` (and :func:`anytls.certs.stored_certificate`
+    for one that survives restarts).
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from ..certs import make_self_signed
+
+    cert, key = make_self_signed(hosts)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -237,6 +220,10 @@ def _load_pem_pair(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None
         ctx.load_cert_chain(cert_path, key_path)
 
 
+def _accept_server_name(obj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+    """Accept every server name (the certificate is the same for all)."""
+
+
 def server_context(
     cert: str | None = None, key: str | None = None, hosts: list[str] | None = None
 ) -> ssl.SSLContext:
@@ -246,6 +233,13 @@ def server_context(
     prefer_go_ciphersuites(ctx)
     # One TLS 1.3 session ticket per handshake, as Go servers send (OpenSSL's default is 2).
     ctx.num_tickets = 1
+    # A browser offering h2 and http/1.1 gets http/1.1, as from a web server; no overlap
+    # (e.g. only h2) means no ALPN, and the handshake goes on.
+    ctx.set_alpn_protocols(list(SERVER_ALPN))
+    # With a server-name callback OpenSSL acknowledges the client's SNI (an empty
+    # server_name in EncryptedExtensions), as Go servers and nginx do; without one it
+    # stays silent, which only bare OpenSSL servers do.
+    ctx.sni_callback = _accept_server_name
     if cert:
         try:
             ctx.load_cert_chain(cert, key or None)
@@ -259,7 +253,10 @@ def server_context(
     else:
         cert_pem, key_pem = generate_self_signed(hosts or ["localhost"])
         _load_pem_pair(ctx, cert_pem, key_pem)
-        log.info("no certificate given: using a generated self-signed one (clients need insecure)")
+        log.info(
+            "no certificate given: using a self-signed one made for this process only "
+            "(clients must pin it, and it changes at every start)"
+        )
     return ctx
 
 
@@ -292,6 +289,17 @@ def check_pin(der: bytes | None, pin: str, where: str) -> None:
             f"the certificate of {where} is not the pinned one (pinSHA256 {got}, expected "
             f"{pin}): a man in the middle, or the server has a new certificate; nothing was sent"
         )
+
+
+def warn_insecure(where: str) -> None:
+    """Log that the certificate of ``where`` will not be verified, and what that risks."""
+    log.warning(
+        "insecure: the certificate of %s is not verified, so a man in the middle can "
+        "pose as the server and receive the password hash, which is the credential itself; "
+        "pin the certificate (pinSHA256 in the server's share link) or use a CA-issued one",
+        where,
+        extra={"event": "insecure"},
+    )
 
 
 def client_context(

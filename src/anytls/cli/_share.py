@@ -2,9 +2,15 @@
 
 :func:`public_endpoint` works out how clients should reach the server — the host
 (``--public-host``, else the listen address, else this machine's name), the TLS server
-name when the certificate does not cover that host, and whether the certificate must be
-accepted unverified (``insecure``: generated or self-signed). The link and the exported
-sing-box / mihomo configs are built from it.
+name when the certificate does not cover that host, and whether clients must pin the
+certificate. The link and the exported sing-box / mihomo configs are built from it.
+
+Pinning rule: a certificate that a client verifying with the system's CA store accepts
+for the link's server name (e.g. from Let's Encrypt) gets no pin, so renewals do not
+break links; any other (generated, self-signed, from a private CA) is pinned:
+``pinSHA256`` in links, ``fingerprint`` for mihomo (both the hex SHA-256 of the
+certificate's DER) and ``certificate_public_key_sha256`` for sing-box (the base64
+SHA-256 of its public key). No export or link says ``insecure``.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import ipaddress
 import json
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -34,7 +40,10 @@ class Endpoint:
     host: str
     port: int
     sni: str | None
-    insecure: bool
+    #: Hex SHA-256 of the certificate's DER when clients must pin it, else None.
+    pin_sha256: str | None = None
+    #: Base64 SHA-256 of its SubjectPublicKeyInfo (sing-box's pin) when pinned.
+    spki_sha256: str | None = None
     #: True when the host is a guess (listening on all interfaces, no --public-host).
     guessed: bool = False
 
@@ -53,6 +62,10 @@ class CertInfo:
     self_signed: bool
     dns_names: tuple[str, ...]
     ip_addresses: tuple[str, ...]
+    #: Hex SHA-256 of the DER (``pinSHA256``).
+    sha256: str = ""
+    #: Base64 SHA-256 of the SubjectPublicKeyInfo (sing-box's pin).
+    spki_sha256: str = ""
 
     def covers(self, host: str) -> bool:
         """Would a verifying client accept this certificate for ``host``?"""
@@ -72,6 +85,10 @@ class CertInfo:
 def cert_info(path: str) -> CertInfo:
     """Read the first certificate of a PEM chain file."""
     from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from ..aio.tls import certificate_sha256
+    from ..certs import spki_sha256_base64
 
     try:
         with open(path, "rb") as f:
@@ -89,7 +106,13 @@ def cert_info(path: str) -> CertInfo:
     if san is not None:
         dns = list(san.get_values_for_type(x509.DNSName))
         ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return CertInfo(cert.issuer == cert.subject, tuple(dns), tuple(ips))
+    return CertInfo(
+        cert.issuer == cert.subject,
+        tuple(dns),
+        tuple(ips),
+        certificate_sha256(cert.public_bytes(Encoding.DER)),
+        spki_sha256_base64(cert),
+    )
 
 
 def machine_name() -> str:
@@ -97,43 +120,55 @@ def machine_name() -> str:
     return socket.gethostname() or "localhost"
 
 
+def acme_endpoint(listen: Address, public_host: str | None, domains: Sequence[str]) -> Endpoint:
+    """How clients reach a server whose certificate an ACME CA issues for ``domains``.
+
+    Clients verify it like any CA-issued certificate, so there is no pin (renewals change
+    it); the host is ``public_host``, else the first domain.
+    """
+    host = public_host or domains[0]
+    sni = None if host.lower().rstrip(".") in domains else domains[0]
+    return Endpoint(host, listen.port, sni)
+
+
+def link_host(listen: Address, public_host: str | None) -> tuple[str, bool]:
+    """The host clients use (``--public-host``, the listen address or this machine's name)
+    and whether it is a guess."""
+    if public_host:
+        return public_host, False
+    if listen.host in ("", "0.0.0.0", "::"):
+        return machine_name(), True
+    return listen.host, False
+
+
 def public_endpoint(
-    listen: Address,
-    public_host: str | None,
-    cert: str | None,
-    acme_domains: Sequence[str] = (),
+    listen: Address, public_host: str | None, cert: str, key: str | None = None
 ) -> Endpoint:
     """How clients reach a server listening on ``listen`` with certificate file ``cert``.
 
-    ``acme_domains``: the certificate comes from an ACME CA for these names, so clients
-    verify it and reach the server by the first name unless ``public_host`` says otherwise.
+    ``key`` (None: in the ``cert`` file) is needed to tell whether the certificate is
+    publicly trusted (see the module's pinning rule).
     """
-    if acme_domains:
-        host = public_host or acme_domains[0]
-        sni = None if host.lower().rstrip(".") in acme_domains else acme_domains[0]
-        return Endpoint(host, listen.port, sni, False)
-    guessed = False
-    if public_host:
-        host = public_host
-    elif listen.host in ("", "0.0.0.0", "::"):
-        host, guessed = machine_name(), True
-    else:
-        host = listen.host
-    if not cert:
-        # A generated certificate: nothing to verify against.
-        return Endpoint(host, listen.port, None, True, guessed)
+    from ..certs import publicly_trusted
+
+    host, guessed = link_host(listen, public_host)
     info = cert_info(cert)
     sni = None
     if not info.covers(host) and info.dns_names:
         sni = next((n for n in info.dns_names if not n.startswith("*.")), info.dns_names[0])
         if sni.startswith("*."):
             sni = "www." + sni[2:]
-    return Endpoint(host, listen.port, sni, info.self_signed, guessed)
+    endpoint = Endpoint(host, listen.port, sni, guessed=guessed)
+    if info.self_signed or not publicly_trusted(cert, key, endpoint.server_name):
+        endpoint = replace(endpoint, pin_sha256=info.sha256, spki_sha256=info.spki_sha256)
+    return endpoint
 
 
 def share_link(endpoint: Endpoint, user: str, password: str) -> str:
     """The ``anytls://`` link for ``user`` (the user name as the ``#`` label)."""
-    uri = ServerURI(endpoint.host, endpoint.port, password, endpoint.sni, endpoint.insecure)
+    uri = ServerURI(
+        endpoint.host, endpoint.port, password, endpoint.sni, False, endpoint.pin_sha256
+    )
     return f"{format_uri(uri)}#{quote(user, safe='')}"
 
 
@@ -156,8 +191,8 @@ def singbox_config(
     tls: dict[str, Any] = {"enabled": True}
     if endpoint.server_name:
         tls["server_name"] = endpoint.server_name
-    if endpoint.insecure:
-        tls["insecure"] = True
+    if endpoint.spki_sha256:
+        tls["certificate_public_key_sha256"] = [endpoint.spki_sha256]
     return {
         "log": {"level": "info"},
         "inbounds": [{"type": "mixed", "tag": "mixed-in", "listen": listen, "listen_port": port}],
@@ -203,6 +238,6 @@ def mihomo_yaml(endpoint: Endpoint, password: str, name: str) -> str:
     ]
     if endpoint.server_name:
         lines.append(f"    sni: {_yaml_str(endpoint.server_name)}")
-    if endpoint.insecure:
-        lines.append("    skip-cert-verify: true")
+    if endpoint.pin_sha256:
+        lines.append(f"    fingerprint: {_yaml_str(endpoint.pin_sha256)}")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -72,7 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
         const="true",
         default=None,
         metavar="BOOL",
-        help="do not verify the server certificate",
+        help="do not verify the server certificate (unsafe: a man in the middle gets the "
+        "password hash, which is the credential; pin the certificate instead)",
+    )
+    parser.add_argument(
+        "--pin-sha256",
+        metavar="HEX",
+        help="accept only the server certificate with this SHA-256 of its DER (the "
+        "pinSHA256 of a share link), without CA or name checks",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="PEM",
+        help="verify the server certificate against the CA certificates in this file "
+        "(a private CA) instead of the system's",
     )
     parser.add_argument(
         "-m",
@@ -191,6 +205,17 @@ def parse_auth(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _pin(text: str) -> None:
+    from ..aio.tls import normalise_pin
+
+    normalise_pin(text)
+
+
+def _ca(path: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ConfigError(f"{path!r} is not a readable file of PEM CA certificates")
+
+
 def _insecure(text: str) -> None:
     try:
         parse_bool(text)
@@ -204,6 +229,7 @@ VALIDATORS = {
     "udp_forward": _forwards,
     "auth": parse_auth,
     "insecure": _insecure,
+    "pin_sha256": _pin,
     "log_level": _common.check_log_level,
 }
 
@@ -213,7 +239,7 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
     return schema_from_parser(
         parser or build_parser(),
         exclude=("config", "print_config", "check"),
-        kinds={"insecure": "gobool"},
+        kinds={"insecure": "gobool", "ca": "path"},
         secrets=("p",),
         validators=VALIDATORS,
     )
@@ -240,6 +266,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         )
     sni = args.sni
     insecure = False
+    pin = args.pin_sha256
     password = args.p
     if server.lower().startswith("anytls://"):
         uri = parse_uri(server)
@@ -248,6 +275,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         if uri.sni is not None:
             sni = uri.sni
         insecure = uri.insecure
+        pin = uri.pin_sha256 or pin
     else:
         address = Address.parse(server)
         host, port = address.host, address.port
@@ -255,12 +283,16 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         insecure = parse_bool(args.insecure)  # checked by the validator
     if not password:
         raise ConfigError("no password: give -p PASSWORD or put it in the anytls:// URI")
+    if args.ca:
+        _ca(args.ca)
     return ClientConfig(
         server_host=host,
         server_port=port,
         password=password,
         sni=sni,
         insecure=insecure,
+        pin_sha256=pin,
+        ca_file=args.ca,
         idle_session_timeout=args.idle_session_timeout,
         idle_session_check_interval=args.idle_session_check_interval,
         min_idle_session=max(0, args.min_idle_session),
@@ -349,9 +381,12 @@ async def check(config: Any, target: Address) -> int:
         tls = ""
         if ssl_object is not None:
             tls = f"{ssl_object.version()}, {ssl_object.cipher()[0]}, "
-        verified = (
-            "certificate NOT verified (insecure)" if config.insecure else "certificate verified"
-        )
+        if config.pin_sha256:
+            verified = "certificate pinned"
+        elif config.insecure:
+            verified = "certificate NOT verified (insecure)"
+        else:
+            verified = "certificate verified"
         print(f"TLS handshake: {_ms(handshake)} ({tls}{verified})", flush=True)
         try:
             await client.wait_acknowledged(stream)
@@ -446,7 +481,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             listen,
             config.server_host,
             config.server_port,
-            " (certificate not verified)" if config.insecure else "",
+            " (certificate pinned)"
+            if config.pin_sha256
+            else " (certificate NOT verified)"
+            if config.insecure
+            else "",
             f", {workers} workers" if workers > 1 else "",
         )
         await stop.wait()

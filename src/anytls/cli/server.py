@@ -420,6 +420,56 @@ def server_config(args: argparse.Namespace) -> Any:
     )
 
 
+def state_dir(args: argparse.Namespace) -> Path:
+    """``--state-dir``, else the default (see :mod:`anytls.state`)."""
+    from ..state import default_state_dir
+
+    return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+
+
+def certificate_hosts(args: argparse.Namespace, listen: Address) -> list[str]:
+    """The names a generated certificate carries: the link's host, the listen address
+    (unless a wildcard) and localhost."""
+    from ._share import link_host
+
+    hosts = [link_host(listen, args.public_host)[0]]
+    if listen.host not in ("", "0.0.0.0", "::"):
+        hosts.append(listen.host)
+    return list(dict.fromkeys([*hosts, "localhost"]))
+
+
+def certificate_files(args: argparse.Namespace, listen: Address) -> tuple[str, str | None]:
+    """``(cert, key)``: ``--cert``/``--key``, else the self-signed pair kept in the state
+    directory (made, or remade when it does not fit, and logged)."""
+    from ..certs import stored_certificate
+
+    if args.cert:
+        return args.cert, args.key
+    if args.key:
+        raise ConfigError("--key was given without --cert")
+    directory = state_dir(args)
+    stored = stored_certificate(directory, certificate_hosts(args, listen))
+    where = stored.cert_path
+    if not stored.made:
+        log.debug("self-signed certificate %s (pinSHA256 %s)", where, stored.sha256)
+    elif stored.made == "none was stored yet":
+        log.info(
+            "made a self-signed certificate for %s, kept in %s (pinSHA256 %s)",
+            ", ".join(certificate_hosts(args, listen)),
+            directory,
+            stored.sha256,
+        )
+    else:
+        log.warning(
+            "made a new self-signed certificate (%s): clients need the new share link or "
+            "exported config (pinSHA256 %s)",
+            stored.made,
+            stored.sha256,
+            extra={"event": "certificate_renewed", "pin_sha256": stored.sha256},
+        )
+    return str(where), str(stored.key_path)
+
+
 def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
     """The :class:`~anytls.aio.acme.AcmeSettings` of ``--acme`` (None without it)."""
     if not args.acme:
@@ -432,7 +482,6 @@ def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
             "--acme gets the certificate from the CA: leave out --cert/--key (or --acme)"
         )
     from ..aio.acme import AcmeSettings, check_acme_installed, check_directory, check_domain
-    from ..state import default_state_dir
 
     check_acme_installed()
     http = None
@@ -444,7 +493,7 @@ def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
         raise ConfigError(f"--acme-ca {args.acme_ca!r}: no such file")
     return AcmeSettings(
         domains=tuple(dict.fromkeys(check_domain(d) for d in args.acme)),
-        state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(),
+        state_dir=state_dir(args),
         email=args.acme_email or None,
         directory=check_directory(args.acme_directory),
         ca_file=args.acme_ca or None,
@@ -453,13 +502,10 @@ def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
 
 
 def tls_context(args: argparse.Namespace, listen: Address) -> ssl.SSLContext:
-    """The server's TLS context (self-signed unless --cert)."""
+    """The server's TLS context (``--cert``, else the stored self-signed certificate)."""
     from ..aio.tls import server_context
 
-    hosts = ["localhost"] + ([listen.host] if listen.host not in ("0.0.0.0", "::") else [])
-    if args.public_host:
-        hosts.append(args.public_host)
-    return server_context(args.cert, args.key, hosts=hosts)
+    return server_context(*certificate_files(args, listen))
 
 
 def _listen_error(listen: Address, exc: OSError) -> str:
@@ -495,7 +541,7 @@ def print_config(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """``--export sing-box|mihomo``: a client config for this server."""
-    from ._share import mihomo_yaml, public_endpoint, singbox_json
+    from ._share import acme_endpoint, mihomo_yaml, public_endpoint, singbox_json
 
     users = parse_users(args.p, args.user)
     name = args.export_user or next(iter(users))
@@ -503,7 +549,11 @@ def export(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--export-user {name!r}: no such user (users: {', '.join(sorted(users))})"
         )
-    endpoint = public_endpoint(_listen(args.l), args.public_host, args.cert, _acme_names(args))
+    listen = _listen(args.l)
+    if args.acme:
+        endpoint = acme_endpoint(listen, args.public_host, _acme_names(args))
+    else:
+        endpoint = public_endpoint(listen, args.public_host, *certificate_files(args, listen))
     if endpoint.guessed:
         print(
             f"{PROG}: note: the server address {endpoint.host!r} is this machine's name; "
@@ -516,14 +566,23 @@ def export(args: argparse.Namespace) -> None:
         sys.stdout.write(mihomo_yaml(endpoint, users[name], f"anytls-{endpoint.host}-{name}"))
 
 
-def announce_links(args: argparse.Namespace, listen: Address, users: dict[str, str]) -> None:
-    """Log each user's share link (and print QR codes with --qr)."""
-    from ._share import public_endpoint, qr_code, share_link
+def announce_links(
+    args: argparse.Namespace,
+    listen: Address,
+    users: dict[str, str],
+    cert: tuple[str, str | None] | None,
+) -> None:
+    """Log each user's share link (and print QR codes with --qr); ``cert`` is the
+    ``(cert, key)`` files the server uses (None: the certificate comes from ACME)."""
+    from ._share import acme_endpoint, public_endpoint, qr_code, share_link
 
     if not args.share_links and not args.qr:
         return
     try:
-        endpoint = public_endpoint(listen, args.public_host, args.cert, _acme_names(args))
+        if cert is None:
+            endpoint = acme_endpoint(listen, args.public_host, _acme_names(args))
+        else:
+            endpoint = public_endpoint(listen, args.public_host, *cert)
     except ConfigError as exc:
         log.warning("no share links: %s", exc)
         return
@@ -638,7 +697,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level, args.log_format)
+    from ..aio.tls import server_context
+
     manager = None
+    cert: tuple[str, str | None] | None = None
     try:
         if acme is not None:
             from ..aio.acme import AcmeManager
@@ -646,7 +708,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             manager = AcmeManager(acme)
             ctx = manager.initial_context()
         else:
-            ctx = tls_context(args, listen)
+            cert = certificate_files(args, listen)
+            ctx = server_context(*cert)
     except ConfigError as exc:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
@@ -721,7 +784,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     log.error("--metrics: %s", _listen_error(where, exc))
                     raise SystemExit(1) from exc
                 log.info("Prometheus metrics at http://%s/metrics", where)
-            announce_links(args, listen, dict(config.users))
+            announce_links(args, listen, dict(config.users), cert)
             if args.stats_interval > 0:
                 background.append(loop.create_task(log_summaries(snapshot, args.stats_interval)))
             log.info(
