@@ -105,3 +105,7 @@ class StreamOpenError(AnyTLSError):
 
 class StreamClosedError(AnyTLSError):
     """The stream has ended; no more data can be written to it."""
+
+
+class AcmeError(AnyTLSError):
+    """An ACME CA did not issue a certificate; the message carries the CA's reason."""

@@ -33,6 +33,11 @@ SERVER_SAMPLES: dict[str, Any] = {
     "cert": "tls/cert.pem",
     "key": "tls/key.pem",
     "state_dir": "state",
+    "acme": ["proxy.example.com", "www.example.com"],
+    "acme_email": "ops@example.com",
+    "acme_directory": "https://acme-staging-v02.api.letsencrypt.org/directory",
+    "acme_ca": "ca.pem",
+    "acme_http": "80",
     "public_host": "proxy.example.com",
     "share_links": False,
     "qr": True,
@@ -98,7 +103,7 @@ def test_every_server_flag_is_a_config_key(tmp_path: Path) -> None:
     for option in spec.options:
         value = getattr(args, option.dest)
         expected = SERVER_SAMPLES[option.key]
-        if option.key in ("cert", "key", "state_dir"):
+        if option.key in ("cert", "key", "state_dir", "acme_ca"):
             assert value == str(tmp_path / expected)  # relative to the file
         elif option.key == "users":
             assert value == ["alice:a-pw", "bob:b:pw"]

@@ -35,6 +35,7 @@ from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
 from .stream import Stream
+from .tls import ACME_TLS_ALPN
 from .uot_server import UDP_IDLE_TIMEOUT, UotServerRelay
 
 log = logging.getLogger("anytls.server")
@@ -262,6 +263,11 @@ class _ServerStream(asyncio.Protocol):
         transport.resume_reading()
 
 
+def _is_acme_validation(transport: asyncio.BaseTransport) -> bool:
+    ssl_obj = transport.get_extra_info("ssl_object")
+    return ssl_obj is not None and ssl_obj.selected_alpn_protocol() == ACME_TLS_ALPN
+
+
 class ServerConnection(SessionConnection):
     """One client's TLS connection on the server."""
 
@@ -282,6 +288,11 @@ class ServerConnection(SessionConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self.server.challenge_responder is not None and _is_acme_validation(transport):
+            # An ACME CA checked the TLS-ALPN-01 certificate; the handshake was the answer.
+            log.info("answered an ACME TLS-ALPN-01 validation from %s", self.peer)
+            self.close("ACME validation", abort=True)
+            return
         transport.set_write_buffer_limits(high=self.config.session_buffer)  # type: ignore[attr-defined]
         if self._real_peer is not None:
             # Behind a PROXY-protocol balancer: log and limit the real client.
@@ -504,6 +515,8 @@ class AnyTLSServer:
         self.draining = False
         self._ssl_current = ssl_context
         self._previous_sni: Callable[..., int | None] | None = None
+        #: Picks another context for some handshakes (see :meth:`set_challenge_responder`).
+        self.challenge_responder: Callable[[str | None], ssl.SSLContext | None] | None = None
         self._raw_sockets: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -522,14 +535,36 @@ class AnyTLSServer:
                 self.stats.user(name)
         if ssl_context is not None and ssl_context is not self._ssl_current:
             self._ssl_current = ssl_context
-            listening = self.ssl_context
-            if listening.sni_callback != self._use_current_context:
-                self._previous_sni = listening.sni_callback
-                listening.sni_callback = self._use_current_context
+            self._hook_sni()
+
+    def set_challenge_responder(
+        self, responder: Callable[[str | None], ssl.SSLContext | None]
+    ) -> None:
+        """Let ``responder(server_name)`` pick the context of a handshake, first.
+
+        For ACME TLS-ALPN-01: the responder returns a context with the challenge
+        certificate for a CA's validation handshake and None for everything else, which
+        then gets the current context. Such a validation connection is closed right after
+        the handshake.
+        """
+        self.challenge_responder = responder
+        self._hook_sni()
+
+    def _hook_sni(self) -> None:
+        listening = self.ssl_context
+        if listening.sni_callback != self._use_current_context:
+            self._previous_sni = listening.sni_callback
+            listening.sni_callback = self._use_current_context
 
     def _use_current_context(
         self, ssl_obj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext
     ) -> int | None:
+        responder = self.challenge_responder
+        if responder is not None:
+            special = responder(name)
+            if special is not None:
+                ssl_obj.context = special
+                return None
         current = self._ssl_current
         if current is not ctx:
             ssl_obj.context = current

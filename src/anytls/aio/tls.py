@@ -15,6 +15,7 @@ import os
 import ssl
 import sys
 import tempfile
+import threading
 
 from ..errors import CertificatePinError, ConfigError
 
@@ -39,6 +40,34 @@ def _loaded_libssl() -> str | None:
     return paths.pop() if len(paths) == 1 else None
 
 
+def _libssl_and_ctx(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int] | None:
+    """The libssl ``_ssl`` uses and ``ctx``'s ``SSL_CTX`` pointer, when both can be trusted.
+
+    Only when the one libssl mapped is the very version ``ssl`` was built with and the
+    pointer reads back the context's options; otherwise None.
+    """
+    if sys.implementation.name != "cpython":
+        return None
+    path = _loaded_libssl()
+    if path is None:
+        return None
+    try:
+        libssl = ctypes.CDLL(path)
+        get_options = libssl.SSL_CTX_get_options
+        version_num = libssl.OpenSSL_version_num
+    except (OSError, AttributeError):
+        return None
+    version_num.argtypes, version_num.restype = [], ctypes.c_ulong
+    if version_num() != ssl.OPENSSL_VERSION_NUMBER:
+        return None  # e.g. an interpreter with its own OpenSSL inside _ssl
+    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
+    # PySSLContext starts with PyObject_HEAD followed by its SSL_CTX pointer.
+    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ssl_ctx or get_options(ssl_ctx) != ctx.options:
+        return None
+    return libssl, ssl_ctx
+
+
 def prefer_go_ciphersuites(ctx: ssl.SSLContext) -> bool:
     """Order ``ctx``'s TLS 1.3 suites as Go does: AES-128-GCM first, AES-256-GCM last.
 
@@ -50,30 +79,113 @@ def prefer_go_ciphersuites(ctx: ssl.SSLContext) -> bool:
     pointer reads back the context's options. Returns whether the suites are now in Go's
     order; where any check fails nothing is changed.
     """
-    if sys.implementation.name != "cpython":
+    found = _libssl_and_ctx(ctx)
+    if found is None:
         return False
-    path = _loaded_libssl()
-    if path is None:
-        return False
+    libssl, ssl_ctx = found
     try:
-        libssl = ctypes.CDLL(path)
-        get_options = libssl.SSL_CTX_get_options
         set_suites = libssl.SSL_CTX_set_ciphersuites
-        version_num = libssl.OpenSSL_version_num
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
-    version_num.argtypes, version_num.restype = [], ctypes.c_ulong
-    if version_num() != ssl.OPENSSL_VERSION_NUMBER:
-        return False  # e.g. an interpreter with its own OpenSSL inside _ssl
-    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
     set_suites.argtypes, set_suites.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
-    # PySSLContext starts with PyObject_HEAD followed by its SSL_CTX pointer.
-    ssl_ctx = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
-    if not ssl_ctx or get_options(ssl_ctx) != ctx.options:
-        return False
     if set_suites(ssl_ctx, GO_TLS13_CIPHERSUITES.encode()) != 1:
         return False
     return ctx.get_ciphers()[0]["name"] == "TLS_AES_128_GCM_SHA256"
+
+
+# ---------------------------------------------------------------------- ClientHello ALPN
+
+#: ALPN protocol of ACME TLS-ALPN-01 validations (RFC 8737).
+ACME_TLS_ALPN = "acme-tls/1"
+_TLSEXT_ALPN = 16
+_CLIENT_HELLO_CB = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_void_p
+)
+_hello = threading.local()
+#: The one C callback (kept referenced for the life of the process) and libssl's getter.
+_hello_hook: list[object] = []
+
+
+def _make_hello_hook(libssl: ctypes.CDLL) -> object | None:
+    try:
+        get_ext = libssl.SSL_client_hello_get0_ext
+    except AttributeError:
+        return None
+    get_ext.restype = ctypes.c_int
+    get_ext.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.POINTER(ctypes.POINTER(ctypes.c_ubyte)),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+
+    def on_client_hello(ssl_ptr: int | None, alert: object, arg: object) -> int:
+        # Runs inside SSL_do_handshake, just before the SNI callback of the same handshake
+        # on the same thread: remember the raw ALPN extension for that callback.
+        try:
+            data = ctypes.POINTER(ctypes.c_ubyte)()
+            size = ctypes.c_size_t()
+            if get_ext(ssl_ptr, _TLSEXT_ALPN, ctypes.byref(data), ctypes.byref(size)) == 1:
+                _hello.alpn = ctypes.string_at(data, size.value)
+            else:
+                _hello.alpn = b""
+        except Exception:  # pragma: no cover - never let an error abort a handshake
+            _hello.alpn = None
+        return 1  # SSL_CLIENT_HELLO_SUCCESS
+
+    return _CLIENT_HELLO_CB(on_client_hello)
+
+
+def watch_client_alpn(ctx: ssl.SSLContext) -> bool:
+    """Make the ALPN protocols each ClientHello offers readable in ``ctx``'s SNI callback.
+
+    CPython's ``ssl`` shows an SNI callback the server name only; answering an ACME
+    TLS-ALPN-01 validation needs to know whether the client offered ``acme-tls/1``
+    (RFC 8737) *before* the certificate is chosen, so that ordinary clients asking for the
+    same name keep getting the real certificate. This installs OpenSSL's ClientHello
+    callback (``SSL_CTX_set_client_hello_cb``) through ctypes, under the same checks as
+    :func:`prefer_go_ciphersuites`. Returns False (and changes nothing) where that is not
+    possible; :func:`offered_alpn` then returns None.
+    """
+    found = _libssl_and_ctx(ctx)
+    if found is None:
+        return False
+    libssl, ssl_ctx = found
+    try:
+        set_cb = libssl.SSL_CTX_set_client_hello_cb
+    except AttributeError:
+        return False
+    if not _hello_hook:
+        hook = _make_hello_hook(libssl)
+        if hook is None:
+            return False
+        _hello_hook.append(hook)
+    set_cb.restype = None
+    set_cb.argtypes = [ctypes.c_void_p, _CLIENT_HELLO_CB, ctypes.c_void_p]
+    set_cb(ssl_ctx, _hello_hook[0], None)
+    return True
+
+
+def offered_alpn() -> list[bytes] | None:
+    """In an SNI callback: the ALPN protocols the ClientHello offered (None: unknown).
+
+    Needs :func:`watch_client_alpn` on the listening context. The value is consumed: a
+    second call for the same handshake returns None.
+    """
+    raw: bytes | None = getattr(_hello, "alpn", None)
+    _hello.alpn = None
+    if raw is None:
+        return None
+    protocols: list[bytes] = []
+    if len(raw) < 2:
+        return protocols
+    end = min(len(raw), 2 + int.from_bytes(raw[:2], "big"))
+    pos = 2
+    while pos < end:
+        size = raw[pos]
+        protocols.append(raw[pos + 1 : pos + 1 + size])
+        pos += 1 + size
+    return protocols
 
 
 def generate_self_signed(hosts: list[str]) -> tuple[bytes, bytes]:

@@ -19,6 +19,7 @@ import io
 import ipaddress
 import json
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
@@ -117,6 +118,17 @@ def cert_info(path: str) -> CertInfo:
 def machine_name() -> str:
     """This machine's host name (no network lookup)."""
     return socket.gethostname() or "localhost"
+
+
+def acme_endpoint(listen: Address, public_host: str | None, domains: Sequence[str]) -> Endpoint:
+    """How clients reach a server whose certificate an ACME CA issues for ``domains``.
+
+    Clients verify it like any CA-issued certificate, so there is no pin (renewals change
+    it); the host is ``public_host``, else the first domain.
+    """
+    host = public_host or domains[0]
+    sni = None if host.lower().rstrip(".") in domains else domains[0]
+    return Endpoint(host, listen.port, sni)
 
 
 def link_host(listen: Address, public_host: str | None) -> tuple[str, bool]:

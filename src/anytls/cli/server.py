@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
+from ..aio.acme import LETS_ENCRYPT
 from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
@@ -85,6 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory for what survives a restart: the generated certificate, ACME "
         "files, unreported traffic (default ~/.local/state/anytls; /var/lib/anytls "
         "under systemd's StateDirectory=)",
+    )
+    parser.add_argument(
+        "--acme",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="get and renew a certificate for DOMAIN from an ACME CA (Let's Encrypt); "
+        "repeatable (one certificate names them all). The CA checks the domain by "
+        "TLS-ALPN-01 on this server's port, which must be port 443 as seen from outside, "
+        "or by HTTP-01 with --acme-http",
+    )
+    parser.add_argument(
+        "--acme-email",
+        metavar="EMAIL",
+        help="contact address for the ACME account (optional)",
+    )
+    parser.add_argument(
+        "--acme-directory",
+        metavar="URL",
+        default=LETS_ENCRYPT,
+        help="ACME directory URL of the CA (default: Let's Encrypt production)",
+    )
+    parser.add_argument(
+        "--acme-ca",
+        metavar="PEM",
+        help="verify the CA's HTTPS API with the roots in this file instead of the "
+        "system's (a private or test CA)",
+    )
+    parser.add_argument(
+        "--acme-http",
+        metavar="[HOST:]PORT",
+        help="answer HTTP-01 challenges on this port (the CA connects to port 80) "
+        "instead of TLS-ALPN-01 on the server's port",
     )
     parser.add_argument(
         "--public-host",
@@ -249,6 +284,30 @@ def _users(items: Sequence[str]) -> None:
             raise ConfigError(f"{item!r}: expected NAME:PASSWORD")
 
 
+def _acme_domains(items: Sequence[str]) -> None:
+    from ..aio.acme import check_domain
+
+    for item in items:
+        check_domain(item)
+
+
+def _acme_directory(value: str) -> None:
+    from ..aio.acme import check_directory
+
+    check_directory(value)
+
+
+def _http_port(value: str) -> Address:
+    """``PORT`` (host empty: the -l host) or ``HOST:PORT``; ConfigError otherwise."""
+    text = value.strip()
+    if not text.isdigit():
+        return _common.parse_listen(text)
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{value!r}: the port must be 1-65535")
+    return Address("", port)
+
+
 VALIDATORS: dict[str, Callable[[Any], object]] = {
     "l": _listen,
     "fallback": Address.parse,
@@ -263,6 +322,9 @@ VALIDATORS: dict[str, Callable[[Any], object]] = {
     "shutdown_grace": _not_negative,
     "log_level": _common.check_log_level,
     "public_host": _host,
+    "acme": _acme_domains,
+    "acme_directory": _acme_directory,
+    "acme_http": _http_port,
 }
 
 
@@ -278,6 +340,7 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
             "cert": "path",
             "key": "path",
             "state_dir": "path",
+            "acme_ca": "path",
         },
         secrets=("p", "user"),
         validators=VALIDATORS,
@@ -407,6 +470,37 @@ def certificate_files(args: argparse.Namespace, listen: Address) -> tuple[str, s
     return str(where), str(stored.key_path)
 
 
+def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
+    """The :class:`~anytls.aio.acme.AcmeSettings` of ``--acme`` (None without it)."""
+    if not args.acme:
+        for dest, flag in (("acme_email", "--acme-email"), ("acme_http", "--acme-http")):
+            if getattr(args, dest):
+                raise ConfigError(f"{flag} needs --acme DOMAIN")
+        return None
+    if args.cert or args.key:
+        raise ConfigError(
+            "--acme gets the certificate from the CA: leave out --cert/--key (or --acme)"
+        )
+    from ..aio.acme import AcmeSettings, check_acme_installed, check_directory, check_domain
+
+    check_acme_installed()
+    http = None
+    if args.acme_http:
+        http = _http_port(args.acme_http)
+        if not http.host:
+            http = Address(listen.host, http.port)
+    if args.acme_ca and not os.path.isfile(args.acme_ca):
+        raise ConfigError(f"--acme-ca {args.acme_ca!r}: no such file")
+    return AcmeSettings(
+        domains=tuple(dict.fromkeys(check_domain(d) for d in args.acme)),
+        state_dir=state_dir(args),
+        email=args.acme_email or None,
+        directory=check_directory(args.acme_directory),
+        ca_file=args.acme_ca or None,
+        http=http,
+    )
+
+
 def tls_context(args: argparse.Namespace, listen: Address) -> ssl.SSLContext:
     """The server's TLS context (``--cert``, else the stored self-signed certificate)."""
     from ..aio.tls import server_context
@@ -436,6 +530,10 @@ def _listen_error(listen: Address, exc: OSError) -> str:
 # ---------------------------------------------------------------------- commands
 
 
+def _acme_names(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(d.strip().lower().rstrip(".") for d in args.acme))
+
+
 def print_config(args: argparse.Namespace) -> None:
     """``--print-config``: the effective settings as TOML."""
     _common.print_config(PROG, args, schema())
@@ -443,7 +541,7 @@ def print_config(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """``--export sing-box|mihomo``: a client config for this server."""
-    from ._share import mihomo_yaml, public_endpoint, singbox_json
+    from ._share import acme_endpoint, mihomo_yaml, public_endpoint, singbox_json
 
     users = parse_users(args.p, args.user)
     name = args.export_user or next(iter(users))
@@ -452,7 +550,10 @@ def export(args: argparse.Namespace) -> None:
             f"--export-user {name!r}: no such user (users: {', '.join(sorted(users))})"
         )
     listen = _listen(args.l)
-    endpoint = public_endpoint(listen, args.public_host, *certificate_files(args, listen))
+    if args.acme:
+        endpoint = acme_endpoint(listen, args.public_host, _acme_names(args))
+    else:
+        endpoint = public_endpoint(listen, args.public_host, *certificate_files(args, listen))
     if endpoint.guessed:
         print(
             f"{PROG}: note: the server address {endpoint.host!r} is this machine's name; "
@@ -469,16 +570,19 @@ def announce_links(
     args: argparse.Namespace,
     listen: Address,
     users: dict[str, str],
-    cert: tuple[str, str | None],
+    cert: tuple[str, str | None] | None,
 ) -> None:
     """Log each user's share link (and print QR codes with --qr); ``cert`` is the
-    ``(cert, key)`` files the server uses."""
-    from ._share import public_endpoint, qr_code, share_link
+    ``(cert, key)`` files the server uses (None: the certificate comes from ACME)."""
+    from ._share import acme_endpoint, public_endpoint, qr_code, share_link
 
     if not args.share_links and not args.qr:
         return
     try:
-        endpoint = public_endpoint(listen, args.public_host, *cert)
+        if cert is None:
+            endpoint = acme_endpoint(listen, args.public_host, _acme_names(args))
+        else:
+            endpoint = public_endpoint(listen, args.public_host, *cert)
     except ConfigError as exc:
         log.warning("no share links: %s", exc)
         return
@@ -515,6 +619,12 @@ class Reloader:
         "metrics": "metrics",
         "accept_proxy_protocol": "accept_proxy_protocol",
         "log_format": "log_format",
+        "acme": "acme",
+        "acme_email": "acme_email",
+        "acme_directory": "acme_directory",
+        "acme_ca": "acme_ca",
+        "acme_http": "acme_http",
+        "state_dir": "state_dir",
     }
 
     def __init__(
@@ -583,14 +693,23 @@ def main(argv: Sequence[str] | None = None) -> None:
             return
         listen = _listen(args.l)
         config = server_config(args)
+        acme = acme_settings(args, listen)
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level, args.log_format)
     from ..aio.tls import server_context
 
+    manager = None
+    cert: tuple[str, str | None] | None = None
     try:
-        cert = certificate_files(args, listen)
-        ctx = server_context(*cert)
+        if acme is not None:
+            from ..aio.acme import AcmeManager
+
+            manager = AcmeManager(acme)
+            ctx = manager.initial_context()
+        else:
+            cert = certificate_files(args, listen)
+            ctx = server_context(*cert)
     except ConfigError as exc:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
@@ -614,6 +733,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.error("%s", _listen_error(listen, exc))
             raise SystemExit(1) from exc
         background: list[asyncio.Task[None]] = []
+        if manager is not None:
+            manager.attach(server)
         if _run.PARENT_CHANNEL is not None:
             background.append(
                 loop.create_task(
@@ -626,6 +747,33 @@ def main(argv: Sequence[str] | None = None) -> None:
             return await gather_snapshots(server.stats.snapshot, channels)
 
         metrics = None
+        if worker_index == 0 and manager is not None:
+            acme_manager = manager
+
+            def install(new_ctx: ssl.SSLContext) -> None:
+                server.update(ssl_context=new_ctx)
+                _run.signal_workers(signal.SIGUSR1)  # they load it from the state directory
+
+            try:
+                acme_manager.port_hint(listen.port)
+                await acme_manager.start_http()
+            except OSError as exc:
+                where = acme_manager.settings.http
+                log.error("--acme-http: %s", _listen_error(where, exc) if where else exc)
+                raise SystemExit(1) from exc
+            background.append(loop.create_task(acme_manager.run(install)))
+        elif manager is not None:
+            worker_manager = manager
+
+            def on_usr1() -> None:
+                new_ctx = worker_manager.reload()
+                if new_ctx is not None:
+                    server.update(ssl_context=new_ctx)
+                    log.debug("ACME: loaded the new certificate from the state directory")
+
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+            on_usr1()  # one issued before this handler existed
         if worker_index == 0:
             if args.metrics:
                 where = _listen(args.metrics)
@@ -689,11 +837,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             task.cancel()
         if metrics is not None:
             await metrics.close()
+        if manager is not None:
+            await manager.close()
         await _run.wait_for_workers(grace + 5)
         plural = "s" * (cut != 1)
         note = f" ({cut} stream{plural} cut off after the grace period)" if cut else ""
         log.log(logging.INFO if cut else level, "stopped%s", note)
 
+    if manager is not None and workers > 1:
+        # A worker that gets the "new certificate" signal before its handler is set
+        # must not die of it (SIGUSR1's default); it checks the state directory at start.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     worker_index = fork_workers(workers)
     run(amain)
 
