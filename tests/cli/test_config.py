@@ -70,7 +70,7 @@ CLIENT_SAMPLES: dict[str, Any] = {
     "disable_session_reuse": True,
     "max_streams_per_session": 4,
     "synack_timeout": 1.5,
-    "optimistic_connect": 12.5,
+    "wait_for_synack": True,
     "heartbeat_interval": 20,
     "heartbeat_timeout": 5,
     "auth": "user:pass",

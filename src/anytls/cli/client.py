@@ -134,14 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         "time, and retry the stream on a fresh one (default 3; 0 = off)",
     )
     parser.add_argument(
-        "--optimistic-connect",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="answer a SOCKS5/HTTP CONNECT at once, before the server has connected, when "
-        "the destination was connected within this many seconds over a live session, as "
-        "the Go clients always do (default 30; 0 = always wait, so every failure gets a "
-        "SOCKS/HTTP error code)",
+        "--wait-for-synack",
+        action="store_true",
+        help="answer a SOCKS5/HTTP CONNECT only once the server has connected the "
+        "destination, so failures get SOCKS/HTTP error codes (one round trip more); by "
+        "default the answer is immediate and the first bytes go out with the SYN",
     )
     parser.add_argument(
         "--heartbeat-interval",
@@ -299,7 +296,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         reuse_sessions=not args.dr,
         max_streams_per_session=max(1, args.max_streams_per_session),
         synack_timeout=max(0.0, args.synack_timeout),
-        optimistic_connect=max(0.0, args.optimistic_connect),
+        wait_for_synack=args.wait_for_synack,
         heartbeat_interval=max(0.0, args.heartbeat_interval),
         heartbeat_timeout=args.heartbeat_timeout,
     )
