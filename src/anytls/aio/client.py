@@ -90,6 +90,9 @@ class ClientConfig:
     max_streams_per_session: int = 1
     """Concurrent streams one session may carry; 1 is the Go clients' behaviour."""
     reuse_sessions: bool = True
+    tcp_fast_open: bool = False
+    """Connect to the server with TCP Fast Open, so a reconnect carries the ClientHello in
+    its SYN (see :mod:`anytls.aio.tfo`)."""
     wait_for_synack: bool = False
     """Local proxy inbounds: answer a SOCKS5/HTTP CONNECT only once the server reported
     the destination connected (real SOCKS/HTTP error codes, one round trip more). By
@@ -371,10 +374,10 @@ class Client:
         where = f"{config.server_host}:{config.server_port}"
         try:
             async with asyncio.timeout(config.connect_timeout):
+                target = await self._target()
                 _, conn = await loop.create_connection(
                     lambda: ClientConnection(self, seq),
-                    config.server_host,
-                    config.server_port,
+                    **target,
                     ssl=self.ssl_context,
                     server_hostname=server_hostname or None,
                     ssl_handshake_timeout=config.connect_timeout,
@@ -405,6 +408,16 @@ class Client:
         log.debug("session %d to %s opened", seq, where)
         self._arm_reaper()
         return conn
+
+    async def _target(self) -> dict[str, Any]:
+        """Where ``create_connection`` connects: host and port, or a socket already
+        connected with the options the config asks for (TCP Fast Open)."""
+        config = self.config
+        if config.tcp_fast_open:
+            from .tfo import connect
+
+            return {"sock": await connect(config.server_host, config.server_port)}
+        return {"host": config.server_host, "port": config.server_port}
 
     def _check_pin(self, conn: ClientConnection, where: str) -> None:
         """Close ``conn`` and raise unless its certificate is the pinned one."""

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "time, and retry the stream on a fresh one (default 3; 0 = off)",
     )
     parser.add_argument(
+        "--tcp-fast-open",
+        action="store_true",
+        help="connect to the server with TCP Fast Open: a reconnect sends the TLS "
+        "ClientHello in its SYN (needs the server's --tcp-fast-open)",
+    )
+    parser.add_argument(
         "--wait-for-synack",
         action="store_true",
         help="answer a SOCKS5/HTTP CONNECT only once the server has connected the "
@@ -297,6 +303,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         max_streams_per_session=max(1, args.max_streams_per_session),
         synack_timeout=max(0.0, args.synack_timeout),
         wait_for_synack=args.wait_for_synack,
+        tcp_fast_open=args.tcp_fast_open,
         heartbeat_interval=max(0.0, args.heartbeat_interval),
         heartbeat_timeout=args.heartbeat_timeout,
     )
@@ -451,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     workers = _run.worker_count(args.workers, listen)
+    _common.warn_fast_open(config.tcp_fast_open, server=False)
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
