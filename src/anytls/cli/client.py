@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="processes sharing the local port with SO_REUSEPORT, each with its own "
-        "session pool (default 1; 0 = one per CPU core)",
+        "session pool (default 1; 0 = one per CPU core, or 1 with 2 cores or fewer)",
     )
     _common.add_logging_arguments(parser)
     return parser

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core)",
+        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core, "
+        "or 1 on machines with 2 cores or fewer)",
     )
     parser.add_argument(
         "--metrics",
