@@ -642,8 +642,9 @@ in this order, on freshly started client and server processes for every pair and
   phases (every program gets the same quiet time to hand memory back).
 - many small requests: 6 workers fetch 1 KiB HTTP responses from a local origin; via
   SOCKS5 each worker keeps one tunnel alive for its requests (keep-alive, as a browser
-  does for http:// through SOCKS); via the HTTP proxy each request is an absolute-URI GET
-  on a new proxy connection (our proxy and sing-box's answer `Connection: close`).
+  does for http:// through SOCKS); via the HTTP proxy each sends absolute-URI GETs and, as
+  a browser, keeps the proxy connection for the next request unless the proxy answered
+  `Connection: close` (ours does: one proxy connection and one stream per request).
 - new sessions/s: our library as a client straight to the server (not through the client
   program), 8 at a time, each a full TLS handshake, the auth preface, one stream to the
   echo target with a byte back, then close; and the server's CPU per session.

@@ -213,6 +213,7 @@ class Http(asyncio.Protocol):
 
     BODY = b"x" * 1024
     RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + BODY
+    CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n" + BODY
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -223,10 +224,11 @@ class Http(asyncio.Protocol):
         self.buf += data
         while b"\r\n\r\n" in self.buf:
             head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-            self.transport.write(self.RESPONSE)
             if b"connection: close" in head.lower():
+                self.transport.write(self.CLOSING)
                 self.transport.close()
                 return
+            self.transport.write(self.RESPONSE)
 
 
 class UdpEcho(asyncio.DatagramProtocol):
@@ -367,10 +369,12 @@ async def phase_rss_after_bulk(client_pid: int, server_pid: int) -> dict[str, fl
     }
 
 
-async def _read_response(reader: asyncio.StreamReader) -> None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+async def _read_response(reader: asyncio.StreamReader) -> bool:
+    """Read one response; True if the connection may carry another request."""
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
     await reader.readexactly(length)
+    return b"connection: close" not in head
 
 
 async def phase_small_requests(
@@ -378,8 +382,8 @@ async def phase_small_requests(
 ) -> dict[str, float]:
     """``count`` 1 KiB HTTP responses fetched ``parallel`` at a time, as a browser does:
     through SOCKS5 each worker keeps one tunnel alive for its requests; through the HTTP
-    proxy each request is an absolute-URI GET on its own proxy connection (the proxy
-    answers with ``Connection: close``, so a browser cannot keep the connection)."""
+    proxy each sends absolute-URI GETs and keeps its proxy connection for the next one
+    unless the proxy answered ``Connection: close``."""
     loop = asyncio.get_running_loop()
     per = [count // parallel + (i < count % parallel) for i in range(parallel)]
     request = f"GET /x HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
@@ -397,11 +401,16 @@ async def phase_small_requests(
         writer.close()
 
     async def http_worker(n: int) -> None:
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         for _ in range(n):
-            reader, writer = await asyncio.open_connection(*proxy)
-            writer.write(absolute)
-            await _read_response(reader)
-            writer.close()
+            if conn is None:
+                conn = await asyncio.open_connection(*proxy)
+            conn[1].write(absolute)
+            if not await _read_response(conn[0]):
+                conn[1].close()
+                conn = None
+        if conn is not None:
+            conn[1].close()
 
     out = {}
     for key, worker in (("small_socks_s", socks_worker), ("small_http_s", http_worker)):
