@@ -638,8 +638,9 @@ in this order, on freshly started client and server processes for every pair and
   after all other phases); the baseline rows are that VmRSS before opening them. "Idle
   sessions": the same N streams closed, so the N sessions that carried them (both clients
   open one session per busy stream) sit idle in the pools; VmRSS 2.5 s later minus that
-  baseline. "After the bulk phases": VmRSS 2.5 s after the upload and two-download
-  phases (every program gets the same quiet time to hand memory back).
+  baseline (0 when a process gave back more heap than the sessions hold). "After the
+  bulk phases": VmRSS 2.5 s after the upload and two-download phases (every program gets
+  the same quiet time to hand memory back).
 - many small requests: 6 workers fetch 1 KiB HTTP responses from a local origin; via
   SOCKS5 each worker keeps one tunnel alive for its requests (keep-alive, as a browser
   does for http:// through SOCKS); via the HTTP proxy each sends absolute-URI GETs and, as

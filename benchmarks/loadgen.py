@@ -478,8 +478,9 @@ async def phase_idle_rss(
         "rss_server_base_mib": base_s,
         "rss_client_growth_mib": peak_c - base_c,
         "rss_server_growth_mib": peak_s - base_s,
-        "rss_client_idle_sessions_mib": rss_mib(client_pid) - base_c,
-        "rss_server_idle_sessions_mib": rss_mib(server_pid) - base_s,
+        # (0 when the process gave back more than the sessions hold)
+        "rss_client_idle_sessions_mib": max(0.0, rss_mib(client_pid) - base_c),
+        "rss_server_idle_sessions_mib": max(0.0, rss_mib(server_pid) - base_s),
     }
 
 
