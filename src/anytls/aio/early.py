@@ -85,6 +85,7 @@ class EarlyRelay:
         #: Bytes written to the current stream before its SYNACK, for a replay.
         self.replay: bytearray | None = None
         self.stream: Stream | None = None
+        self.conn: ClientConnection | None = None  # the current stream's session
         self.fresh = False
         self.task: asyncio.Task[ClientConnection] | None = None
         self.finished = False  # the local side is gone, or the relay failed
@@ -131,6 +132,7 @@ class EarlyRelay:
     def _open_on(self, conn: ClientConnection) -> None:
         early, self.buf = bytes(self.buf), bytearray()
         stream = self.stream = conn.open_stream(self.destination, early)
+        self.conn = conn
         v2 = conn.core.peer_version >= 2
         if v2 and self._may_retry(stream):
             self.replay = bytearray(early)
@@ -237,7 +239,8 @@ class EarlyRelay:
             return remote_error(text)
         if isinstance(ack_exc, AnyTLSError) and not isinstance(ack_exc, StreamClosedError):
             return ack_exc  # session lost, or no answer in time
-        if stream.connection.core.peer_version >= 2 and not stream.bytes_received:
+        v2 = self.conn is not None and self.conn.core.peer_version >= 2
+        if v2 and not stream.bytes_received:
             # Ended before any answer, although a v2 server always answers first.
             return AnyTLSError(str(ack_exc))
         return None  # a v1 server never answers: its FIN is an ordinary end
