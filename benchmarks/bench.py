@@ -634,7 +634,7 @@ in this order, on freshly started client and server processes for every pair and
 - UDP: SOCKS5 UDP ASSOCIATE through the client's mixed port to a UDP echo target; p50 of
   sequential pings, then datagrams/s with 32 datagrams in flight.
 - RSS: VmRSS of client and server with N idle streams open (opened 50 at a time, each
-  confirmed by a byte from the idle target), minus VmRSS just before opening them (so
+  confirmed by a byte from the idle target), minus VmRSS 2.5 s before opening them (so
   after all other phases); the baseline rows are that VmRSS before opening them. "Idle
   sessions": the same N streams closed, so the N sessions that carried them (both clients
   open one session per busy stream) sit idle in the pools; VmRSS 2.5 s later minus that

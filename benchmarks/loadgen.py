@@ -454,7 +454,7 @@ async def phase_idle_rss(
 ) -> dict[str, float]:
     """RSS growth of client and server with ``count`` idle streams open, then with the
     ``count`` sessions that carried them idle in the pools (streams closed)."""
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(QUIET)  # the baseline after the same quiet time as the readings
     base_c, base_s = rss_mib(client_pid), rss_mib(server_pid)
     socks: list[socket.socket] = []
     sem = asyncio.Semaphore(50)
@@ -476,8 +476,8 @@ async def phase_idle_rss(
     return {
         "rss_client_base_mib": base_c,
         "rss_server_base_mib": base_s,
-        "rss_client_growth_mib": peak_c - base_c,
-        "rss_server_growth_mib": peak_s - base_s,
+        "rss_client_growth_mib": max(0.0, peak_c - base_c),
+        "rss_server_growth_mib": max(0.0, peak_s - base_s),
         # (0 when the process gave back more than the sessions hold)
         "rss_client_idle_sessions_mib": max(0.0, rss_mib(client_pid) - base_c),
         "rss_server_idle_sessions_mib": max(0.0, rss_mib(server_pid) - base_s),

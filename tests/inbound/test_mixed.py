@@ -330,7 +330,9 @@ async def test_refused_destination_resets_by_default(proxy: AnyTLSProcess) -> No
         if scheme == "proxytunnel":
             via = ["-p", "-x", f"http://127.0.0.1:{proxy.port}"]
         rc, _, err = await curl(*via, f"http://127.0.0.1:{dead}/", check=False)
-        assert rc in (55, 56) and "reset" in err.lower(), (rc, err)  # RST, not EOF
+        # a reset: 56 "Recv failure: Connection reset" or, if it comes very early, 55 (send
+        # or getpeername failure); an orderly close would be 52 "Empty reply"
+        assert rc in (55, 56), (rc, err)
         await proxy.wait_log(
             rf"{method} 127\.0\.0\.1:{dead} failed: remote: .*refused.* \(local connection reset\)"
         )
