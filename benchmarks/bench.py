@@ -73,9 +73,15 @@ class Params:
     idle_streams: int
     udp_pings: int
     udp_datagrams: int
+    new_sessions: int = 300
+    small_requests: int = 100
 
     def loadgen_args(self) -> list[str]:
         return [
+            "--new-sessions",
+            str(self.new_sessions),
+            "--small-requests",
+            str(self.small_requests),
             "--bulk-bytes",
             str(self.bulk_bytes),
             "--latency-iters",
@@ -94,7 +100,7 @@ class Params:
 
 
 FULL = Params(512 << 20, 300, 200, 256 << 10, 1000, 300, 20000)
-QUICK = Params(8 << 20, 50, 20, 256 << 10, 100, 50, 1000)
+QUICK = Params(8 << 20, 50, 20, 256 << 10, 100, 50, 1000, 30, 20)
 
 
 @dataclass
@@ -123,6 +129,14 @@ METRICS = [
     Metric("rss_server_growth_mib", "server RSS growth, {idle} idle streams, MiB", "lower"),
     Metric("rss_client_base_mib", "client RSS before the idle streams, MiB", "lower"),
     Metric("rss_server_base_mib", "server RSS before the idle streams, MiB", "lower"),
+    Metric("rss_client_after_bulk_mib", "client RSS after the bulk phases, MiB", "lower"),
+    Metric("rss_server_after_bulk_mib", "server RSS after the bulk phases, MiB", "lower"),
+    Metric("rss_client_idle_sessions_mib", "client RSS growth, {idle} idle sessions, MiB", "lower"),
+    Metric("rss_server_idle_sessions_mib", "server RSS growth, {idle} idle sessions, MiB", "lower"),
+    Metric("sessions_per_s", "new sessions/s (TLS + preface + 1 stream, 8 at a time)", "higher"),
+    Metric("server_ms_per_session", "server CPU ms per new session", "lower"),
+    Metric("small_socks_s", "{small}×1 KiB requests via SOCKS5, 6 at a time, wall s", "lower"),
+    Metric("small_http_s", "{small}×1 KiB requests via HTTP proxy, 6 at a time, wall s", "lower"),
     Metric("loadgen_cpu_s_per_gb", "(load generator CPU-s/GB, down+up)", "lower"),
 ]
 
@@ -315,6 +329,7 @@ class Pair:
     cert: Path
     key: Path
     workers_flag: bool = False
+    server_port: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def _singbox(self, role: str, config: dict[str, Any]) -> tuple[list[str], Path]:
@@ -332,7 +347,7 @@ class Pair:
 
     def start(self) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        server_port = free_port()
+        server_port = self.server_port = free_port()
         if self.server_impl.startswith("ours"):
             argv = [
                 *ours("server"),
@@ -349,6 +364,8 @@ class Pair:
             ]
             if self.server_impl == "ours" and self.workers_flag:
                 argv += ["--workers", "1"]
+            elif self.workers_flag:  # ours-workers: one process per core
+                argv += ["--workers", str(os.cpu_count() or 1)]
             log = self.workdir / "anytls-server.log"
         else:
             argv, log = self._singbox(
@@ -373,7 +390,7 @@ class Pair:
                 "warning",
             ]
             if self.client_impl == "ours-workers":
-                argv += ["--workers", "0"]  # one process per core
+                argv += ["--workers", str(os.cpu_count() or 1)]  # one process per core
             if self.client_impl == "ours-openssl":
                 argv += ["--fingerprint", "openssl"]
             log = self.workdir / "anytls-client.log"
@@ -402,6 +419,10 @@ def run_pair(pair: Pair, params: Params) -> dict[str, float]:
             str(client.pid),
             "--server-pid",
             str(server.pid),
+            "--server",
+            f"127.0.0.1:{pair.server_port}",
+            "--password",
+            PASSWORD,
             *params.loadgen_args(),
         ]
         timeout = 900 + params.bulk_bytes * 2 / 2e6
@@ -468,6 +489,7 @@ def label_values(params: Params) -> dict[str, int]:
         "concurrent": params.concurrent,
         "concurrent_kib": params.concurrent_bytes // 1024,
         "idle": params.idle_streams,
+        "small": params.small_requests,
         "udp_size": 512,
     }
 
@@ -618,24 +640,39 @@ in this order, on freshly started client and server processes for every pair and
 - UDP: SOCKS5 UDP ASSOCIATE through the client's mixed port to a UDP echo target; p50 of
   sequential pings, then datagrams/s with 32 datagrams in flight.
 - RSS: VmRSS of client and server with N idle streams open (opened 50 at a time, each
-  confirmed by a byte from the idle target), minus VmRSS just before opening them (so
-  after all other phases); the baseline rows are that VmRSS before opening them.
+  confirmed by a byte from the idle target), minus VmRSS 2.5 s before opening them (so
+  after all other phases); the baseline rows are that VmRSS before opening them. "Idle
+  sessions": the same N streams closed, so the N sessions that carried them (both clients
+  open one session per busy stream) sit idle in the pools; VmRSS 2.5 s later minus that
+  baseline (0 when a process gave back more heap than the sessions hold). "After the
+  bulk phases": VmRSS 2.5 s after the upload and two-download phases (every program gets
+  the same quiet time to hand memory back).
+- many small requests: 6 workers fetch 1 KiB HTTP responses from a local origin; via
+  SOCKS5 each worker keeps one tunnel alive for its requests (keep-alive, as a browser
+  does for http:// through SOCKS); via the HTTP proxy each sends absolute-URI GETs and, as
+  a browser, keeps the proxy connection for the next request unless the proxy answered
+  `Connection: close` (ours does: one proxy connection and one stream per request).
+- new sessions/s: our library as a client straight to the server (not through the client
+  program), 8 at a time, each a full TLS handshake, the auth preface, one stream to the
+  echo target with a byte back, then close; and the server's CPU per session.
 - load generator CPU-s/GB is shown to check that the load generator is not the bottleneck.
 - all processes share one machine (client, server and load generator compete for the same
   CPUs), so bulk figures are whole-system throughput on loopback, not network speed.
 
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
-four pairs, and "ours:ours-workers" runs it with its default (one worker process per CPU
-core, sharing the port with SO_REUSEPORT) and our client with `--workers 0` (the same for
-the local SOCKS5 port); its CPU and RSS figures are summed over each parent and its forked
-workers (VmRSS counts pages still shared after the fork once per process). A single bulk
-stream is served by one worker, so it shows the multi-process overhead rather than a
-speed-up; the concurrent and idle-stream phases spread over the workers. SO_REUSEPORT
-places each new session on a worker by a hash of its addresses, so the two concurrent
-downloads land on different workers in about half the runs (see the busy-processes row).
-On a 2-core machine that also runs the client and the load generator, one download already
-keeps both cores busy (about 1.7 CPU-seconds per GB across the three processes), so a
-second worker has no idle core to add throughput with here.
+four pairs, and "ours:ours-workers" runs it with one worker process per CPU core (sharing
+the port with SO_REUSEPORT) and our client likewise (for the local SOCKS5 port; the
+default, `--workers 0`, is one process per core only on machines with more than 2 cores,
+so on this machine the default is the "ours:ours" column); its CPU and RSS figures are
+summed over each parent and its forked workers (VmRSS counts pages still shared after the
+fork once per process). A single bulk stream is served by one worker, so it shows the
+multi-process overhead rather than a speed-up; the concurrent and idle-stream phases
+spread over the workers. SO_REUSEPORT places each new session on a worker by a hash of its
+addresses, so the two concurrent downloads land on different workers in about half the
+runs (see the busy-processes row). On a 2-core machine that also runs the client and the
+load generator, one download already keeps both cores busy (about 1.7 CPU-seconds per GB
+across the three processes), so a second worker has no idle core to add throughput with
+here.
 
 Our client's TLS is made by curl-impersonate (a Chrome ClientHello, the default) in every
 pair except "ours-openssl:ours", which runs it with `--fingerprint openssl` (Python's own

@@ -208,6 +208,29 @@ class Bulk(asyncio.BufferedProtocol):
         return False
 
 
+class Http(asyncio.Protocol):
+    """A tiny HTTP/1.1 origin: every request gets 1 KiB; ``Connection: close`` is honoured."""
+
+    BODY = b"x" * 1024
+    RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + BODY
+    CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n" + BODY
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buf = b""
+        _nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+            if b"connection: close" in head.lower():
+                self.transport.write(self.CLOSING)
+                self.transport.close()
+                return
+            self.transport.write(self.RESPONSE)
+
+
 class UdpEcho(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -220,16 +243,16 @@ class Targets:
     def __init__(self) -> None:
         self.servers: list[asyncio.Server] = []
         self.udp: asyncio.DatagramTransport | None = None
-        self.echo = self.idle = self.bulk = self.udp_echo = 0
+        self.echo = self.idle = self.bulk = self.udp_echo = self.http = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ports = []
-        for factory in (Echo, Idle, Bulk):
+        for factory in (Echo, Idle, Bulk, Http):
             server = await loop.create_server(factory, HOST, 0, backlog=4096)
             self.servers.append(server)
             ports.append(server.sockets[0].getsockname()[1])
-        self.echo, self.idle, self.bulk = ports
+        self.echo, self.idle, self.bulk, self.http = ports
         udp, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=(HOST, 0))
         self.udp = udp  # type: ignore[assignment]
         self.udp_echo = udp.get_extra_info("sockname")[1]
@@ -332,11 +355,106 @@ async def phase_latency(proxy: tuple[str, int], port: int, iters: int) -> dict[s
     }
 
 
+#: Seconds of quiet before an "after traffic" RSS reading (the same for every program:
+#: Go's scavenger and our idle trim both return memory in the background).
+QUIET = 2.5
+
+
+async def phase_rss_after_bulk(client_pid: int, server_pid: int) -> dict[str, float]:
+    """RSS of client and server a moment after the bulk phases."""
+    await asyncio.sleep(QUIET)
+    return {
+        "rss_client_after_bulk_mib": rss_mib(client_pid),
+        "rss_server_after_bulk_mib": rss_mib(server_pid),
+    }
+
+
+async def _read_response(reader: asyncio.StreamReader) -> bool:
+    """Read one response; True if the connection may carry another request."""
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    length = int(head.split(b"content-length:")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return b"connection: close" not in head
+
+
+async def phase_small_requests(
+    proxy: tuple[str, int], port: int, count: int, parallel: int = 6
+) -> dict[str, float]:
+    """``count`` 1 KiB HTTP responses fetched ``parallel`` at a time, as a browser does:
+    through SOCKS5 each worker keeps one tunnel alive for its requests; through the HTTP
+    proxy each sends absolute-URI GETs and keeps its proxy connection for the next one
+    unless the proxy answered ``Connection: close``."""
+    loop = asyncio.get_running_loop()
+    per = [count // parallel + (i < count % parallel) for i in range(parallel)]
+    request = f"GET /x HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+    absolute = (
+        f"GET http://{HOST}:{port}/x HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        "Proxy-Connection: keep-alive\r\n\r\n"
+    ).encode()
+
+    async def socks_worker(n: int) -> None:
+        sock = await socks_connect(proxy, port)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        for _ in range(n):
+            writer.write(request)
+            await _read_response(reader)
+        writer.close()
+
+    async def http_worker(n: int) -> None:
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        for _ in range(n):
+            if conn is None:
+                conn = await asyncio.open_connection(*proxy)
+            conn[1].write(absolute)
+            if not await _read_response(conn[0]):
+                conn[1].close()
+                conn = None
+        if conn is not None:
+            conn[1].close()
+
+    out = {}
+    for key, worker in (("small_socks_s", socks_worker), ("small_http_s", http_worker)):
+        t0 = loop.time()
+        await asyncio.gather(*(worker(n) for n in per))
+        out[key] = loop.time() - t0
+    return out
+
+
+async def phase_new_sessions(
+    server: tuple[str, int], password: str, port: int, count: int, server_pid: int
+) -> dict[str, float]:
+    """New AnyTLS sessions straight to the server, 8 at a time, each: TLS handshake, auth
+    preface, one stream to the echo target with one byte back, close (our library as the
+    client, the same for every server). Also the server's CPU per session."""
+    from anytls.aio.client import Client, ClientConfig
+
+    config = ClientConfig(server[0], server[1], password, insecure=True, reuse_sessions=False)
+    sem = asyncio.Semaphore(8)
+    loop = asyncio.get_running_loop()
+    async with Client(config) as client:
+
+        async def one() -> None:
+            async with sem:
+                reader, writer = await client.open_connection(HOST, port)
+                writer.write(b"!")
+                await reader.readexactly(1)
+                writer.close()
+
+        await asyncio.gather(*(one() for _ in range(8)))  # warm-up
+        cpu0 = cpu_seconds(server_pid)
+        t0 = loop.time()
+        await asyncio.gather(*(one() for _ in range(count)))
+        wall = loop.time() - t0
+        cpu = cpu_seconds(server_pid) - cpu0
+    return {"sessions_per_s": count / wall, "server_ms_per_session": cpu / count * 1000}
+
+
 async def phase_idle_rss(
     proxy: tuple[str, int], port: int, count: int, client_pid: int, server_pid: int
 ) -> dict[str, float]:
-    """RSS growth of client and server with ``count`` idle streams open."""
-    await asyncio.sleep(0.5)
+    """RSS growth of client and server with ``count`` idle streams open, then with the
+    ``count`` sessions that carried them idle in the pools (streams closed)."""
+    await asyncio.sleep(QUIET)  # the baseline after the same quiet time as the readings
     base_c, base_s = rss_mib(client_pid), rss_mib(server_pid)
     socks: list[socket.socket] = []
     sem = asyncio.Semaphore(50)
@@ -354,12 +472,15 @@ async def phase_idle_rss(
     finally:
         for sock in socks:
             sock.close()
-    await asyncio.sleep(1.0)  # let both sides tear the streams down
+    await asyncio.sleep(QUIET)  # both sides tear the streams down; sessions stay pooled
     return {
         "rss_client_base_mib": base_c,
         "rss_server_base_mib": base_s,
-        "rss_client_growth_mib": peak_c - base_c,
-        "rss_server_growth_mib": peak_s - base_s,
+        "rss_client_growth_mib": max(0.0, peak_c - base_c),
+        "rss_server_growth_mib": max(0.0, peak_s - base_s),
+        # (0 when the process gave back more than the sessions hold)
+        "rss_client_idle_sessions_mib": max(0.0, rss_mib(client_pid) - base_c),
+        "rss_server_idle_sessions_mib": max(0.0, rss_mib(server_pid) - base_s),
     }
 
 
@@ -634,7 +755,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             phase_two_downloads(proxy, targets.bulk, args.bulk_bytes, args.server_pid),
             bulk_timeout,
         )
+        await phase("rss after bulk", phase_rss_after_bulk(args.client_pid, args.server_pid), 30)
         await phase("latency", phase_latency(proxy, targets.echo, args.latency_iters), 120)
+        await phase(
+            "small requests", phase_small_requests(proxy, targets.http, args.small_requests), 120
+        )
         await phase(
             "concurrent",
             phase_concurrent(proxy, targets.echo, args.concurrent, args.concurrent_bytes),
@@ -649,6 +774,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             "idle-rss",
             phase_idle_rss(
                 proxy, targets.idle, args.idle_streams, args.client_pid, args.server_pid
+            ),
+            180,
+        )
+        host, _, port = args.server.rpartition(":")
+        await phase(
+            "new sessions",
+            phase_new_sessions(
+                (host, int(port)), args.password, targets.echo, args.new_sessions, args.server_pid
             ),
             180,
         )
@@ -669,6 +802,10 @@ def main() -> None:
     parser.add_argument("--idle-streams", type=int, default=1000)
     parser.add_argument("--udp-pings", type=int, default=300)
     parser.add_argument("--udp-datagrams", type=int, default=20000)
+    parser.add_argument("--server", required=True, metavar="HOST:PORT", help="AnyTLS server")
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--new-sessions", type=int, default=300)
+    parser.add_argument("--small-requests", type=int, default=100)
     args = parser.parse_args()
     try:
         import resource

@@ -64,12 +64,16 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_default_is_one_worker_per_core(tmp_path: Path) -> None:
+def test_default_is_one_worker_per_core_except_on_small_machines(tmp_path: Path) -> None:
+    from anytls.cli import _run
+
+    expected = _run.default_workers()
+    assert expected == ((os.cpu_count() or 1) if (os.cpu_count() or 1) > 2 else 1)
     port = free_port()
     with AnyTLSProcess.server(port, ["-p", "pw", "--log-level", "info"], tmp_path) as server:
         assert server.proc is not None
-        assert len(children_of(server.proc.pid)) == (os.cpu_count() or 1) - 1
-        assert f"{os.cpu_count()} worker" in server.log_text()
+        assert len(children_of(server.proc.pid)) == expected - 1
+        assert f"{expected} worker" in server.log_text()
 
 
 def _socket_fds(pid: int) -> int:
@@ -131,7 +135,8 @@ def test_worker_count_defaults_and_port_zero(caplog: pytest.LogCaptureFixture) -
     from anytls.core.address import Address
 
     assert _run.worker_count(3, Address("127.0.0.1", 1080)) == 3
-    assert _run.worker_count(0, Address("127.0.0.1", 1080)) == (os.cpu_count() or 1)
+    assert _run.worker_count(0, Address("127.0.0.1", 1080)) == _run.default_workers()
+    assert [_run.default_workers(n) for n in (1, 2, 3, 8)] == [1, 1, 3, 8]
     assert _run.worker_count(1, Address("127.0.0.1", 0)) == 1
     with caplog.at_level("WARNING"):
         assert _run.worker_count(4, Address("127.0.0.1", 0)) == 1

@@ -79,6 +79,22 @@ def proxy(
         yield cli
 
 
+@pytest.fixture(scope="module", params=["ours", "sing-box"])
+def waiting_proxy(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    certs: tuple[Path, Path],
+) -> Iterator[AnyTLSProcess]:
+    """Like ``proxy``, with ``--wait-for-synack`` (replies wait for the server's answer)."""
+    if request.param == "ours":
+        server_port = request.getfixturevalue("our_server").port
+    else:
+        server_port = request.getfixturevalue("singbox_server_port")
+    tmp = tmp_path_factory.mktemp("waiting-client")
+    with _client(tmp, server_port, certs[0], "--wait-for-synack") as cli:
+        yield cli
+
+
 @pytest.fixture(scope="module")
 def auth_proxy(
     tmp_path_factory: pytest.TempPathFactory, certs: tuple[Path, Path], our_server: AnyTLSProcess
@@ -279,7 +295,9 @@ async def test_garbage_first_bytes_closed_cleanly(
 
 
 @async_test
-async def test_refused_destination_via_curl(proxy: AnyTLSProcess) -> None:
+async def test_refused_destination_via_curl(waiting_proxy: AnyTLSProcess) -> None:
+    """--wait-for-synack: a refused destination gets the real SOCKS5 code / HTTP 502."""
+    proxy = waiting_proxy
     dead = refused_port()
     rc, _, err = await curl(
         "--socks5-hostname", f"127.0.0.1:{proxy.port}", f"http://127.0.0.1:{dead}/", check=False
@@ -287,6 +305,38 @@ async def test_refused_destination_via_curl(proxy: AnyTLSProcess) -> None:
     assert rc != 0
     # SOCKS5 reply 5; curl prints the code ("... connection to 127.0.0.1. (5)") or its text
     assert re.search(r"\(5\)|refused", err, re.IGNORECASE), err
+    _, out, _ = await curl(
+        "-x",
+        f"http://127.0.0.1:{proxy.port}",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"http://127.0.0.1:{dead}/",
+        check=False,
+    )
+    assert out == b"502"
+
+
+@async_test
+async def test_refused_destination_resets_by_default(proxy: AnyTLSProcess) -> None:
+    """Default (0-RTT) replies: CONNECT was already answered, so a refused destination
+    resets the local connection and is logged; an absolute-URI request, not yet answered,
+    still gets a 502."""
+    dead = refused_port()
+    for scheme, method in (("socks5-hostname", "CONNECT"), ("proxytunnel", "CONNECT")):
+        before = len(proxy.log_lines(rf"{method} 127\.0\.0\.1:{dead} failed: .*reset"))
+        via = ["--socks5-hostname", f"127.0.0.1:{proxy.port}"]
+        if scheme == "proxytunnel":
+            via = ["-p", "-x", f"http://127.0.0.1:{proxy.port}"]
+        rc, _, err = await curl(*via, f"http://127.0.0.1:{dead}/", check=False)
+        # a reset: 56 "Recv failure: Connection reset" or, if it comes very early, 55 (send
+        # or getpeername failure); an orderly close would be 52 "Empty reply"
+        assert rc in (55, 56), (rc, err)
+        await proxy.wait_log(
+            rf"{method} 127\.0\.0\.1:{dead} failed: remote: .*refused.* \(local connection reset\)"
+        )
+        assert len(proxy.log_lines(rf"{method} 127\.0\.0\.1:{dead} failed: .*reset")) > before
     _, out, _ = await curl(
         "-x",
         f"http://127.0.0.1:{proxy.port}",
@@ -380,6 +430,7 @@ async def test_server_unreachable_is_not_blamed_on_the_destination(tmp_path: Pat
     """With the AnyTLS server down, SOCKS5 says "general failure" (1), not "connection
     refused" (5), which would wrongly describe the destination; HTTP says 502."""
     args = ["-s", f"127.0.0.1:{refused_port()}", "-p", PASSWORD, "--insecure"]
+    args.append("--wait-for-synack")
     async with AnyTLSProcess.client(free_port(), args, tmp_path) as cli:
         async with asyncio.timeout(10):
             with pytest.raises(Socks5Error) as info:
@@ -389,3 +440,34 @@ async def test_server_unreachable_is_not_blamed_on_the_destination(tmp_path: Pat
                 await open_http_connect("127.0.0.1", cli.port, "example.com", 80)
             assert http_info.value.status == 502
         await cli.wait_log(r"CONNECT example\.com:80 failed: cannot connect to 127\.0\.0\.1")
+
+
+@async_test
+async def test_server_unreachable_by_default(tmp_path: Path) -> None:
+    """Default (0-RTT) replies with the server down: CONNECT is answered, then the local
+    connection is reset (and the reason logged); an absolute-URI HTTP request, not yet
+    answered, gets a 502."""
+    args = ["-s", f"127.0.0.1:{refused_port()}", "-p", PASSWORD, "--insecure"]
+    async with AnyTLSProcess.client(free_port(), args, tmp_path) as cli:
+        async with asyncio.timeout(10):
+            reader, writer, _ = await open_socks5_raw("127.0.0.1", cli.port, "example.com", 80)
+            try:
+                with pytest.raises(ConnectionResetError):
+                    await reader.read()
+            finally:
+                await aclose(writer)
+            await cli.wait_log(
+                r"CONNECT example\.com:80 failed: cannot connect to 127\.0\.0\.1.*"
+                r"\(local connection reset\)"
+            )
+            _, out, _ = await curl(
+                "-x",
+                f"http://127.0.0.1:{cli.port}",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://example.com/",
+                check=False,
+            )
+            assert out == b"502"

@@ -229,15 +229,31 @@ async def test_cli_100_concurrent_socks5_streams(cli_client: AnyTLSProcess) -> N
 
 
 @async_test
-async def test_cli_refused_destination(cli_client: AnyTLSProcess) -> None:
+async def test_cli_refused_destination(
+    tmp_path: Path, cli_client: AnyTLSProcess, sb_default: SingBoxServer
+) -> None:
     dead = refused_port()
-    with pytest.raises(Socks5Error) as info:
-        await open_socks5_raw("127.0.0.1", cli_client.port, "127.0.0.1", dead)
-    assert info.value.reply == 5  # connection refused
-    with pytest.raises(ProxyHTTPError) as http_info:
-        await open_http_connect("127.0.0.1", cli_client.port, "127.0.0.1", dead)
-    assert http_info.value.status == 502
-    await cli_client.wait_log(rf"CONNECT 127\.0\.0\.1:{dead} failed: .*connection refused")
+    # Default (0-RTT) replies: the CONNECT was answered, so sing-box's error SYNACK resets
+    # the local connection.
+    r, w, _ = await open_socks5_raw("127.0.0.1", cli_client.port, "127.0.0.1", dead)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(r.read(), 5)
+    w.close()
+    await cli_client.wait_log(
+        rf"CONNECT 127\.0\.0\.1:{dead} failed: .*connection refused.*local connection reset"
+    )
+    # --wait-for-synack: real SOCKS5 / HTTP error codes.
+    uri = f"anytls://{PASSWORD}@127.0.0.1:{sb_default.port}/?sni=localhost"
+    env = {"SSL_CERT_FILE": str(sb_default.cert)}
+    args = ["-s", uri, "--wait-for-synack"]
+    async with AnyTLSProcess.client(free_port(), args, tmp_path, env=env) as waiting:
+        with pytest.raises(Socks5Error) as info:
+            await open_socks5_raw("127.0.0.1", waiting.port, "127.0.0.1", dead)
+        assert info.value.reply == 5  # connection refused
+        with pytest.raises(ProxyHTTPError) as http_info:
+            await open_http_connect("127.0.0.1", waiting.port, "127.0.0.1", dead)
+        assert http_info.value.status == 502
+        await waiting.wait_log(rf"CONNECT 127\.0\.0\.1:{dead} failed: .*connection refused")
     # the proxy keeps working
     async with tcp_echo_server() as (host, port):
         await socks_echo_check(cli_client.port, host, port, 1000)
@@ -247,6 +263,7 @@ async def test_cli_refused_destination(cli_client: AnyTLSProcess) -> None:
 async def test_cli_wrong_password(tmp_path: Path, sb_default: SingBoxServer) -> None:
     before = sb_default.sb.log_text().count("unknown user password")
     args = ["-s", f"127.0.0.1:{sb_default.port}", "-p", "not-the-password", "--insecure"]
+    args.append("--wait-for-synack")  # real SOCKS/HTTP error codes
     async with (
         tcp_echo_server() as (host, port),
         AnyTLSProcess.client(free_port(), args, tmp_path) as cli,

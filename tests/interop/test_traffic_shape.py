@@ -337,6 +337,9 @@ async def test_cli_client_shapes_like_the_library(
         TLSRecordRecorder("127.0.0.1", singbox_servers["custom"]) as rec,
     ):
         args = ["-s", f"127.0.0.1:{rec.port}", "-p", PASSWORD, "--insecure", "--dr"]
+        # Waiting for the SYNACK, as the library's open_connection does, makes the push
+        # land before packet 2 (with 0-RTT replies packet 2 may still use the old scheme).
+        args.append("--wait-for-synack")
         async with AnyTLSProcess.client(free_port(), args, tmp_path) as cli:
             for i in range(2):
                 await socks_echo_check(cli.port, host, port, USER_WRITE)

@@ -16,7 +16,6 @@ import functools
 import itertools
 import logging
 import ssl
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,12 +48,6 @@ from .stream import Stream
 log = logging.getLogger("anytls.client")
 
 CLIENT_NAME = f"anytls-py/{__version__}"
-#: An optimistic open uses a pooled session only if the server was heard within this many
-#: seconds (a session quiet for longer may be dead behind a NAT; then the open waits, and a
-#: dead session costs a retry instead of a broken connection).
-OPTIMISTIC_SESSION_QUIET = 10.0
-#: Destinations remembered as recently reachable, for optimistic opens.
-REACHABLE_CACHE_SIZE = 4096
 
 
 @dataclass
@@ -101,11 +94,14 @@ class ClientConfig:
     max_streams_per_session: int = 1
     """Concurrent streams one session may carry; 1 is the Go clients' behaviour."""
     reuse_sessions: bool = True
-    optimistic_connect: float = 30.0
-    """For :meth:`Client.open_stream_then`: report a stream open at once, without waiting
-    for the server, when its destination was connected within this many seconds and the
-    pooled session heard from the server within :data:`OPTIMISTIC_SESSION_QUIET` seconds
-    (0 = always wait for the server's answer)."""
+    tcp_fast_open: bool = False
+    """Connect to the server with TCP Fast Open, so a reconnect carries the ClientHello in
+    its SYN (see :mod:`anytls.aio.tfo`)."""
+    wait_for_synack: bool = False
+    """Local proxy inbounds: answer a SOCKS5/HTTP CONNECT only once the server reported
+    the destination connected (real SOCKS/HTTP error codes, one round trip more). By
+    default they answer at once and the first bytes go out with the SYN, as the Go
+    clients do (see :class:`~anytls.aio.early.EarlyRelay`)."""
     version: int = 2
     """Protocol version to advertise (1 only for testing v1 interop)."""
     client_name: str = CLIENT_NAME
@@ -150,13 +146,19 @@ class ClientConnection(SessionConnection):
         """This session as the pool policy sees it."""
         return SessionInfo(self.seq, len(self.streams), self.idle_since, not self.is_closed)
 
-    def open_stream(self, destination: Address) -> Stream:
-        """Open a stream to ``destination`` (0-RTT: nothing is awaited)."""
+    def open_stream(self, destination: Address, early: bytes = b"") -> Stream:
+        """Open a stream to ``destination`` (0-RTT: nothing is awaited).
+
+        ``early`` are the stream's first bytes: they follow the SYN in the same flush
+        (one flight), as the next padding packet, as a Go client's first write would.
+        """
         if self.is_closed:  # e.g. the server refused the preface before the first stream
             reason = self._close_reason or "closed"
             raise SessionClosedError(f"session with {self.peer} ended: {reason}")
         stream_id = self.core.open_stream(destination.encode(), self.loop.time())
         stream = self.add_stream(stream_id)
+        if early:
+            stream.write(early)
         self.idle_since = None
         self.client._update_available(self)
         self.schedule_flush()
@@ -217,7 +219,6 @@ class PendingOpen:
         self.task: asyncio.Task[Stream] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.finished = False
-        self.optimistic = False
 
     @classmethod
     def in_task(
@@ -235,34 +236,14 @@ class PendingOpen:
         conn: ClientConnection,
         destination: Address,
         done: OpenCallback,
-        *,
-        optimistic: bool = False,
     ) -> PendingOpen:
-        """Open on ``conn`` (a v2 session) and wait for the SYNACK by callback.
-
-        ``optimistic``: report the stream at once (on the next loop iteration); the SYNACK
-        then only updates the reachability cache, and a failure closes the stream.
-        """
+        """Open on ``conn`` (a v2 session) and wait for the SYNACK by callback."""
         pending = cls(client, destination, done)
         stream = pending.stream = conn.open_stream(destination)
         timeout = client.config.ack_timeout
         pending.timer = conn.loop.call_later(timeout, _ack_timed_out, stream, timeout)
         stream.acknowledged.add_done_callback(pending._acknowledged)
-        if optimistic:
-            pending.optimistic = True
-            conn.loop.call_soon(pending._report_optimistically)
         return pending
-
-    def _report_optimistically(self) -> None:
-        stream = self.stream
-        if self.finished or stream is None:
-            return
-        if stream.is_closing():  # failed meanwhile: wait for the real answer instead
-            self.optimistic = False
-            if stream.acknowledged.done():
-                self._acknowledged(stream.acknowledged)
-            return
-        self._finish(stream, None)
 
     def _start_task(self, fresh: bool) -> None:
         loop = asyncio.get_running_loop()
@@ -277,20 +258,6 @@ class PendingOpen:
             self.timer = None
         stream = self.stream
         if stream is None:
-            return
-        ok = not ack.cancelled() and ack.exception() is None and ack.result() is None
-        if ok:
-            self.client._note_reachable(self.destination)
-        if self.optimistic and self.finished:
-            # A stream closed on our side before the answer says nothing about the place.
-            closed_here = not ack.cancelled() and isinstance(ack.exception(), StreamClosedError)
-            if not ok and not closed_here:
-                # Already reported as open: all that is left is to end it (the local side
-                # sees its connection close) and stop being optimistic for this place.
-                self.client._forget_reachable(self.destination)
-                reason = "cancelled" if ack.cancelled() else (ack.exception() or ack.result())
-                log.info("%s failed after an optimistic open: %s", self.destination, reason)
-                stream.close()
             return
         if self.finished:
             return
@@ -324,7 +291,6 @@ class PendingOpen:
                 task.result().close()  # cancel() came after the task had finished
             return
         if exc is None:
-            self.client._note_reachable(self.destination)
             self._finish(task.result(), None)
         elif isinstance(exc, AnyTLSError):
             self._finish(None, exc)
@@ -341,7 +307,6 @@ class PendingOpen:
         if self.finished:
             return
         self.finished = True
-        self.optimistic = False  # never reported: nothing to learn from how it ends
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -397,8 +362,6 @@ class Client:
         #: ``seq`` of the sessions that can take one more stream (the policy's rule, kept
         #: up to date as streams open and close, so picking one builds nothing per session).
         self._available: set[int] = set()
-        #: Destination → when a stream to it was last acknowledged (optimistic opens).
-        self._reachable: OrderedDict[Address, float] = OrderedDict()
         self.sessions_opened = 0
         self.streams_retried = 0
         self._seq = itertools.count(1)
@@ -427,10 +390,10 @@ class Client:
                 if self.fingerprint is not None:
                     conn = await self._connect_impersonated(seq, server_hostname or None)
                 else:
+                    target = await self._target()
                     _, conn = await loop.create_connection(
                         lambda: ClientConnection(self, seq),
-                        config.server_host,
-                        config.server_port,
+                        **target,
                         ssl=self.ssl_context,
                         server_hostname=server_hostname or None,
                         ssl_handshake_timeout=config.connect_timeout,
@@ -480,9 +443,20 @@ class Client:
             ca_file=config.ca_file,
             pinned=self.pin is not None,
             timeout=config.connect_timeout,
+            tcp_fast_open=config.tcp_fast_open,
         )
         assert isinstance(conn, ClientConnection)
         return conn
+
+    async def _target(self) -> dict[str, Any]:
+        """Where ``create_connection`` connects: host and port, or a socket already
+        connected with the options the config asks for (TCP Fast Open)."""
+        config = self.config
+        if config.tcp_fast_open:
+            from .tfo import connect
+
+            return {"sock": await connect(config.server_host, config.server_port)}
+        return {"host": config.server_host, "port": config.server_port}
 
     def _check_pin(self, conn: ClientConnection, where: str) -> None:
         """Close ``conn`` and raise unless its certificate is the pinned one."""
@@ -496,6 +470,16 @@ class Client:
         except CertificatePinError:
             conn.close("certificate pin mismatch", abort=True)
             raise
+
+    def pooled_session(self) -> ClientConnection | None:
+        """A pooled session that can take one more stream now, if any."""
+        if self._closed or not self.config.reuse_sessions:
+            return None
+        return self._choose()
+
+    async def acquire_session(self, *, fresh: bool = False) -> ClientConnection:
+        """A session for one more stream: pooled, or a new one (``fresh``: always new)."""
+        return await self._acquire(fresh)
 
     async def _acquire(self, fresh: bool = False) -> ClientConnection:
         if self._closed:
@@ -641,7 +625,7 @@ class Client:
                 stream.close()  # cancelled (even during the version probe) or failed
                 raise
 
-    def _may_retry(self, stream: Stream, exc: BaseException, fresh: bool) -> bool:
+    def _may_retry(self, stream: Stream, exc: BaseException | None, fresh: bool) -> bool:
         """Whether ``stream``, failed with ``exc`` before its SYNACK, may be tried again on
         a new session: its pooled session died, and nothing came back on it."""
         return (
@@ -664,43 +648,14 @@ class Client:
         session that already spoke v2 (the common case) no task is created: the stream goes
         out at once and ``done`` runs from the SYNACK's callback. Otherwise (a new session,
         a v1 or not yet known server) it runs :meth:`open_stream_acknowledged` in a task.
-        ``cancel()`` on the result abandons the attempt and closes the stream.
-
-        Optimistic opens (``ClientConfig.optimistic_connect``): to a destination acknowledged
-        recently, over a session that heard from the server recently, ``done(stream, None)``
-        comes at once, as the Go clients always do; should the server then fail the stream,
-        it is closed (and the destination no longer counts as reachable). ``done`` is never
-        called before this method returns.
+        ``cancel()`` on the result abandons the attempt and closes the stream. ``done`` is
+        never called before this method returns. (To relay without waiting for the
+        server at all, see :class:`~anytls.aio.early.EarlyRelay`.)
         """
-        conn = None if self._closed or not self.config.reuse_sessions else self._choose()
+        conn = self.pooled_session()
         if conn is None or not conn.version_known.done() or conn.core.peer_version < 2:
             return PendingOpen.in_task(self, destination, done, fresh=False)
-        optimistic = self._may_be_optimistic(conn, destination)
-        return PendingOpen.on_session(self, conn, destination, done, optimistic=optimistic)
-
-    def _may_be_optimistic(self, conn: ClientConnection, destination: Address) -> bool:
-        ttl = self.config.optimistic_connect
-        if ttl <= 0:
-            return False
-        seen = self._reachable.get(destination)
-        now = conn.loop.time()
-        return (
-            seen is not None
-            and now - seen < ttl
-            and now - conn.core.last_activity < OPTIMISTIC_SESSION_QUIET
-        )
-
-    def _note_reachable(self, destination: Address) -> None:
-        if self.config.optimistic_connect <= 0:
-            return
-        reachable = self._reachable
-        reachable[destination] = asyncio.get_running_loop().time()
-        reachable.move_to_end(destination)
-        if len(reachable) > REACHABLE_CACHE_SIZE:
-            reachable.popitem(last=False)
-
-    def _forget_reachable(self, destination: Address) -> None:
-        self._reachable.pop(destination, None)
+        return PendingOpen.on_session(self, conn, destination, done)
 
     async def open_connection(
         self, host: str, port: int, *, limit: int = 2**18

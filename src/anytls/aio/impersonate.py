@@ -330,6 +330,7 @@ async def open_connection(
     ca_file: str | None = None,
     pinned: bool = False,
     timeout: float = 10.0,  # noqa: ASYNC109 (curl's own connect timeout, not asyncio's)
+    tcp_fast_open: bool = False,
 ) -> tuple[CurlTransport, Any]:
     """Connect to ``host:port`` with ``fingerprint``'s ClientHello, like
     :meth:`asyncio.loop.create_connection` with ``ssl=``.
@@ -337,6 +338,8 @@ async def open_connection(
     ``server_hostname`` is the SNI and the name verified (``None`` or an IP: no SNI);
     ``insecure`` skips verification, and so does ``pinned`` (the caller then checks the
     leaf's DER, ``get_extra_info("ssl_object").getpeercert(True)``, against its pin).
+    ``tcp_fast_open``: the ClientHello rides in the SYN when the kernel has a cookie
+    (curl's ``CURLOPT_TCP_FASTOPEN``).
     """
     loop = asyncio.get_running_loop()
     curl = library()
@@ -373,6 +376,8 @@ async def open_connection(
         easy.setopt(opt.NOSIGNAL, 1)
         easy.setopt(opt.CONNECTTIMEOUT_MS, max(1, int(timeout * 1000)))
         easy.setopt(opt.VERBOSE, 1)
+        if tcp_fast_open:
+            easy.setopt(opt.TCP_FASTOPEN, 1)
         easy.setopt(opt.DEBUGFUNCTION, debug)
         handshake = _Handshake(loop, curl, easy)
         if name != host:

@@ -86,6 +86,9 @@ class ServerConfig:
     """Bytes buffered towards one client before its streams' sources pause."""
     accept_proxy_protocol: bool = False
     """Expect a PROXY protocol v1/v2 header (from HAProxy or another L4 balancer) first."""
+    tcp_fast_open: bool = False
+    """Accept TCP Fast Open SYN data on the listeners (see :mod:`anytls.aio.tfo`; needs
+    ``net.ipv4.tcp_fastopen`` with bit 2 set)."""
     max_connections: int = 4096
     """Simultaneous TLS connections accepted (0 = no limit)."""
     version: int = 2
@@ -599,6 +602,15 @@ class AnyTLSServer:
             **kwargs,
         )
         self.servers.append(server)
+        if self.config.tcp_fast_open:
+            for sock in server.sockets:
+                self._enable_fast_open(sock)
+
+    def _enable_fast_open(self, sock: socket.socket) -> None:
+        from .tfo import enable_on_listener
+
+        if not enable_on_listener(sock):
+            log.warning("TCP Fast Open could not be enabled on %s", sock.getsockname())
 
     async def _start_proxied(self, host: str | None, port: int, reuse_port: bool) -> None:
         # The PROXY header precedes the TLS ClientHello, so connections are accepted as
@@ -616,6 +628,8 @@ class AnyTLSServer:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
             sock.listen(LISTEN_BACKLOG)
+            if self.config.tcp_fast_open:
+                self._enable_fast_open(sock)
             sock.setblocking(False)
             self._raw_sockets.append(sock)
             self._track(loop.create_task(self._accept_loop(sock)))

@@ -93,3 +93,16 @@ def fail(prog: str, message: str) -> NoReturn:
     """Report a configuration problem in one line and exit with status 2."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def warn_fast_open(enabled: bool, *, server: bool) -> None:
+    """Log once at start why ``--tcp-fast-open`` will not take effect on this host."""
+    if not enabled:
+        return
+    import logging
+
+    from ..aio.tfo import sysctl_problem
+
+    problem = sysctl_problem(server)
+    if problem:
+        logging.getLogger("anytls").warning("%s", problem)

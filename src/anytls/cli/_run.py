@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 #: Process ids of the worker processes this (parent) process forked.
@@ -54,13 +55,25 @@ def fork_workers(count: int) -> int:
     return 0
 
 
+#: Machines with at most this many cores run one process by default: memory is scarcer
+#: there than a second core (one process relays several hundred MB/s on one core).
+SMALL_MACHINE_CORES = 2
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Processes for ``--workers 0``: one per core, or 1 on a small machine."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return cores if cores > SMALL_MACHINE_CORES else 1
+
+
 def worker_count(requested: int, listen: object) -> int:
-    """Processes to run: ``requested``, or one per core for 0; 1 where that cannot work.
+    """Processes to run: ``requested``, or :func:`default_workers` for 0; 1 where that
+    cannot work.
 
     ``listen`` is the listen address (its ``port`` 0 means "any": each worker would get a
     different port, so one process serves it).
     """
-    count = requested if requested > 0 else (os.cpu_count() or 1)
+    count = requested if requested > 0 else default_workers()
     if count > 1 and not hasattr(os, "fork"):
         logging.getLogger("anytls").warning("no fork() here: running one process")
         return 1
@@ -123,25 +136,86 @@ def _die_with_parent() -> None:
         pass
 
 
-def tune_malloc() -> None:
+def _libc_malloc() -> tuple[Callable[..., int], Callable[[int], int]] | None:
+    """glibc's ``mallopt`` and ``malloc_trim`` (None where they are missing)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        return libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return None
+
+
+def tune_malloc() -> Callable[[int], int] | None:
     """Keep glibc from returning and re-faulting heap memory on every bulk burst.
 
     A relay allocates and frees megabytes per loop iteration; with glibc's defaults the
     heap grows and is trimmed back about 150 times per 256 MiB and nearly every byte sent
     lands on freshly faulted pages. Raising the mmap and trim thresholds keeps those pages
-    (about 9 MiB more resident) and cut the sender's CPU per GB by about 45 % in the
-    benchmark. A no-op where glibc's ``mallopt`` is missing.
+    and cut the sender's CPU per GB by about 45 % in the benchmark. What this keeps after
+    a burst is given back by :class:`IdleTrim`. Returns ``malloc_trim`` (None where glibc's
+    functions are missing, and then nothing is changed).
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return
+    functions = _libc_malloc()
+    if functions is None:  # pragma: no cover - not glibc
+        return None
+    mallopt, malloc_trim = functions
     m_trim_threshold, m_mmap_threshold = -1, -3
     mallopt(m_mmap_threshold, 8 * 1024 * 1024)
     mallopt(m_trim_threshold, 64 * 1024 * 1024)
+    return malloc_trim
+
+
+class IdleTrim:
+    """Return the heap a burst of traffic left behind once the process goes quiet.
+
+    Every :attr:`INTERVAL` seconds the process's own CPU time is read (one clock call):
+    after at least :attr:`WORK` CPU-seconds of work, the first interval with less than
+    :attr:`QUIET` of a core busy calls ``malloc_trim(0)``, which hands free heap pages
+    (also those between live blocks) back to the kernel. Busy processes are never
+    trimmed, so the raised malloc thresholds keep their throughput benefit.
+    """
+
+    INTERVAL = 1.0
+    QUIET = 0.02
+    WORK = 0.05
+
+    def __init__(self, trim: Callable[[int], int], clock: Callable[[], float]) -> None:
+        self.trim = trim
+        self.clock = clock
+        self.last = clock()
+        self.work = 0.0
+        self.trims = 0
+        self.handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Check every :attr:`INTERVAL` seconds on ``loop`` until :meth:`stop`."""
+        self.handle = loop.call_later(self.INTERVAL, self._tick, loop)
+
+    def stop(self) -> None:
+        """Stop checking."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+    def check(self) -> bool:
+        """One check; True if it trimmed."""
+        now = self.clock()
+        used, self.last = now - self.last, now
+        if used > self.QUIET * self.INTERVAL:
+            self.work += used
+            return False
+        if self.work < self.WORK:
+            return False
+        self.work = 0.0
+        self.trims += 1
+        self.trim(0)
+        return True
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.check()
+        self.handle = loop.call_later(self.INTERVAL, self._tick, loop)
 
 
 def raise_fd_limit() -> int:
@@ -193,9 +267,16 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # non-Unix
                 loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        trimmer = IdleTrim(trim, time.process_time) if trim is not None else None
+        if trimmer is not None:
+            trimmer.start(loop)
+        try:
+            await main(stop)
+        finally:
+            if trimmer is not None:
+                trimmer.stop()
 
-    tune_malloc()
+    trim = tune_malloc()
     tune_gc()
     raise_fd_limit()
     try:

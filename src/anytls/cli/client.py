@@ -141,14 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         "time, and retry the stream on a fresh one (default 3; 0 = off)",
     )
     parser.add_argument(
-        "--optimistic-connect",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="answer a SOCKS5/HTTP CONNECT at once, before the server has connected, when "
-        "the destination was connected within this many seconds over a live session, as "
-        "the Go clients always do (default 30; 0 = always wait, so every failure gets a "
-        "SOCKS/HTTP error code)",
+        "--tcp-fast-open",
+        action="store_true",
+        help="connect to the server with TCP Fast Open: a reconnect sends the TLS "
+        "ClientHello in its SYN (needs the server's --tcp-fast-open)",
+    )
+    parser.add_argument(
+        "--wait-for-synack",
+        action="store_true",
+        help="answer a SOCKS5/HTTP CONNECT only once the server has connected the "
+        "destination, so failures get SOCKS/HTTP error codes (one round trip more); by "
+        "default the answer is immediate and the first bytes go out with the SYN",
     )
     parser.add_argument(
         "--heartbeat-interval",
@@ -181,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="processes sharing the local port with SO_REUSEPORT, each with its own "
-        "session pool (default 1; 0 = one per CPU core)",
+        "session pool (default 1; 0 = one per CPU core, or 1 with 2 cores or fewer)",
     )
     _common.add_logging_arguments(parser)
     return parser
@@ -320,7 +323,8 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         reuse_sessions=not args.dr,
         max_streams_per_session=max(1, args.max_streams_per_session),
         synack_timeout=max(0.0, args.synack_timeout),
-        optimistic_connect=max(0.0, args.optimistic_connect),
+        wait_for_synack=args.wait_for_synack,
+        tcp_fast_open=args.tcp_fast_open,
         heartbeat_interval=max(0.0, args.heartbeat_interval),
         heartbeat_timeout=args.heartbeat_timeout,
     )
@@ -476,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     workers = _run.worker_count(args.workers, listen)
+    _common.warn_fast_open(config.tcp_fast_open, server=False)
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)

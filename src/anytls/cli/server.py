@@ -220,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time for a client to authenticate after TLS (default 10)",
     )
     parser.add_argument(
+        "--tcp-fast-open",
+        action="store_true",
+        help="accept TCP Fast Open (clients' ClientHello in the SYN; needs "
+        "sysctl net.ipv4.tcp_fastopen=3)",
+    )
+    parser.add_argument(
         "--accept-proxy-protocol",
         action="store_true",
         help="expect a PROXY protocol v1/v2 header from a load balancer "
@@ -230,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core)",
+        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core, "
+        "or 1 on machines with 2 cores or fewer)",
     )
     parser.add_argument(
         "--metrics",
@@ -417,6 +424,7 @@ def server_config(args: argparse.Namespace) -> Any:
         session_buffer=max(16 * 1024, args.session_buffer),
         preface_timeout=args.preface_timeout,
         accept_proxy_protocol=args.accept_proxy_protocol,
+        tcp_fast_open=args.tcp_fast_open,
     )
 
 
@@ -713,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
+    _common.warn_fast_open(config.tcp_fast_open, server=True)
 
     async def amain(stop: asyncio.Event) -> None:
         from ..aio.server import AnyTLSServer

@@ -3,9 +3,13 @@
 ``0x05`` starts SOCKS5 (CONNECT, and UDP ASSOCIATE when a UDP handler is installed);
 anything else is read as an HTTP proxy request (CONNECT, or an absolute-URI request that
 is forwarded in origin form). The handshake runs in a plain protocol on the accepted
-transport; once the tunnelled stream is acknowledged the transport is spliced to it, so
-the relay path has no task and no ``StreamReader`` (and on a pooled session, neither has
-the stream open: :meth:`~anytls.aio.client.Client.open_stream_then` reports by callback).
+transport. By default a CONNECT is answered at once and the transport handed to an
+:class:`~anytls.aio.early.EarlyRelay`, so the application's first bytes leave with the SYN
+(no round trip to the server first, as the Go clients do; a destination the server cannot
+reach then ends the local connection with a reset). With
+``ClientConfig.wait_for_synack`` the reply waits for the server's answer instead, so
+failures get real SOCKS/HTTP error codes. Either way the transport ends up spliced to the
+stream: the relay path has no task and no ``StreamReader``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..aio.client import Client, PendingOpen
+from ..aio.early import EarlyRelay
 from ..aio.relay import splice
 from ..aio.stream import Stream
 from ..core.address import Address
@@ -161,7 +166,11 @@ class _Handshake(asyncio.Protocol):
         command, address = request
         self.buf += self.socks.leftover
         if command == Command.CONNECT:
-            self._open(address, self._socks_opened)
+            if self.inbound.client.config.wait_for_synack:
+                self._open(address, self._socks_opened)
+            else:
+                self.transport.write(_SOCKS_SUCCEEDED)
+                self._relay_early("CONNECT", address, bytes(self.buf), None)
         elif command == Command.UDP_ASSOCIATE and self.inbound.udp_handler is not None:
             self._done()
             self.transport.pause_reading()
@@ -187,7 +196,34 @@ class _Handshake(asyncio.Protocol):
             self.transport.write(response(407, "Proxy Authentication Required"))
             self._abort()
             return
-        self._open(request.target, lambda stream, exc: self._http_opened(request, stream, exc))
+        if self.inbound.client.config.wait_for_synack:
+            self._open(request.target, lambda s, exc: self._http_opened(request, s, exc))
+        elif request.is_connect:
+            self.transport.write(response(200, "Connection established"))
+            self._relay_early(request.method, request.target, bytes(self.buf), None)
+        else:
+            # Nothing has been answered yet: a failure can still be a 502/504.
+            initial = request.forward_head + self.buf
+            self._relay_early(request.method, request.target, initial, _http_failure)
+
+    def _relay_early(
+        self,
+        method: str,
+        address: Address,
+        initial: bytes,
+        failure: Callable[[AnyTLSError], bytes] | None,
+    ) -> None:
+        """Tunnel without waiting for the server (see :class:`EarlyRelay`)."""
+        assert self.transport is not None
+        self._done()
+        self.address = address
+        self.buf = bytearray()
+        log.debug("local client %s: %s %s", self.peer, method, address)
+        label = f"local client {self.peer}: {method}"
+        relay = EarlyRelay(
+            self.inbound.client, address, self.transport, initial, label=label, failure=failure
+        )
+        relay.start()
 
     def eof_received(self) -> bool:
         if self.pending is not None:
