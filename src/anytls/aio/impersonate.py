@@ -27,6 +27,7 @@ details (``tests/aio/test_impersonate.py`` checks them).
 from __future__ import annotations
 
 import asyncio
+import asyncio.trsock
 import base64
 import collections
 import contextlib
@@ -529,6 +530,7 @@ class CurlTransport(asyncio.Transport):
         self._recv = curl.recv
         self._from_buffer = curl.own_ffi.from_buffer
         self._n = curl.own_ffi.new("size_t *")
+        self._sock: socket.socket | None = None
         self._wbuf: collections.deque[bytes] = collections.deque()
         self._woffset = 0
         self._wsize = 0
@@ -761,8 +763,22 @@ class CurlTransport(asyncio.Transport):
         self._loop.remove_writer(self._fd)
         self._wbuf.clear()
         self._wsize = 0
+        if self._sock is not None:
+            self._sock.detach()  # the descriptor is curl's: curl closes it
+            self._sock = None
         self._handshake.close()  # curl closes the socket
         self._loop.call_soon(self._protocol.connection_lost, exc)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """As asyncio's transports: ``peername``, ``sockname``, ``ssl_object`` (a
+        :class:`TLSInfo`), ``socket`` (curl's socket, not to be closed or read from), and
+        ``fingerprint`` (the curl-impersonate target)."""
+        if name == "socket":
+            if self._sock is None and not self._closed:
+                # A view of curl's descriptor, detached (never closed) when the transport is.
+                self._sock = socket.socket(fileno=self._fd)
+            return asyncio.trsock.TransportSocket(self._sock) if self._sock else default
+        return super().get_extra_info(name, default)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         """The protocol."""
