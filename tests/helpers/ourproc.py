@@ -111,12 +111,18 @@ class AnyTLSProcess(ManagedProcess):
             if remaining <= 0:
                 self._fail(f"did not listen on {self.host}:{self.port} in time")
             try:
-                yield WaitPort(self.host, self.port, min(0.5, remaining))
+                yield WaitPort(self.connect_host, self.port, min(0.5, remaining))
             except TimeoutError:
                 continue
             if self._ready():
                 break
             yield Sleep(0.02)
+
+    @property
+    def connect_host(self) -> str:
+        """Where to connect to reach the listener (a wildcard means loopback)."""
+        host = self.host.strip("[]")
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
     def stop_sync(self) -> None:
         self._stop_sync()

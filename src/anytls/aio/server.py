@@ -582,9 +582,36 @@ class AnyTLSServer:
         listening = [s for srv in self.servers for s in srv.sockets]
         return listening + self._raw_sockets
 
-    async def start(self, host: str | None, port: int, **kwargs: Any) -> None:
-        """Bind and start accepting (``reuse_port=True`` lets worker processes share it)."""
+    async def start(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        sockets: list[socket.socket] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Bind and start accepting (``reuse_port=True`` lets worker processes share it).
+
+        ``sockets``: accept on these listening sockets (bound by the caller, e.g. before
+        forking workers) instead of binding ``host:port``.
+        """
         loop = asyncio.get_running_loop()
+        if sockets is not None:
+            for sock in sockets:
+                if self.config.accept_proxy_protocol:
+                    self._raw_sockets.append(sock)
+                    self._track(loop.create_task(self._accept_loop(sock)))
+                    continue
+                self.servers.append(
+                    await loop.create_server(
+                        lambda: ServerConnection(self),
+                        sock=sock,
+                        ssl=self.ssl_context,
+                        ssl_handshake_timeout=self.config.handshake_timeout,
+                        backlog=LISTEN_BACKLOG,
+                    )
+                )
+            return
         if self.config.accept_proxy_protocol:
             await self._start_proxied(host, port, bool(kwargs.get("reuse_port")))
             return

@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="processes sharing the local port with SO_REUSEPORT, each with its own "
+        help="processes sharing the local listening socket, each with its own "
         "session pool (default 1; 0 = one per CPU core)",
     )
     _common.add_logging_arguments(parser)
@@ -454,19 +454,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
 
     workers = _run.worker_count(args.workers, listen)
+    try:
+        # Bound once, here, and shared by the workers: a port someone holds fails now.
+        sockets = _run.bind_tcp(listen.host, listen.port)
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s: %s; choose another local port with -l",
+            listen,
+            exc.strerror or exc,
+        )
+        raise SystemExit(1) from exc
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
         inbound = MixedInbound(client, auth=auth, udp_handler=udp_handler(client))
-        try:
-            await inbound.start(listen.host, listen.port, reuse_port=_run.forked())
-        except OSError as exc:
-            log.error(
-                "cannot listen on %s: %s; choose another local port with -l",
-                listen,
-                exc.strerror or exc,
-            )
-            raise SystemExit(1) from exc
+        await inbound.start(listen.host, listen.port, sockets=sockets)
         try:
             forwarders = await start_forwarders(client, forwards, reuse_port=_run.forked())
         except OSError as exc:
@@ -478,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             level,
             "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d%s%s",
             __version__,
-            listen,
+            _run.describe_listen(sockets),
             config.server_host,
             config.server_port,
             " (certificate pinned)"

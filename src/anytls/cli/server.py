@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="l",
         metavar="HOST:PORT",
         default="0.0.0.0:8443",
-        help="listen address (default 0.0.0.0:8443)",
+        help="listen address (default 0.0.0.0:8443, IPv4 only; [::]:PORT is IPv4 and IPv6)",
     )
     parser.add_argument(
         "-p", "--password", dest="p", metavar="PASSWORD", help="password of the user 'default'"
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core)",
+        help="processes sharing the listening socket (default 0 = one per CPU core)",
     )
     parser.add_argument(
         "--metrics",
@@ -713,6 +713,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
+    try:
+        # Bound once, here, and shared by the workers: a port someone holds fails now.
+        sockets = _run.bind_tcp(listen.host, listen.port)
+    except OSError as exc:
+        log.error("%s", _listen_error(listen, exc))
+        raise SystemExit(1) from exc
 
     async def amain(stop: asyncio.Event) -> None:
         from ..aio.server import AnyTLSServer
@@ -725,13 +731,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
         loop = asyncio.get_running_loop()
-        host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
         server = AnyTLSServer(config, ctx)
-        try:
-            await server.start(host, listen.port, reuse_port=_run.forked())
-        except OSError as exc:
-            log.error("%s", _listen_error(listen, exc))
-            raise SystemExit(1) from exc
+        await server.start(None, listen.port, sockets=sockets)
         background: list[asyncio.Task[None]] = []
         if manager is not None:
             manager.attach(server)
@@ -790,7 +791,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.info(
                 "anytls-server %s listening on %s (%d user%s, %d worker%s, padding md5 %s)",
                 __version__,
-                listen,
+                _run.describe_listen(sockets),
                 len(config.users),
                 "" if len(config.users) == 1 else "s",
                 workers,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -271,10 +272,28 @@ class MixedInbound:
         self.udp_handler = udp_handler
         self.handshakes: set[_Handshake] = set()
         self.server: asyncio.Server | None = None
+        self.extra_servers: list[asyncio.Server] = []
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        """Start listening (``reuse_port``: share the port with other processes)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
+        """Start listening (``reuse_port``: share the port with other processes).
+
+        ``sockets``: accept on these listening sockets (bound before forking workers).
+        """
         loop = asyncio.get_running_loop()
+        if sockets:
+            self.server = await loop.create_server(lambda: _Handshake(self), sock=sockets[0])
+            for sock in sockets[1:]:
+                self.extra_servers.append(
+                    await loop.create_server(lambda: _Handshake(self), sock=sock)
+                )
+            return
         self.server = await loop.create_server(
             lambda: _Handshake(self),
             host,
@@ -292,12 +311,13 @@ class MixedInbound:
 
     async def close(self) -> None:
         """Stop listening and drop connections still in their handshake."""
-        if self.server is not None:
-            self.server.close()
+        servers = [s for s in (self.server, *self.extra_servers) if s is not None]
+        for server in servers:
+            server.close()
         for hs in list(self.handshakes):
             hs._abort()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
 
 __all__ = [
