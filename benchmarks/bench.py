@@ -342,6 +342,7 @@ class Pair:
                 str(self.key),
                 "--log-level",
                 "warning",
+                "--allow-private",  # the benchmark's targets are on loopback
             ]
             if self.server_impl == "ours" and self.workers_flag:
                 argv += ["--workers", "1"]

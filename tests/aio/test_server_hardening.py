@@ -25,7 +25,7 @@ PASSWORD = "hard-pw"
 
 
 async def start(**kwargs: object) -> tuple[AnyTLSServer, int]:
-    config = ServerConfig(users={"u": PASSWORD}, **kwargs)  # type: ignore[arg-type]
+    config = ServerConfig(users={"u": PASSWORD}, **{"allow_private": True, **kwargs})  # type: ignore[arg-type]
     server = await serve(config, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -196,9 +196,10 @@ def test_fallback_relays_probe_to_a_real_web_server(info_logs: pytest.LogCapture
     assert any("fallback" in line for line in rejected_lines(info_logs))
 
 
-def test_deny_private_refuses_loopback_destinations() -> None:
+@pytest.mark.parametrize("policy", [{"allow_private": False}, {"deny_private": True}])
+def test_deny_private_refuses_loopback_destinations(policy: dict[str, bool]) -> None:
     async def main() -> None:
-        server, port = await start(deny_private=True)
+        server, port = await start(**policy)
         async with (
             tcp_echo_server() as echo,
             Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)) as client,

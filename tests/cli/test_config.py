@@ -48,6 +48,7 @@ SERVER_SAMPLES: dict[str, Any] = {
     "heartbeat_timeout": 4,
     "udp_idle_timeout": 30,
     "fallback": "127.0.0.1:80",
+    "allow_private": False,
     "deny_private": True,
     "max_connections": 100,
     "stream_buffer": 65536,

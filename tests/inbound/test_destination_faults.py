@@ -42,7 +42,9 @@ async def http_connect_status(port: int, target: str) -> int:
 def test_refused_reset_and_stalled_destinations() -> None:
     async def main() -> None:
         server = await serve(
-            ServerConfig(users={"u": PASSWORD}, connect_timeout=1.0), "127.0.0.1", 0
+            ServerConfig(users={"u": PASSWORD}, allow_private=True, connect_timeout=1.0),
+            "127.0.0.1",
+            0,
         )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig(
@@ -93,7 +95,9 @@ def test_refused_reset_and_stalled_destinations() -> None:
 def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
     async def main() -> None:
         server = await serve(
-            ServerConfig(users={"u": PASSWORD}, connect_timeout=30.0), "127.0.0.1", 0
+            ServerConfig(users={"u": PASSWORD}, allow_private=True, connect_timeout=30.0),
+            "127.0.0.1",
+            0,
         )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)
@@ -123,7 +127,9 @@ def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
 
 def test_socks_reply_is_optimistic_only_for_a_place_reached_recently() -> None:
     async def main() -> None:
-        server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0)
+        server = await serve(
+            ServerConfig(users={"u": PASSWORD}, allow_private=True), "127.0.0.1", 0
+        )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)
         async with Client(config) as client:

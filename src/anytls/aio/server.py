@@ -76,8 +76,11 @@ class ServerConfig:
     """Seconds to wait for the heartbeat answer before the session is closed."""
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
+    allow_private: bool = False
+    """Let streams reach loopback, private, link-local, CGNAT and ULA destinations (by
+    default they are refused, checked after name resolution: an SSRF guard)."""
     deny_private: bool = False
-    """Refuse loopback, private and link-local destinations (SSRF guard)."""
+    """Kept for compatibility: True refuses private destinations even with allow_private."""
     fallback: Address | None = None
     """Relay connections that fail authentication to this web server instead of closing."""
     stream_buffer: int = 256 * 1024
@@ -101,6 +104,11 @@ class ServerConfig:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
         )
+
+    @property
+    def refuse_private(self) -> bool:
+        """True when private destinations are refused (the default)."""
+        return self.deny_private or not self.allow_private
 
 
 def _dial_error_text(exc: BaseException, destination: Address) -> str:
@@ -178,7 +186,7 @@ class _ServerStream(asyncio.Protocol):
                     version,
                     data,
                     self.connection.config.udp_idle_timeout,
-                    deny_private=self.connection.config.deny_private,
+                    deny_private=self.connection.config.refuse_private,
                     stats=self.connection.user_stats,
                 )
                 return
@@ -218,7 +226,7 @@ class _ServerStream(asyncio.Protocol):
         timer = loop.call_later(config.connect_timeout, self._dial_timed_out)
         try:
             host = destination.host
-            if config.deny_private:
+            if config.refuse_private:
                 # Dial the address that was checked, never the name again.
                 host = (await resolve_allowed(destination, True))[0][1]
             transport, _ = await loop.create_connection(

@@ -180,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of closing them, so the port looks like that site",
     )
     parser.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="let users reach loopback, private (RFC 1918, ULA, CGNAT) and link-local "
+        "destinations, i.e. this machine's own services and its networks (default: refused)",
+    )
+    parser.add_argument(
         "--deny-private",
         action="store_true",
-        help="refuse loopback, private and link-local destinations",
+        help="refuse private destinations (the default; kept for compatibility)",
     )
     parser.add_argument(
         "--max-connections",
@@ -401,6 +407,8 @@ def server_config(args: argparse.Namespace) -> Any:
     """The :class:`~anytls.aio.server.ServerConfig` the flags describe."""
     from ..aio.server import ServerConfig
 
+    if args.allow_private and args.deny_private:
+        raise ConfigError("--allow-private and --deny-private contradict each other; drop one")
     return ServerConfig(
         users=parse_users(args.p, args.user),
         padding=load_padding(args.padding_scheme),
@@ -410,6 +418,7 @@ def server_config(args: argparse.Namespace) -> Any:
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
+        allow_private=args.allow_private,
         deny_private=args.deny_private,
         fallback=Address.parse(args.fallback) if args.fallback else None,
         max_connections=max(0, args.max_connections),

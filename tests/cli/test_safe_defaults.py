@@ -1,0 +1,47 @@
+"""Safe defaults of the real ``anytls-server`` (issue 17 #11, #12, #13)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.cli._util import run_cli
+from tests.helpers.aio import async_test
+from tests.helpers.echo import tcp_echo_server
+from tests.helpers.net import free_port
+from tests.helpers.ourproc import AnyTLSProcess
+
+
+def _check(port: int, password: str, target: str) -> tuple[int, str]:
+    result = run_cli(
+        "client", "-s", f"127.0.0.1:{port}", "-p", password, "--insecure", "--check", target
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+@async_test
+async def test_default_server_refuses_loopback_and_allow_private_opts_out(
+    tmp_path: Path,
+) -> None:
+    default_port, open_port = free_port(), free_port()
+    args = ["-p", "a-long-password", "--workers", "1"]
+    async with (
+        tcp_echo_server() as echo,
+        AnyTLSProcess.server(
+            default_port, args, tmp_path / "default", allow_private=False
+        ) as default,
+        AnyTLSProcess.server(open_port, [*args, "--allow-private"], tmp_path / "open"),
+    ):
+        targets = [f"127.0.0.1:{echo.port}", f"localhost:{echo.port}", f"[::1]:{echo.port}"]
+        refused = await asyncio.gather(
+            *(asyncio.to_thread(_check, default_port, "a-long-password", t) for t in targets)
+        )
+        for target, (code, output) in zip(targets, refused, strict=True):
+            assert code == 1, (target, output)
+            assert "is not allowed (private or local address)" in output, output
+        await default.wait_log(r"stream \d+: destination .* is not allowed")
+        assert echo.stats.connections == 0
+        code, output = await asyncio.to_thread(
+            _check, open_port, "a-long-password", f"127.0.0.1:{echo.port}"
+        )
+        assert code == 0, output
