@@ -45,3 +45,28 @@ async def test_default_server_refuses_loopback_and_allow_private_opts_out(
             _check, open_port, "a-long-password", f"127.0.0.1:{echo.port}"
         )
         assert code == 0, output
+
+
+def test_server_without_password_generates_a_strong_one_in_the_share_link(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    with AnyTLSProcess.server(port, ["--workers", "1", "--log-level", "info"], tmp_path) as server:
+        server.wait_log_sync(r"share link for user default")
+        (warning,) = server.log_lines(r"no password given: generated one")
+        assert "WARNING" in warning and "in the share link" in warning
+        (line,) = server.log_lines(r"share link for user default: ")
+        link = line.split("share link for user default: ", 1)[1].strip()
+        password = link.split("://", 1)[1].split("@", 1)[0]
+        assert len(password) >= 20 and password not in ("change-me", "")
+        result = run_cli("client", "-s", link, "--check", f"127.0.0.1:{port}")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert not server.log_lines(r"characters and can be guessed")
+
+
+def test_short_password_is_warned_about(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["-p", "change-me", "--workers", "1", "--log-level", "info"]
+    with AnyTLSProcess.server(port, args, tmp_path) as server:
+        (line,) = server.log_lines(r"user default: the password has only 9 characters")
+        assert "WARNING" in line and "can be guessed" in line

@@ -67,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen address (default 0.0.0.0:8443, IPv4 only; [::]:PORT is IPv4 and IPv6)",
     )
     parser.add_argument(
-        "-p", "--password", dest="p", metavar="PASSWORD", help="password of the user 'default'"
+        "-p",
+        "--password",
+        dest="p",
+        metavar="PASSWORD",
+        help="password of the user 'default' (without -p and users: a generated one)",
     )
     parser.add_argument(
         "--user",
@@ -383,6 +387,31 @@ def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
     return users
 
 
+#: Passwords shorter than this get a warning at start.
+MIN_PASSWORD_LENGTH = 12
+
+
+def generate_password() -> str:
+    """A random password (24 URL-safe characters, 144 bits) for a server started without one."""
+    import secrets
+
+    return secrets.token_urlsafe(18)
+
+
+def warn_weak_passwords(users: dict[str, str]) -> None:
+    """Log a warning for each password shorter than :data:`MIN_PASSWORD_LENGTH`."""
+    for name, password in users.items():
+        if len(password) < MIN_PASSWORD_LENGTH:
+            log.warning(
+                "user %s: the password has only %d characters and can be guessed; use %d "
+                "or more random ones (e.g. `openssl rand -base64 18`), or start without -p "
+                "to get a generated one",
+                name,
+                len(password),
+                MIN_PASSWORD_LENGTH,
+            )
+
+
 def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
     """The scheme in the file ``source`` (bytes as they are), inline lines, or the default."""
     if not source:
@@ -650,10 +679,14 @@ class Reloader:
         self.listen = listen
         #: Level of the "reloaded" line (workers other than the first log at DEBUG).
         self.level = level
+        #: The password generated at start (kept while the config names no user).
+        self.generated: str | None = None
 
     def reload(self) -> None:
         try:
             new = load_args(self.argv)
+            if self.generated and not new.p and not new.user:
+                new.p = self.generated
             for dest, key in self.RESTART.items():
                 if getattr(new, dest) != getattr(self.args, dest):
                     log.warning("reload: %s changed; restart the server to apply it", key)
@@ -696,10 +729,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print_config:
         print_config(args)
         return
+    generated = None
     try:
         if args.export:
             export(args)
             return
+        if not args.p and not args.user:
+            generated = args.p = generate_password()
         listen = _listen(args.l)
         config = server_config(args)
         acme = acme_settings(args, listen)
@@ -794,6 +830,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                     log.error("--metrics: %s", _listen_error(where, exc))
                     raise SystemExit(1) from exc
                 log.info("Prometheus metrics at http://%s/metrics", where)
+            if generated is not None:
+                log.warning(
+                    "no password given: generated one for user 'default'%s; it changes at "
+                    "every start, so set -p or users in the config file to keep it",
+                    " (in the share link below)" if args.share_links else f": {generated}",
+                )
+            warn_weak_passwords(dict(config.users))
             announce_links(args, listen, dict(config.users), cert)
             if args.stats_interval > 0:
                 background.append(loop.create_task(log_summaries(snapshot, args.stats_interval)))
@@ -810,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Worker processes other than the first say the same things at DEBUG.
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
+        reloader.generated = generated
 
         def on_hup() -> None:
             _run.signal_workers(signal.SIGHUP)
