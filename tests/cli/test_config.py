@@ -51,6 +51,7 @@ SERVER_SAMPLES: dict[str, Any] = {
     "allow_private": False,
     "deny_private": True,
     "max_connections": 100,
+    "auth_fail_limit": 5,
     "stream_buffer": 65536,
     "session_buffer": 524288,
     "preface_timeout": 4,

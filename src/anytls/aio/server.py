@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.address import Address, AddressReader
+from ..core.auth_limit import AuthFailureLimiter, source_key
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
 from ..core.proxy_protocol import V2_MAX, parse_proxy_header
@@ -91,6 +92,9 @@ class ServerConfig:
     """Expect a PROXY protocol v1/v2 header (from HAProxy or another L4 balancer) first."""
     max_connections: int = 4096
     """Simultaneous TLS connections accepted (0 = no limit)."""
+    auth_fail_limit: int = 10
+    """Failed authentications per minute per source (IPv4 address, IPv6 /64) after which
+    its attempts fail without a password check, answered as a wrong password (0 = off)."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
 
@@ -293,6 +297,10 @@ class ServerConnection(SessionConnection):
         #: This session's user's counters, once authenticated.
         self.user_stats: UserStats | None = None
         self.authenticated_at: float | None = None
+        #: The client's IP (the real one behind a PROXY-protocol balancer).
+        self.peer_host = real_peer[0] if real_peer is not None else ""
+        #: Over --auth-fail-limit: this preface fails whatever it says.
+        self.limited = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -314,6 +322,14 @@ class ServerConnection(SessionConnection):
             self.close("server shutting down", abort=True)
             return
         self.server.connections.add(self)
+        if not self.peer_host:
+            peer = transport.get_extra_info("peername")
+            self.peer_host = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        if self.server.auth_limiter.limited(
+            self.peer_host, self.loop.time(), self.config.auth_fail_limit
+        ):
+            self.limited = True
+            self.core.refuse_preface()
         self._preface_timer = self.loop.call_later(
             self.config.preface_timeout, self._preface_timed_out
         )
@@ -332,20 +348,39 @@ class ServerConnection(SessionConnection):
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         if self.core.user is None:
-            reason = "wrong password" if isinstance(exc, AuthenticationError) else str(exc)
-            self._reject(f"{reason} ({exc})" if reason != str(exc) else reason)
+            if not isinstance(exc, AuthenticationError):
+                self._reject(str(exc))
+                return
+            self._auth_failed()
+            if self.limited:
+                self._reject("auth-fail-limit reached, password not checked", logging.DEBUG)
+            else:
+                self._reject(f"wrong password ({exc})")
             return
         log.info("closing session with %s: %s", self.peer, exc)
         self.close(str(exc), abort=True)
 
-    def _reject(self, reason: str) -> None:
+    def _auth_failed(self) -> None:
+        limit = self.config.auth_fail_limit
+        if self.server.auth_limiter.failed(self.peer_host, self.loop.time(), limit):
+            log.warning(
+                "%s failed to authenticate %d times within a minute (--auth-fail-limit): "
+                "its attempts fail without a password check for the rest of the minute",
+                source_key(self.peer_host),
+                limit,
+                extra={"event": "auth_fail_limit", "source": source_key(self.peer_host)},
+            )
+
+    def _reject(self, reason: str, level: int = logging.INFO) -> None:
         self.server.stats.rejected += 1
         fallback = self.config.fallback
         if fallback is None or self.transport is None or self.transport.is_closing():
-            log.info("rejected %s: %s", self.peer, reason)
+            log.log(level, "rejected %s: %s", self.peer, reason)
             self._refuse(reason)
             return
-        log.info("rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback)
+        log.log(
+            level, "rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback
+        )
         if self._preface_timer is not None:
             self._preface_timer.cancel()
             self._preface_timer = None
@@ -521,6 +556,8 @@ class AnyTLSServer:
             self.stats.user(name)  # every configured user is reported, even at zero
         #: True once :meth:`shutdown` began: no new connections or streams.
         self.draining = False
+        #: Failed authentications per source, for ``config.auth_fail_limit``.
+        self.auth_limiter = AuthFailureLimiter()
         self._ssl_current = ssl_context
         self._previous_sni: Callable[..., int | None] | None = None
         #: Picks another context for some handshakes (see :meth:`set_challenge_responder`).

@@ -202,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="simultaneous TLS connections (default 4096; 0 = no limit)",
     )
     parser.add_argument(
+        "--auth-fail-limit",
+        type=int,
+        default=10,
+        metavar="N",
+        help="failed authentications per minute from one source (IPv4 address, IPv6 /64) "
+        "after which its attempts fail without a password check, answered as a wrong "
+        "password (default 10; 0 = no limit)",
+    )
+    parser.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=10.0,
@@ -451,6 +460,7 @@ def server_config(args: argparse.Namespace) -> Any:
         deny_private=args.deny_private,
         fallback=Address.parse(args.fallback) if args.fallback else None,
         max_connections=max(0, args.max_connections),
+        auth_fail_limit=max(0, args.auth_fail_limit),
         stream_buffer=max(16 * 1024, args.stream_buffer),
         session_buffer=max(16 * 1024, args.session_buffer),
         preface_timeout=args.preface_timeout,
