@@ -20,7 +20,7 @@ from ..config import MASK, Schema, schema_from_parser
 from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
 from ..log import setup_logging
-from ..uri import format_uri, parse_uri
+from ..uri import format_uri, parse_uri, strip_quotes
 from . import _common, _run
 from ._flags import long_options, normalise, parse_bool
 from ._run import run
@@ -183,11 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- validation
 
 
+def _is_link(text: str) -> bool:
+    """A link of any scheme (``scheme://``): checked as a link, never as HOST:PORT."""
+    return "://" in strip_quotes(text)
+
+
 def _server(text: str) -> None:
-    if text.lower().startswith("anytls://"):
+    if _is_link(text):
         parse_uri(text)
     else:
-        Address.parse(text)
+        Address.parse(strip_quotes(text))
 
 
 def _forwards(items: Sequence[str]) -> None:
@@ -268,7 +273,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     insecure = False
     pin = args.pin_sha256
     password = args.p
-    if server.lower().startswith("anytls://"):
+    if _is_link(server):
         uri = parse_uri(server)
         host, port = uri.host, uri.port
         password = uri.password or password
@@ -277,7 +282,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         insecure = uri.insecure
         pin = uri.pin_sha256 or pin
     else:
-        address = Address.parse(server)
+        address = Address.parse(strip_quotes(server))
         host, port = address.host, address.port
     if args.insecure is not None:
         insecure = parse_bool(args.insecure)  # checked by the validator
