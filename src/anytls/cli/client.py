@@ -346,20 +346,9 @@ def _ms(seconds: float) -> str:
 
 
 def _hint(exc: BaseException) -> str:
-    text = str(exc)
-    if "failed verification" in text:
-        return ""  # the message already says what to do
-    if "ended" in text or "closed" in text:
-        return (
-            "; the server closed the session without a word: most likely a wrong "
-            "password (the server logs 'rejected ...: wrong password'), or the port is "
-            "not an AnyTLS server"
-        )
-    if "refused" in text.lower() or "connect call failed" in text.lower():
-        return "; is the server running, and is the port open in its firewall?"
-    if "timed out" in text:
-        return "; the server did not answer: check the address, port and firewall"
-    return ""
+    from ..aio.diagnose import hint
+
+    return hint(exc)
 
 
 async def check(config: Any, target: Address) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..aio.client import Client, PendingOpen
+from ..aio.diagnose import FailureLog, hint
 from ..aio.relay import splice
 from ..aio.stream import Stream
 from ..core.address import Address
@@ -80,7 +81,8 @@ def _socks_failure(error: AnyTLSError) -> bytes:
 
 
 def _http_failure(error: AnyTLSError) -> bytes:
-    return response(*http_status_for(error))
+    # A short text body, so a browser shows the reason instead of an empty page.
+    return response(*http_status_for(error), body=f"anytls-client: {error}{hint(error)}\n")
 
 
 class _Handshake(asyncio.Protocol):
@@ -239,7 +241,13 @@ class _Handshake(asyncio.Protocol):
         self._done()
         if stream is None:
             error = exc or AnyTLSError("failed")
-            log.info("local client %s: %s %s failed: %s", self.peer, method, self.address, error)
+            if isinstance(error, SessionClosedError):
+                # The server could not be reached or refused us: say why, once a minute.
+                self.inbound.failures.report(f"{method} {self.address} failed", error)
+            else:
+                log.info(
+                    "local client %s: %s %s failed: %s", self.peer, method, self.address, error
+                )
             if not self.transport.is_closing():
                 self.transport.write(failure(error))
                 self._abort()
@@ -273,6 +281,8 @@ class MixedInbound:
         self.handshakes: set[_Handshake] = set()
         self.server: asyncio.Server | None = None
         self.extra_servers: list[asyncio.Server] = []
+        #: Failures to reach the server, logged once per cause per minute.
+        self.failures = FailureLog(log)
 
     async def start(
         self,

@@ -1,0 +1,74 @@
+"""The client says why the server cannot be used (issue 17 #6, #7)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from anytls.aio.tls import server_context
+from tests.cli._util import run_cli
+from tests.helpers.aio import async_test
+from tests.helpers.httpd import http_server
+from tests.helpers.net import free_port
+from tests.helpers.ourproc import AnyTLSProcess
+
+
+def test_check_names_a_plain_http_port() -> None:
+    with http_server() as web:
+        plain = run_cli("client", "-s", f"127.0.0.1:{web.port}", "-p", "pw", "--check", "x:80")
+    assert plain.returncode == 1
+    assert "does not speak TLS" in plain.stdout, plain.stdout
+    assert "WRONG_VERSION_NUMBER" not in plain.stdout
+
+
+async def _answer_400(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    # What nginx does with bytes that are not HTTP: 400 and close.
+    await reader.read(1)
+    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+@async_test
+async def test_check_names_an_https_site_that_is_not_anytls() -> None:
+    site = await asyncio.start_server(
+        _answer_400, "127.0.0.1", 0, ssl=server_context(hosts=["localhost"])
+    )
+    port = site.sockets[0].getsockname()[1]
+    async with site:
+        answered = await asyncio.to_thread(
+            run_cli, "client", "-s", f"127.0.0.1:{port}", "-p", "pw", "--insecure", "--check"
+        )
+    assert answered.returncode == 1
+    assert "the server answered in HTTP ('HTTP/1.1 400 Bad Request')" in answered.stdout, (
+        answered.stdout
+    )
+
+
+async def _http_get_via(proxy_port: int, url: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    writer.write(f"GET {url} HTTP/1.1\r\nHost: example.com\r\n\r\n".encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data
+
+
+@async_test
+async def test_running_client_warns_once_per_cause_and_explains_502(tmp_path: Path) -> None:
+    server_port, proxy_port = free_port(), free_port()
+    client_args = ["-s", f"127.0.0.1:{server_port}", "-p", "wrong-password", "--insecure"]
+    async with (
+        AnyTLSProcess.server(
+            server_port, ["-p", "right-password-123", "--workers", "1"], tmp_path / "s"
+        ),
+        AnyTLSProcess.client(proxy_port, [*client_args, "--log-level", "info"], tmp_path) as cli,
+    ):
+        for _ in range(3):
+            answer = await _http_get_via(proxy_port, "http://example.com/")
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 502 Bad Gateway"), answer
+            assert b"Content-Type: text/plain; charset=utf-8" in head
+            assert b"most likely a wrong password" in body, body
+        await cli.wait_log(r"WARNING .*GET example\.com:80 failed: .*most likely a wrong password")
+        warnings = cli.log_lines(r"WARNING .*failed")
+        assert len(warnings) == 1, warnings
