@@ -135,3 +135,24 @@ def test_worker_count_defaults_and_port_zero(caplog: pytest.LogCaptureFixture) -
     # Port 0 works with workers too: the parent binds it once and they share the socket.
     assert _run.worker_count(4, Address("127.0.0.1", 0)) == 4
     assert not _run.forked()  # nothing was forked in this process
+
+
+def test_worker_lines_carry_the_worker_id_and_reload_errors_come_once(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "server.toml"
+    config.write_text('workers = 3\n[users]\nalice = "a-long-password"\n')
+    with AnyTLSProcess.server(port, ["-c", str(config)], tmp_path) as server:
+        assert server.proc is not None
+        for index in (1, 2):
+            server.wait_log_sync(
+                rf"DEBUG anytls.server \[worker {index}\]: worker {index} accepting"
+            )
+        server.proc.send_signal(signal.SIGHUP)
+        for index in (0, 1, 2):
+            server.wait_log_sync(rf"\[worker {index}\]: reloaded \(1 user\)")
+        config.write_text("workers = [\n")  # broken
+        server.proc.send_signal(signal.SIGHUP)
+        for index in (1, 2):
+            server.wait_log_sync(rf"DEBUG anytls.server \[worker {index}\]: reload failed")
+        errors = server.log_lines(r"ERROR .*reload failed")
+        assert len(errors) == 1 and "[worker 0]" in errors[0], errors

@@ -19,7 +19,7 @@ from .. import __version__
 from ..config import MASK, Schema, schema_from_parser
 from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
-from ..log import setup_logging
+from ..log import set_worker, setup_logging
 from ..uri import format_uri, parse_uri, strip_quotes
 from . import _common, _run
 from ._flags import long_options, normalise, parse_bool
@@ -494,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         await _run.wait_for_workers(10)
 
     worker_index = _run.fork_workers(workers)
+    if workers > 1:
+        set_worker(worker_index)
     run(amain)
 
 

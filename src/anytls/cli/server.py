@@ -27,7 +27,7 @@ from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
-from ..log import level_number, setup_logging
+from ..log import level_number, set_worker, setup_logging
 from . import _common, _run
 from ._run import fork_workers, run
 
@@ -699,12 +699,21 @@ class Reloader:
                 new.p = self.generated
             for dest, key in self.RESTART.items():
                 if getattr(new, dest) != getattr(self.args, dest):
-                    log.warning("reload: %s changed; restart the server to apply it", key)
+                    log.log(
+                        logging.WARNING if self.level >= logging.INFO else logging.DEBUG,
+                        "reload: %s changed; restart the server to apply it",
+                        key,
+                    )
                     setattr(new, dest, getattr(self.args, dest))
             config = server_config(new)
             ctx = tls_context(new, self.listen) if (new.cert or self.args.cert) else None
         except (ConfigError, SystemExit) as exc:
-            log.error("reload failed, keeping the running settings: %s", exc)
+            # Every worker reloads; the first one says it at ERROR, the others at DEBUG.
+            log.log(
+                logging.ERROR if self.level >= logging.INFO else logging.DEBUG,
+                "reload failed, keeping the running settings: %s",
+                exc,
+            )
             return
         old_users = self.server.config.users
         added = sorted(set(config.users) - set(old_users))
@@ -860,6 +869,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "" if workers == 1 else "s",
                 config.padding.md5,
             )
+        if worker_index:
+            log.debug("worker %d accepting connections", worker_index)
         # Worker processes other than the first say the same things at DEBUG.
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
@@ -913,6 +924,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # must not die of it (SIGUSR1's default); it checks the state directory at start.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     worker_index = fork_workers(workers)
+    if workers > 1:
+        set_worker(worker_index)
     run(amain)
 
 
