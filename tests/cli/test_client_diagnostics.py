@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 from anytls.aio.tls import server_context
@@ -72,3 +73,24 @@ async def test_running_client_warns_once_per_cause_and_explains_502(tmp_path: Pa
         await cli.wait_log(r"WARNING .*GET example\.com:80 failed: .*most likely a wrong password")
         warnings = cli.log_lines(r"WARNING .*failed")
         assert len(warnings) == 1, warnings
+
+
+def test_password_flag_ignored_for_a_link_with_one_is_warned_about() -> None:
+    link = "anytls://in-the-link@127.0.0.1:9/?insecure=1"
+    result = run_cli("client", "-s", link, "-p", "given-too", "--check", "127.0.0.1:9")
+    assert "-p is ignored: the anytls:// link already carries a password" in result.stderr
+    same = run_cli("client", "-s", link, "-p", "in-the-link", "--check", "127.0.0.1:9")
+    assert "-p is ignored" not in same.stderr
+
+
+@async_test
+async def test_client_survives_sighup(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["-s", "127.0.0.1:9", "-p", "pw", "--log-level", "info"]
+    async with AnyTLSProcess.client(port, args, tmp_path) as cli:
+        assert cli.proc is not None
+        cli.proc.send_signal(signal.SIGHUP)
+        await cli.wait_log(r"SIGHUP: anytls-client does not reload")
+        assert cli.proc.poll() is None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # still serving
+        writer.close()

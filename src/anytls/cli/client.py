@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -430,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level or ("warning" if args.check else None), args.log_format)
+    if args.p and _is_link(args.s) and parse_uri(args.s).password not in ("", args.p):
+        log.warning("-p is ignored: the anytls:// link already carries a password")
 
     if target is not None:
 
@@ -484,6 +487,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             else "",
             f", {workers} workers" if workers > 1 else "",
         )
+
+        def on_hup() -> None:
+            log.log(
+                level,
+                "SIGHUP: anytls-client does not reload its settings; restart it to apply "
+                "changes (it keeps running)",
+            )
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
         _run.signal_workers(signal.SIGTERM)
         log.log(level, "shutting down")
