@@ -92,5 +92,5 @@ async def test_client_survives_sighup(tmp_path: Path) -> None:
         cli.proc.send_signal(signal.SIGHUP)
         await cli.wait_log(r"SIGHUP: anytls-client does not reload")
         assert cli.proc.poll() is None
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # still serving
+        _, writer = await asyncio.open_connection("127.0.0.1", port)  # still serving
         writer.close()
