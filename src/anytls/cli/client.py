@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         await _run.wait_for_workers(10)
 
     worker_index = _run.fork_workers(workers)
-    if workers > 1:
+    if worker_index:  # the first process's lines stay as they are
         set_worker(worker_index)
     run(amain)
 

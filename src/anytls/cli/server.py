@@ -924,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # must not die of it (SIGUSR1's default); it checks the state directory at start.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     worker_index = fork_workers(workers)
-    if workers > 1:
+    if worker_index:  # the first process's lines stay as they are
         set_worker(worker_index)
     run(amain)
 
