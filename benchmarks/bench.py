@@ -53,7 +53,7 @@ PAIRS: list[tuple[str, str, str]] = [
     ("ours-client:sing-box-server", "ours", "sing-box"),
     ("sing-box-client:ours-server", "sing-box", "ours"),
     ("sing-box:sing-box", "sing-box", "sing-box"),
-    # Our server with its default worker count (one process per core, SO_REUSEPORT); the
+    # Our server with its default worker count (one process per core, one shared listening socket); the
     # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
 ]
@@ -621,13 +621,13 @@ in this order, on freshly started client and server processes for every pair and
 
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
 four pairs, and "ours:ours-workers" runs it with its default (one worker process per CPU
-core, sharing the port with SO_REUSEPORT) and our client with `--workers 0` (the same for
+core, accepting on the listening socket the parent bound) and our client with `--workers 0` (the same for
 the local SOCKS5 port); its CPU and RSS figures are summed over each parent and its forked
 workers (VmRSS counts pages still shared after the fork once per process). A single bulk
 stream is served by one worker, so it shows the multi-process overhead rather than a
-speed-up; the concurrent and idle-stream phases spread over the workers. SO_REUSEPORT
-places each new session on a worker by a hash of its addresses, so the two concurrent
-downloads land on different workers in about half the runs (see the busy-processes row).
+speed-up; the concurrent and idle-stream phases spread over the workers. Whichever idle
+worker accepts first gets a new session, so the two concurrent downloads may or may not
+land on different workers (see the busy-processes row).
 On a 2-core machine that also runs the client and the load generator, one download already
 keeps both cores busy (about 1.7 CPU-seconds per GB across the three processes), so a
 second worker has no idle core to add throughput with here.
