@@ -621,8 +621,8 @@ in this order, on freshly started client and server processes for every pair and
 
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
 four pairs, and "ours:ours-workers" runs it with its default (one worker process per CPU
-core, accepting on the listening socket the parent bound) and our client with `--workers 0` (the same for
-the local SOCKS5 port); its CPU and RSS figures are summed over each parent and its forked
+core, all accepting on the listening socket the parent bound) and our client with
+`--workers 0` (the same for the local SOCKS5 port); its CPU and RSS figures are summed over each parent and its forked
 workers (VmRSS counts pages still shared after the fork once per process). A single bulk
 stream is served by one worker, so it shows the multi-process overhead rather than a
 speed-up; the concurrent and idle-stream phases spread over the workers. Whichever idle

@@ -118,8 +118,7 @@ def test_client_workers_share_the_local_port_each_with_its_own_pool(tmp_path: Pa
 
         asyncio.run(traffic())
         # Each process served some of the 40 connections (all accept on the parent's socket)
-        # and
-        # keeps the session it used in its own pool.
+        # and keeps the session it used in its own pool.
         assert all(_socket_fds(pid) > before[pid] for pid in pids)
         assert "2 workers" in client.log_text()
         client.proc.send_signal(signal.SIGTERM)
