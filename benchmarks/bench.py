@@ -53,8 +53,8 @@ PAIRS: list[tuple[str, str, str]] = [
     ("ours-client:sing-box-server", "ours", "sing-box"),
     ("sing-box-client:ours-server", "sing-box", "ours"),
     ("sing-box:sing-box", "sing-box", "sing-box"),
-    # Our server with its default worker count (one process per core, one shared listening socket); the
-    # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
+    # Our server with its default worker count (one process per core, sharing one listening
+    # socket); the pairs above run it with --workers 1. Dropped when the server has no --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
 ]
 REFERENCE = "sing-box:sing-box"
@@ -622,8 +622,8 @@ in this order, on freshly started client and server processes for every pair and
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
 four pairs, and "ours:ours-workers" runs it with its default (one worker process per CPU
 core, all accepting on the listening socket the parent bound) and our client with
-`--workers 0` (the same for the local SOCKS5 port); its CPU and RSS figures are summed over each parent and its forked
-workers (VmRSS counts pages still shared after the fork once per process). A single bulk
+`--workers 0` (the same for the local SOCKS5 port); its CPU and RSS figures are summed
+over each parent and its forked workers (VmRSS counts pages still shared after the fork once per process). A single bulk
 stream is served by one worker, so it shows the multi-process overhead rather than a
 speed-up; the concurrent and idle-stream phases spread over the workers. Whichever idle
 worker accepts first gets a new session, so the two concurrent downloads may or may not
