@@ -54,7 +54,8 @@ PAIRS: list[tuple[str, str, str]] = [
     ("sing-box-client:ours-server", "sing-box", "ours"),
     ("sing-box:sing-box", "sing-box", "sing-box"),
     # Our server with its default worker count (one process per core, sharing one listening
-    # socket); the pairs above run it with --workers 1. Dropped when the server has no --workers flag.
+    # socket); the pairs above run it with --workers 1. Dropped when the server has no
+    # --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
 ]
 REFERENCE = "sing-box:sing-box"
@@ -623,14 +624,14 @@ When our server has `--workers`, it runs with `--workers 1` (one process) in the
 four pairs, and "ours:ours-workers" runs it with its default (one worker process per CPU
 core, all accepting on the listening socket the parent bound) and our client with
 `--workers 0` (the same for the local SOCKS5 port); its CPU and RSS figures are summed
-over each parent and its forked workers (VmRSS counts pages still shared after the fork once per process). A single bulk
-stream is served by one worker, so it shows the multi-process overhead rather than a
-speed-up; the concurrent and idle-stream phases spread over the workers. Whichever idle
-worker accepts first gets a new session, so the two concurrent downloads may or may not
-land on different workers (see the busy-processes row).
-On a 2-core machine that also runs the client and the load generator, one download already
-keeps both cores busy (about 1.7 CPU-seconds per GB across the three processes), so a
-second worker has no idle core to add throughput with here.
+over each parent and its forked workers (VmRSS counts pages still shared after the fork
+once per process). A single bulk stream is served by one worker, so it shows the
+multi-process overhead rather than a speed-up; the concurrent and idle-stream phases
+spread over the workers. Whichever idle worker accepts first gets a new session, so the
+two concurrent downloads may or may not land on different workers (see the busy-processes
+row). On a 2-core machine that also runs the client and the load generator, one download
+already keeps both cores busy (about 1.7 CPU-seconds per GB across the three processes),
+so a second worker has no idle core to add throughput with here.
 """
 
 
