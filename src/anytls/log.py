@@ -81,14 +81,14 @@ class _WorkerFilter(logging.Filter):
 def set_worker(index: int) -> None:
     """Tag this process's log lines with its worker index (``worker`` key in JSON).
 
-    Text lines read ``... INFO anytls.server [worker 1]: message``.
+    Text lines read ``<time> [worker 1] INFO anytls.server: message``.
     """
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerFilter(index))
         if not isinstance(handler.formatter, JsonFormatter):
             handler.setFormatter(
                 logging.Formatter(
-                    f"%(asctime)s %(levelname)s %(name)s [worker {index}]: %(message)s"
+                    f"%(asctime)s [worker {index}] %(levelname)s %(name)s: %(message)s"
                 )
             )
 
