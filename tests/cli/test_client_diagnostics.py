@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 from anytls.aio.tls import server_context
@@ -57,12 +58,16 @@ async def _http_get_via(proxy_port: int, url: str) -> bytes:
 @async_test
 async def test_running_client_warns_once_per_cause_and_explains_502(tmp_path: Path) -> None:
     server_port, proxy_port = free_port(), free_port()
-    client_args = ["-s", f"127.0.0.1:{server_port}", "-p", "wrong-password", "--insecure"]
+    udp_port = free_port(kind=socket.SOCK_DGRAM)
+    client_args = [
+        *("-s", f"127.0.0.1:{server_port}", "-p", "wrong-password", "--insecure"),
+        *("--udp-forward", f"127.0.0.1:{udp_port}=127.0.0.1:9", "--log-level", "debug"),
+    ]
     async with (
         AnyTLSProcess.server(
             server_port, ["-p", "right-password-123", "--workers", "1"], tmp_path / "s"
         ),
-        AnyTLSProcess.client(proxy_port, [*client_args, "--log-level", "info"], tmp_path) as cli,
+        AnyTLSProcess.client(proxy_port, client_args, tmp_path) as cli,
     ):
         for _ in range(3):
             answer = await _http_get_via(proxy_port, "http://example.com/")
@@ -71,7 +76,13 @@ async def test_running_client_warns_once_per_cause_and_explains_502(tmp_path: Pa
             assert b"Content-Type: text/plain; charset=utf-8" in head
             assert b"most likely a wrong password" in body, body
         await cli.wait_log(r"WARNING .*GET example\.com:80 failed: .*most likely a wrong password")
-        warnings = cli.log_lines(r"WARNING .*failed")
+        for _ in range(2):  # two local UDP peers, each needing a session: same cause
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.sendto(b"ping", ("127.0.0.1", udp_port))
+                await cli.wait_log(
+                    rf"DEBUG .*udp forward .* for 127\.0\.0\.1:{udp.getsockname()[1]}"
+                )
+        warnings = cli.log_lines(r"WARNING .*failed|WARNING .*udp forward")
         assert len(warnings) == 1, warnings
 
 

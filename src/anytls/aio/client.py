@@ -44,6 +44,7 @@ from ..errors import (
     StreamOpenError,
 )
 from .connection import SessionConnection
+from .diagnose import FailureLog
 from .stream import Stream
 
 log = logging.getLogger("anytls.client")
@@ -388,6 +389,8 @@ class Client:
         from .tls import client_context, normalise_pin, warn_insecure
 
         self.config = config
+        #: Failures to reach the server, logged once per cause per minute by the inbounds.
+        self.failures = FailureLog(logging.getLogger("anytls.inbound"))
         self.pin = normalise_pin(config.pin_sha256) if config.pin_sha256 else None
         if config.insecure and self.pin is None:
             warn_insecure(f"{config.server_host}:{config.server_port}")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..aio.client import Client, PendingOpen
-from ..aio.diagnose import FailureLog, hint
+from ..aio.diagnose import hint
 from ..aio.relay import splice
 from ..aio.stream import Stream
 from ..core.address import Address
@@ -243,7 +243,7 @@ class _Handshake(asyncio.Protocol):
             error = exc or AnyTLSError("failed")
             if isinstance(error, SessionClosedError):
                 # The server could not be reached or refused us: say why, once a minute.
-                self.inbound.failures.report(f"{method} {self.address} failed", error)
+                self.inbound.client.failures.report(f"{method} {self.address} failed", error)
             else:
                 log.info(
                     "local client %s: %s %s failed: %s", self.peer, method, self.address, error
@@ -281,8 +281,6 @@ class MixedInbound:
         self.handshakes: set[_Handshake] = set()
         self.server: asyncio.Server | None = None
         self.extra_servers: list[asyncio.Server] = []
-        #: Failures to reach the server, logged once per cause per minute.
-        self.failures = FailureLog(log)
 
     async def start(
         self,
