@@ -10,9 +10,11 @@ from pathlib import Path
 from anytls.aio.tls import server_context
 from tests.cli._util import run_cli
 from tests.helpers.aio import async_test
+from tests.helpers.echo import tcp_echo_server
 from tests.helpers.httpd import http_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
+from tests.helpers.proxyclient import open_socks5_raw
 
 
 def test_check_names_a_plain_http_port() -> None:
@@ -95,13 +97,31 @@ def test_password_flag_ignored_for_a_link_with_one_is_warned_about() -> None:
 
 
 @async_test
-async def test_client_survives_sighup(tmp_path: Path) -> None:
-    port = free_port()
-    args = ["-s", "127.0.0.1:9", "-p", "pw", "--log-level", "info"]
-    async with AnyTLSProcess.client(port, args, tmp_path) as cli:
+async def test_client_reloads_its_config_on_sighup(tmp_path: Path) -> None:
+    server_port, port = free_port(), free_port()
+    config = tmp_path / "client.toml"
+    config.write_text(
+        f'server = "127.0.0.1:{server_port}"\npassword = "wrong-one"\ninsecure = true\n'
+    )
+    async with (
+        tcp_echo_server() as echo,
+        AnyTLSProcess.server(server_port, ["-p", "right-password-123"], tmp_path / "s"),
+        AnyTLSProcess.client(port, ["-c", str(config), "--log-level", "info"], tmp_path) as cli,
+    ):
         assert cli.proc is not None
+        answer = await _http_get_via(port, f"http://127.0.0.1:{echo.port}/")
+        assert answer.startswith(b"HTTP/1.1 502")
+        config.write_text("password = [\n")  # broken: the running settings stay
         cli.proc.send_signal(signal.SIGHUP)
-        await cli.wait_log(r"SIGHUP: anytls-client does not reload")
-        assert cli.proc.poll() is None
-        _, writer = await asyncio.open_connection("127.0.0.1", port)  # still serving
+        await cli.wait_log(r"ERROR .*reload failed, keeping the running settings")
+        config.write_text(
+            f'server = "127.0.0.1:{server_port}"\npassword = "right-password-123"\n'
+            "insecure = true\n"
+        )
+        cli.proc.send_signal(signal.SIGHUP)
+        await cli.wait_log(rf"reloaded: server 127\.0\.0\.1:{server_port}")
+        reader, writer, _ = await open_socks5_raw("127.0.0.1", port, *echo)
+        writer.write(b"after reload")
+        assert await reader.readexactly(12) == b"after reload"
         writer.close()
+        assert cli.proc.poll() is None

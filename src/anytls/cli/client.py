@@ -404,6 +404,72 @@ async def check(config: Any, target: Address) -> int:
         await client.close()
 
 
+# ---------------------------------------------------------------------- reload
+
+#: Settings a reload cannot change (they need new sockets or processes).
+RESTART = {"l": "listen", "udp_forward": "udp_forward", "workers": "workers"}
+
+
+def reload_client(
+    argv: Sequence[str],
+    args: argparse.Namespace,
+    inbound: Any,
+    forwarders: Sequence[Any],
+    level: int = logging.INFO,
+) -> tuple[argparse.Namespace, Any] | None:
+    """SIGHUP: re-read flags and config file; new connections use a new :class:`Client`.
+
+    Returns the new settings and the old client (to retire once its streams end), or None
+    when the file has an error (logged; the running settings stay) or nothing changed.
+    """
+    from ..aio.client import Client
+    from ..inbound.socks5_udp import udp_handler
+
+    try:
+        new = load_args(argv)
+        config = config_from_args(new)
+        auth = parse_auth(new.auth) if new.auth else None
+    except ConfigError as exc:
+        log.log(
+            logging.ERROR if level >= logging.INFO else logging.DEBUG,
+            "reload failed, keeping the running settings: %s",
+            exc,
+        )
+        return None
+    for dest, key in RESTART.items():
+        if getattr(new, dest) != getattr(args, dest):
+            log.log(
+                logging.WARNING if level >= logging.INFO else logging.DEBUG,
+                "reload: %s changed; restart the client to apply it",
+                key,
+            )
+    old = inbound.client
+    if config == old.config and auth == inbound.auth:
+        log.log(level, "reloaded: no change")
+        return None
+    client = Client(config)
+    inbound.client, inbound.auth, inbound.udp_handler = client, auth, udp_handler(client)
+    for forwarder in forwarders:
+        forwarder.client = client
+    log.log(
+        level,
+        "reloaded: server %s:%d%s; open connections finish on the old sessions",
+        config.server_host,
+        config.server_port,
+        " (certificate not verified)" if config.insecure else "",
+    )
+    return new, old
+
+
+async def retire(client: Any, longest: float = 3600.0) -> None:
+    """Close ``client`` once none of its sessions carries a stream (or after ``longest``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + longest
+    while loop.time() < deadline and any(c.streams for c in client.sessions.values()):  # noqa: ASYNC110 - no event for "last stream ended"
+        await asyncio.sleep(1.0)
+    await client.close()
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -488,22 +554,33 @@ def main(argv: Sequence[str] | None = None) -> None:
             f", {workers} workers" if workers > 1 else "",
         )
 
+        retiring: set[asyncio.Task[None]] = set()
+        clients = [client]  # every client made by a reload too, all closed at the end
+        current = {"args": args}
+
         def on_hup() -> None:
-            log.log(
-                level,
-                "SIGHUP: anytls-client does not reload its settings; restart it to apply "
-                "changes (it keeps running)",
-            )
+            _run.signal_workers(signal.SIGHUP)
+            new = reload_client(argv, current["args"], inbound, forwarders, level)
+            if new is None:
+                return
+            current["args"], old = new
+            clients.append(inbound.client)
+            task = asyncio.get_running_loop().create_task(retire(old))
+            retiring.add(task)
+            task.add_done_callback(retiring.discard)
 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
         _run.signal_workers(signal.SIGTERM)
         log.log(level, "shutting down")
+        for task in list(retiring):
+            task.cancel()
         for forwarder in forwarders:
             await forwarder.close()
         await inbound.close()
-        await client.close()
+        for each in clients:
+            await each.close()
         await _run.wait_for_workers(10)
 
     worker_index = _run.fork_workers(workers)
