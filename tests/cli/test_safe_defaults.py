@@ -51,17 +51,22 @@ def test_server_without_password_generates_a_strong_one_in_the_share_link(
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    with AnyTLSProcess.server(port, ["--workers", "1", "--log-level", "info"], tmp_path) as server:
-        server.wait_log_sync(r"share link for user default")
-        (warning,) = server.log_lines(r"no password given: generated one")
-        assert "WARNING" in warning and "in the share link" in warning
-        (line,) = server.log_lines(r"share link for user default: ")
-        link = line.split("share link for user default: ", 1)[1].strip()
-        password = link.split("://", 1)[1].split("@", 1)[0]
-        assert len(password) >= 20 and password not in ("change-me", "")
-        result = run_cli("client", "-s", link, "--check", f"127.0.0.1:{port}")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert not server.log_lines(r"characters and can be guessed")
+    state = tmp_path / "state"
+    args = ["--workers", "1", "--log-level", "info", "--state-dir", str(state)]
+    passwords = []
+    for run in ("first", "second"):  # the password is kept: links survive a restart
+        with AnyTLSProcess.server(port, args, tmp_path / run) as server:
+            (warning,) = server.log_lines(r"no password given: user 'default' has a generated")
+            assert "WARNING" in warning and "in the share link" in warning
+            assert str(state / "generated-password") in warning
+            (line,) = server.log_lines(r"share link for user default: ")
+            link = line.split("share link for user default: ", 1)[1].strip()
+            passwords.append(link.split("://", 1)[1].split("@", 1)[0])
+            result = run_cli("client", "-s", link, "--check", f"127.0.0.1:{port}")
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert not server.log_lines(r"characters and can be guessed")
+    assert passwords[0] == passwords[1] and len(passwords[0]) >= 20
+    assert oct((state / "generated-password").stat().st_mode & 0o777) == "0o600"
 
 
 def test_short_password_is_warned_about(tmp_path: Path) -> None:

@@ -407,6 +407,38 @@ def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
+#: File in the state directory holding the password generated for a server without one.
+GENERATED_PASSWORD_FILE = "generated-password"
+
+
+def stored_password(directory: Path) -> tuple[str, str | None]:
+    """The generated password kept in ``directory`` (made and saved, mode 0600, if none).
+
+    Returns ``(password, where)``: ``where`` is the file, or None when it could not be
+    written (the password then lasts until the server stops).
+    """
+    from ..state import ensure_state_dir
+
+    path = directory / GENERATED_PASSWORD_FILE
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        kept = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the generated password in {str(path)!r}: {exc}") from exc
+    if kept:
+        return kept, str(path)
+    password = generate_password()
+    try:
+        ensure_state_dir(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+    except OSError:
+        return password, None
+    return password, str(path)
+
+
 def warn_weak_passwords(users: dict[str, str]) -> None:
     """Log a warning for each password shorter than :data:`MIN_PASSWORD_LENGTH`."""
     for name, password in users.items():
@@ -754,7 +786,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             export(args)
             return
         if not args.p and not args.user:
-            generated = args.p = generate_password()
+            args.p, kept_in = stored_password(state_dir(args))
+            generated = kept_in or "memory only: the state directory is not writable"
         listen = _listen(args.l)
         config = server_config(args)
         acme = acme_settings(args, listen)
@@ -851,9 +884,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 log.info("Prometheus metrics at http://%s/metrics", where)
             if generated is not None:
                 log.warning(
-                    "no password given: generated one for user 'default'%s; it changes at "
-                    "every start, so set -p or users in the config file to keep it",
-                    " (in the share link below)" if args.share_links else f": {generated}",
+                    "no password given: user 'default' has a generated one%s, kept in %s; "
+                    "set -p or users in the config file to choose your own",
+                    " (in the share link below)" if args.share_links else f" ({args.p})",
+                    generated,
                 )
             warn_weak_passwords(dict(config.users))
             announce_links(args, listen, dict(config.users), cert)
@@ -874,7 +908,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Worker processes other than the first say the same things at DEBUG.
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
-        reloader.generated = generated
+        reloader.generated = args.p if generated is not None else None
 
         def on_hup() -> None:
             _run.signal_workers(signal.SIGHUP)
