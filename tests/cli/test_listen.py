@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from anytls.core.auth import build_preface
 from tests.cli._util import run_cli
+from tests.helpers.aio import async_test
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
 
@@ -77,3 +81,18 @@ def test_bound_socket_has_no_reuseport() -> None:
         assert not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
         with pytest.raises(OSError):
             _run.bind_tcp("127.0.0.1", sock.getsockname()[1])
+
+
+@async_test
+async def test_proxy_protocol_server_accepts_on_the_parents_socket(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["-p", "a-long-password", "--accept-proxy-protocol", "--workers", "2"]
+    async with AnyTLSProcess.server(port, args, tmp_path) as server:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"PROXY TCP4 192.0.2.7 127.0.0.1 4711 443\r\n")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        await writer.start_tls(ctx, server_hostname="localhost")
+        writer.write(build_preface("wrong-password", 0))
+        await server.wait_log(r"rejected 192\.0\.2\.7:4711: wrong password")
+        writer.close()
