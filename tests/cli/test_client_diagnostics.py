@@ -25,6 +25,19 @@ def test_check_names_a_plain_http_port() -> None:
     assert "WRONG_VERSION_NUMBER" not in plain.stdout
 
 
+@async_test
+async def test_running_client_names_a_plain_http_port(tmp_path: Path) -> None:
+    port = free_port()
+    with http_server() as web:
+        args = ["-s", f"127.0.0.1:{web.port}", "-p", "pw", "--log-level", "info"]
+        async with AnyTLSProcess.client(port, args, tmp_path) as cli:
+            answer = await _http_get_via(port, "http://example.com/")
+            assert answer.startswith(b"HTTP/1.1 502"), answer
+            assert b"does not speak TLS" in answer
+            line = await cli.wait_log(r"WARNING .*does not speak TLS")
+            assert "WRONG_VERSION_NUMBER" not in line
+
+
 async def _answer_400(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     # What nginx does with bytes that are not HTTP: 400 and close.
     await reader.read(1)
