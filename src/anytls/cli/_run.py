@@ -33,9 +33,10 @@ def fork_workers(count: int) -> int:
     global PARENT_CHANNEL
     if count <= 1 or not hasattr(os, "fork"):
         return 0
-    # A reload (SIGHUP) that arrives before a worker's event loop installed its handler
-    # must not kill it: ignored until then.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A reload (SIGHUP, SIGUSR1) that arrives before a worker's event loop installed its
+    # handler must not kill it: ignored until then.
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     pairs = [socket.socketpair() for _ in range(count - 1)]
     for index in range(1, count):
         pid = os.fork()
