@@ -53,8 +53,9 @@ PAIRS: list[tuple[str, str, str]] = [
     ("ours-client:sing-box-server", "ours", "sing-box"),
     ("sing-box-client:ours-server", "sing-box", "ours"),
     ("sing-box:sing-box", "sing-box", "sing-box"),
-    # Our server with its default worker count (one process per core, SO_REUSEPORT); the
-    # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
+    # Our server with its default worker count (one process per core, sharing one listening
+    # socket); the pairs above run it with --workers 1. Dropped when the server has no
+    # --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
 ]
 REFERENCE = "sing-box:sing-box"
@@ -357,6 +358,7 @@ class Pair:
                 str(self.key),
                 "--log-level",
                 "warning",
+                "--allow-private",  # the benchmark's targets are on loopback
             ]
             if self.server_impl == "ours" and self.workers_flag:
                 argv += ["--workers", "1"]
@@ -654,19 +656,18 @@ in this order, on freshly started client and server processes for every pair and
   CPUs), so bulk figures are whole-system throughput on loopback, not network speed.
 
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
-four pairs, and "ours:ours-workers" runs it with one worker process per CPU core (sharing
-the port with SO_REUSEPORT) and our client likewise (for the local SOCKS5 port; the
-default, `--workers 0`, is one process per core only on machines with more than 2 cores,
-so on this machine the default is the "ours:ours" column); its CPU and RSS figures are
-summed over each parent and its forked workers (VmRSS counts pages still shared after the
-fork once per process). A single bulk stream is served by one worker, so it shows the
-multi-process overhead rather than a speed-up; the concurrent and idle-stream phases
-spread over the workers. SO_REUSEPORT places each new session on a worker by a hash of its
-addresses, so the two concurrent downloads land on different workers in about half the
-runs (see the busy-processes row). On a 2-core machine that also runs the client and the
-load generator, one download already keeps both cores busy (about 1.7 CPU-seconds per GB
-across the three processes), so a second worker has no idle core to add throughput with
-here.
+four pairs, and "ours:ours-workers" runs our server and client with one worker process per
+CPU core, all accepting on the listening socket the parent bound (the default, `--workers
+0`, is one process per core only on machines with more than 2 cores, so on this machine
+the default is the "ours:ours" column); its CPU and RSS figures are summed over each parent
+and its forked workers (VmRSS counts pages still shared after the fork once per process).
+A single bulk stream is served by one worker, so it shows the multi-process overhead rather
+than a speed-up; the concurrent and idle-stream phases spread over the workers. Whichever
+idle worker accepts first gets a new session, so the two concurrent downloads may or may
+not land on different workers (see the busy-processes row). On a 2-core machine that also
+runs the client and the load generator, one download already keeps both cores busy (about
+1.7 CPU-seconds per GB across the three processes), so a second worker has no idle core to
+add throughput with here.
 """
 
 

@@ -259,6 +259,8 @@ def load_file(path: str, schema: Schema) -> dict[str, Any]:
         if option.dest in seen:
             raise ConfigError(f"{path}: {raw_key!r} and {seen[option.dest]!r} set the same option")
         seen[option.dest] = raw_key
+        if option.kind == "users" and isinstance(value, dict):
+            _check_user_names(path, raw_key, value, known)
         try:
             converted = _convert(option, value, base)
             if option.choices is not None and converted not in option.choices:
@@ -271,6 +273,41 @@ def load_file(path: str, schema: Schema) -> dict[str, Any]:
             raise ConfigError(f"{path}: {raw_key}: {exc}") from exc
         values[option.dest] = converted
     return values
+
+
+def _check_user_names(
+    path: str, table: str, users: Mapping[str, Any], known: Mapping[str, Option]
+) -> None:
+    """Refuse a "user" that is really a setting written after the ``[users]`` table."""
+    for name in users:
+        if normalise_key(name) not in known:
+            continue
+        line = _line_of(path, table, name)
+        where = f"{path}:{line}" if line else path
+        raise ConfigError(
+            f"{where}: {name!r} under [{table}] is read as a user called {name!r}, but it is "
+            f"a setting: move it above [{table}] (in TOML, every key after a [table] line "
+            "belongs to that table)"
+        )
+
+
+def _line_of(path: str, table: str, key: str) -> int | None:
+    """The line number of ``key = ...`` after the ``[table]`` header, if it can be found."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    inside = False
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inside = stripped.strip("[] \t").strip("\"'") == table
+            continue
+        name = stripped.partition("=")[0].strip().strip("\"'")
+        if inside and stripped and name == key:
+            return number
+    return None
 
 
 def preparse_config(argv: Sequence[str]) -> str | None:

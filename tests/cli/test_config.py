@@ -48,8 +48,10 @@ SERVER_SAMPLES: dict[str, Any] = {
     "heartbeat_timeout": 4,
     "udp_idle_timeout": 30,
     "fallback": "127.0.0.1:80",
+    "allow_private": False,
     "deny_private": True,
     "max_connections": 100,
+    "auth_fail_limit": 5,
     "stream_buffer": 65536,
     "session_buffer": 524288,
     "preface_timeout": 4,
@@ -339,3 +341,16 @@ def test_default_state_dir_follows_systemd_then_xdg(tmp_path: Path) -> None:
     assert default_state_dir({"HOME": "/h"}) == Path("/h/.local/state/anytls")
     made = ensure_state_dir(tmp_path / "a" / "b")
     assert made.is_dir() and (made.stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("setting", ["listen", "log-level", '"allow_private"'])
+def test_a_setting_after_the_users_table_is_refused(tmp_path: Path, setting: str) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        f'workers = 1\n\n[users]\nalice = "a-long-password"\n{setting} = "127.0.0.1:28450"\n'
+    )
+    result = run_cli("server", "-c", str(path), "--print-config")
+    assert result.returncode == 2
+    name = setting.strip('"')
+    assert f"{path}:5: {name!r} under [users]" in result.stderr, result.stderr
+    assert "move it above [users]" in result.stderr

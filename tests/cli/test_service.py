@@ -179,7 +179,7 @@ async def test_sigterm_cuts_streams_after_the_grace_period(tmp_path: Path) -> No
 
 @async_test
 async def test_draining_server_refuses_new_streams() -> None:
-    server = AnyTLSServer(ServerConfig({"u": "pw"}), _context())
+    server = AnyTLSServer(ServerConfig({"u": "pw"}, allow_private=True), _context())
     await server.start("127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     config = ClientConfig("127.0.0.1", port, "pw", insecure=True, max_streams_per_session=4)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.address import Address, AddressReader
+from ..core.auth_limit import AuthFailureLimiter, source_key
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
 from ..core.proxy_protocol import V2_MAX, parse_proxy_header
@@ -76,8 +77,11 @@ class ServerConfig:
     """Seconds to wait for the heartbeat answer before the session is closed."""
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
+    allow_private: bool = False
+    """Let streams reach loopback, private, link-local, CGNAT and ULA destinations (by
+    default they are refused, checked after name resolution: an SSRF guard)."""
     deny_private: bool = False
-    """Refuse loopback, private and link-local destinations (SSRF guard)."""
+    """Kept for compatibility: True refuses private destinations even with allow_private."""
     fallback: Address | None = None
     """Relay connections that fail authentication to this web server instead of closing."""
     stream_buffer: int = 256 * 1024
@@ -91,6 +95,9 @@ class ServerConfig:
     ``net.ipv4.tcp_fastopen`` with bit 2 set)."""
     max_connections: int = 4096
     """Simultaneous TLS connections accepted (0 = no limit)."""
+    auth_fail_limit: int = 10
+    """Failed authentications per minute per source (IPv4 address, IPv6 /64) after which
+    its attempts fail without a password check, answered as a wrong password (0 = off)."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
 
@@ -104,6 +111,11 @@ class ServerConfig:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
         )
+
+    @property
+    def refuse_private(self) -> bool:
+        """True when private destinations are refused (the default)."""
+        return self.deny_private or not self.allow_private
 
 
 def _dial_error_text(exc: BaseException, destination: Address) -> str:
@@ -181,7 +193,7 @@ class _ServerStream(asyncio.Protocol):
                     version,
                     data,
                     self.connection.config.udp_idle_timeout,
-                    deny_private=self.connection.config.deny_private,
+                    deny_private=self.connection.config.refuse_private,
                     stats=self.connection.user_stats,
                 )
                 return
@@ -221,7 +233,7 @@ class _ServerStream(asyncio.Protocol):
         timer = loop.call_later(config.connect_timeout, self._dial_timed_out)
         try:
             host = destination.host
-            if config.deny_private:
+            if config.refuse_private:
                 # Dial the address that was checked, never the name again.
                 host = (await resolve_allowed(destination, True))[0][1]
             transport, _ = await loop.create_connection(
@@ -288,6 +300,10 @@ class ServerConnection(SessionConnection):
         #: This session's user's counters, once authenticated.
         self.user_stats: UserStats | None = None
         self.authenticated_at: float | None = None
+        #: The client's IP (the real one behind a PROXY-protocol balancer).
+        self.peer_host = real_peer[0] if real_peer is not None else ""
+        #: Over --auth-fail-limit: this preface fails whatever it says.
+        self.limited = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -309,6 +325,14 @@ class ServerConnection(SessionConnection):
             self.close("server shutting down", abort=True)
             return
         self.server.connections.add(self)
+        if not self.peer_host:
+            peer = transport.get_extra_info("peername")
+            self.peer_host = str(peer[0]) if isinstance(peer, tuple) else self.peer
+        if self.server.auth_limiter.limited(
+            self.peer_host, self.loop.time(), self.config.auth_fail_limit
+        ):
+            self.limited = True
+            self.core.refuse_preface()
         self._preface_timer = self.loop.call_later(
             self.config.preface_timeout, self._preface_timed_out
         )
@@ -327,20 +351,39 @@ class ServerConnection(SessionConnection):
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         if self.core.user is None:
-            reason = "wrong password" if isinstance(exc, AuthenticationError) else str(exc)
-            self._reject(f"{reason} ({exc})" if reason != str(exc) else reason)
+            if not isinstance(exc, AuthenticationError):
+                self._reject(str(exc))
+                return
+            self._auth_failed()
+            if self.limited:
+                self._reject("auth-fail-limit reached, password not checked", logging.DEBUG)
+            else:
+                self._reject(f"wrong password ({exc})")
             return
         log.info("closing session with %s: %s", self.peer, exc)
         self.close(str(exc), abort=True)
 
-    def _reject(self, reason: str) -> None:
+    def _auth_failed(self) -> None:
+        limit = self.config.auth_fail_limit
+        if self.server.auth_limiter.failed(self.peer_host, self.loop.time(), limit):
+            log.warning(
+                "%s failed to authenticate %d times within a minute (--auth-fail-limit): "
+                "its attempts fail without a password check for the rest of the minute",
+                source_key(self.peer_host),
+                limit,
+                extra={"event": "auth_fail_limit", "source": source_key(self.peer_host)},
+            )
+
+    def _reject(self, reason: str, level: int = logging.INFO) -> None:
         self.server.stats.rejected += 1
         fallback = self.config.fallback
         if fallback is None or self.transport is None or self.transport.is_closing():
-            log.info("rejected %s: %s", self.peer, reason)
+            log.log(level, "rejected %s: %s", self.peer, reason)
             self._refuse(reason)
             return
-        log.info("rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback)
+        log.log(
+            level, "rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback
+        )
         if self._preface_timer is not None:
             self._preface_timer.cancel()
             self._preface_timer = None
@@ -516,6 +559,8 @@ class AnyTLSServer:
             self.stats.user(name)  # every configured user is reported, even at zero
         #: True once :meth:`shutdown` began: no new connections or streams.
         self.draining = False
+        #: Failed authentications per source, for ``config.auth_fail_limit``.
+        self.auth_limiter = AuthFailureLimiter()
         self._ssl_current = ssl_context
         self._previous_sni: Callable[..., int | None] | None = None
         #: Picks another context for some handshakes (see :meth:`set_challenge_responder`).
@@ -585,9 +630,38 @@ class AnyTLSServer:
         listening = [s for srv in self.servers for s in srv.sockets]
         return listening + self._raw_sockets
 
-    async def start(self, host: str | None, port: int, **kwargs: Any) -> None:
-        """Bind and start accepting (``reuse_port=True`` lets worker processes share it)."""
+    async def start(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        sockets: list[socket.socket] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Bind and start accepting (``reuse_port=True`` lets worker processes share it).
+
+        ``sockets``: accept on these listening sockets (bound by the caller, e.g. before
+        forking workers) instead of binding ``host:port``.
+        """
         loop = asyncio.get_running_loop()
+        if sockets is not None:
+            for sock in sockets:
+                if self.config.tcp_fast_open:
+                    self._enable_fast_open(sock)  # Linux takes it on a listening socket
+                if self.config.accept_proxy_protocol:
+                    self._raw_sockets.append(sock)
+                    self._track(loop.create_task(self._accept_loop(sock)))
+                    continue
+                self.servers.append(
+                    await loop.create_server(
+                        lambda: ServerConnection(self),
+                        sock=sock,
+                        ssl=self.ssl_context,
+                        ssl_handshake_timeout=self.config.handshake_timeout,
+                        backlog=LISTEN_BACKLOG,
+                    )
+                )
+            return
         if self.config.accept_proxy_protocol:
             await self._start_proxied(host, port, bool(kwargs.get("reuse_port")))
             return

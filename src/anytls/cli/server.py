@@ -27,7 +27,7 @@ from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
-from ..log import level_number, setup_logging
+from ..log import level_number, set_worker, setup_logging
 from . import _common, _run
 from ._run import fork_workers, run
 
@@ -64,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="l",
         metavar="HOST:PORT",
         default="0.0.0.0:8443",
-        help="listen address (default 0.0.0.0:8443)",
+        help="listen address (default 0.0.0.0:8443, IPv4 only; [::]:PORT is IPv4 and IPv6)",
     )
     parser.add_argument(
-        "-p", "--password", dest="p", metavar="PASSWORD", help="password of the user 'default'"
+        "-p",
+        "--password",
+        dest="p",
+        metavar="PASSWORD",
+        help="password of the user 'default' (without -p and users: a generated one)",
     )
     parser.add_argument(
         "--user",
@@ -180,9 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of closing them, so the port looks like that site",
     )
     parser.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="let users reach loopback, private (RFC 1918, ULA, CGNAT) and link-local "
+        "destinations, i.e. this machine's own services and its networks (default: refused)",
+    )
+    parser.add_argument(
         "--deny-private",
         action="store_true",
-        help="refuse loopback, private and link-local destinations",
+        help="refuse private destinations (the default; kept for compatibility)",
     )
     parser.add_argument(
         "--max-connections",
@@ -190,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         metavar="N",
         help="simultaneous TLS connections (default 4096; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--auth-fail-limit",
+        type=int,
+        default=10,
+        metavar="N",
+        help="failed authentications per minute from one source (IPv4 address, IPv6 /64) "
+        "after which its attempts fail without a password check, answered as a wrong "
+        "password (default 10; 0 = no limit)",
     )
     parser.add_argument(
         "--heartbeat-timeout",
@@ -236,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core, "
+        help="processes sharing the listening socket (default 0 = one per CPU core, "
         "or 1 on machines with 2 cores or fewer)",
     )
     parser.add_argument(
@@ -384,6 +403,63 @@ def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
     return users
 
 
+#: Passwords shorter than this get a warning at start.
+MIN_PASSWORD_LENGTH = 12
+
+
+def generate_password() -> str:
+    """A random password (24 URL-safe characters, 144 bits) for a server started without one."""
+    import secrets
+
+    return secrets.token_urlsafe(18)
+
+
+#: File in the state directory holding the password generated for a server without one.
+GENERATED_PASSWORD_FILE = "generated-password"
+
+
+def stored_password(directory: Path) -> tuple[str, str | None]:
+    """The generated password kept in ``directory`` (made and saved, mode 0600, if none).
+
+    Returns ``(password, where)``: ``where`` is the file, or None when it could not be
+    written (the password then lasts until the server stops).
+    """
+    from ..state import ensure_state_dir
+
+    path = directory / GENERATED_PASSWORD_FILE
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        kept = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the generated password in {str(path)!r}: {exc}") from exc
+    if kept:
+        return kept, str(path)
+    password = generate_password()
+    try:
+        ensure_state_dir(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+    except OSError:
+        return password, None
+    return password, str(path)
+
+
+def warn_weak_passwords(users: dict[str, str]) -> None:
+    """Log a warning for each password shorter than :data:`MIN_PASSWORD_LENGTH`."""
+    for name, password in users.items():
+        if len(password) < MIN_PASSWORD_LENGTH:
+            log.warning(
+                "user %s: the password has only %d characters and can be guessed; use %d "
+                "or more random ones (e.g. `openssl rand -base64 18`), or start without -p "
+                "to get a generated one",
+                name,
+                len(password),
+                MIN_PASSWORD_LENGTH,
+            )
+
+
 def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
     """The scheme in the file ``source`` (bytes as they are), inline lines, or the default."""
     if not source:
@@ -408,6 +484,8 @@ def server_config(args: argparse.Namespace) -> Any:
     """The :class:`~anytls.aio.server.ServerConfig` the flags describe."""
     from ..aio.server import ServerConfig
 
+    if args.allow_private and args.deny_private:
+        raise ConfigError("--allow-private and --deny-private contradict each other; drop one")
     return ServerConfig(
         users=parse_users(args.p, args.user),
         padding=load_padding(args.padding_scheme),
@@ -417,9 +495,11 @@ def server_config(args: argparse.Namespace) -> Any:
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
+        allow_private=args.allow_private,
         deny_private=args.deny_private,
         fallback=Address.parse(args.fallback) if args.fallback else None,
         max_connections=max(0, args.max_connections),
+        auth_fail_limit=max(0, args.auth_fail_limit),
         stream_buffer=max(16 * 1024, args.stream_buffer),
         session_buffer=max(16 * 1024, args.session_buffer),
         preface_timeout=args.preface_timeout,
@@ -649,18 +729,31 @@ class Reloader:
         self.listen = listen
         #: Level of the "reloaded" line (workers other than the first log at DEBUG).
         self.level = level
+        #: The password generated at start (kept while the config names no user).
+        self.generated: str | None = None
 
     def reload(self) -> None:
         try:
             new = load_args(self.argv)
+            if self.generated and not new.p and not new.user:
+                new.p = self.generated
             for dest, key in self.RESTART.items():
                 if getattr(new, dest) != getattr(self.args, dest):
-                    log.warning("reload: %s changed; restart the server to apply it", key)
+                    log.log(
+                        logging.WARNING if self.level >= logging.INFO else logging.DEBUG,
+                        "reload: %s changed; restart the server to apply it",
+                        key,
+                    )
                     setattr(new, dest, getattr(self.args, dest))
             config = server_config(new)
             ctx = tls_context(new, self.listen) if (new.cert or self.args.cert) else None
         except (ConfigError, SystemExit) as exc:
-            log.error("reload failed, keeping the running settings: %s", exc)
+            # Every worker reloads; the first one says it at ERROR, the others at DEBUG.
+            log.log(
+                logging.ERROR if self.level >= logging.INFO else logging.DEBUG,
+                "reload failed, keeping the running settings: %s",
+                exc,
+            )
             return
         old_users = self.server.config.users
         added = sorted(set(config.users) - set(old_users))
@@ -695,10 +788,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print_config:
         print_config(args)
         return
+    generated = None
     try:
         if args.export:
             export(args)
             return
+        if not args.p and not args.user:
+            args.p, kept_in = stored_password(state_dir(args))
+            generated = kept_in or "memory only: the state directory is not writable"
         listen = _listen(args.l)
         config = server_config(args)
         acme = acme_settings(args, listen)
@@ -722,6 +819,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
     _common.warn_fast_open(config.tcp_fast_open, server=True)
+    try:
+        # Bound once, here, and shared by the workers: a port someone holds fails now.
+        sockets = _run.bind_tcp(listen.host, listen.port)
+    except OSError as exc:
+        log.error("%s", _listen_error(listen, exc))
+        raise SystemExit(1) from exc
 
     async def amain(stop: asyncio.Event) -> None:
         from ..aio.server import AnyTLSServer
@@ -734,13 +837,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
         loop = asyncio.get_running_loop()
-        host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
         server = AnyTLSServer(config, ctx)
-        try:
-            await server.start(host, listen.port, reuse_port=_run.forked())
-        except OSError as exc:
-            log.error("%s", _listen_error(listen, exc))
-            raise SystemExit(1) from exc
+        await server.start(None, listen.port, sockets=sockets)
         background: list[asyncio.Task[None]] = []
         if manager is not None:
             manager.attach(server)
@@ -793,22 +891,33 @@ def main(argv: Sequence[str] | None = None) -> None:
                     log.error("--metrics: %s", _listen_error(where, exc))
                     raise SystemExit(1) from exc
                 log.info("Prometheus metrics at http://%s/metrics", where)
+            if generated is not None:
+                log.warning(
+                    "no password given: user 'default' has a generated one%s, kept in %s; "
+                    "set -p or users in the config file to choose your own",
+                    " (in the share link below)" if args.share_links else f" ({args.p})",
+                    generated,
+                )
+            warn_weak_passwords(dict(config.users))
             announce_links(args, listen, dict(config.users), cert)
             if args.stats_interval > 0:
                 background.append(loop.create_task(log_summaries(snapshot, args.stats_interval)))
             log.info(
                 "anytls-server %s listening on %s (%d user%s, %d worker%s, padding md5 %s)",
                 __version__,
-                listen,
+                _run.describe_listen(sockets),
                 len(config.users),
                 "" if len(config.users) == 1 else "s",
                 workers,
                 "" if workers == 1 else "s",
                 config.padding.md5,
             )
+        if worker_index:
+            log.debug("worker %d accepting connections", worker_index)
         # Worker processes other than the first say the same things at DEBUG.
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
+        reloader.generated = args.p if generated is not None else None
 
         def on_hup() -> None:
             _run.signal_workers(signal.SIGHUP)
@@ -858,6 +967,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # must not die of it (SIGUSR1's default); it checks the state directory at start.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     worker_index = fork_workers(workers)
+    if worker_index:  # the first process's lines stay as they are
+        set_worker(worker_index)
     run(amain)
 
 

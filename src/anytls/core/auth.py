@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import struct
 from collections.abc import Mapping
 
@@ -45,6 +46,13 @@ class PrefaceReader:
         self._user: str | None = None
         self._padding = -1
         self.leftover = b""
+
+    def refuse_all(self) -> None:
+        """Fail this preface whatever password it carries, exactly as a wrong one fails.
+
+        The same number of comparisons runs, against random hashes no password matches.
+        """
+        self._users = [(name, secrets.token_bytes(32)) for name, _ in self._users]
 
     def feed(self, data: bytes | bytearray | memoryview) -> str | None:
         """Consume bytes; see the class docstring."""
