@@ -44,7 +44,8 @@ def write_config(path: Path, users: dict[str, str]) -> None:
 async def refused(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset: the connection reached the backlog of a listener closing at that moment.
         return True
     writer.close()
     return False

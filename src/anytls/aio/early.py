@@ -258,7 +258,9 @@ class EarlyRelay:
         what = f"{self.label} {self.destination} failed"
         if isinstance(error, SessionClosedError):
             # The server could not be reached or refused us: say why, once a minute.
-            self.client.failures.report(what if replied else f"{what} (local reset)", error)
+            self.client.failures.report(
+                what if replied else f"{what} (local connection reset)", error
+            )
         elif replied:
             log.info("%s: %s", what, error)
         else:
