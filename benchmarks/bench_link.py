@@ -49,8 +49,7 @@ from linkemu import LinkConfig, LinkEmulator, in_netns  # noqa: E402
 LINKLOAD = HERE / "linkload.py"
 PAIRS = [p for p in bench.PAIRS if p[1] != "ours-workers" and p[2] != "ours-workers"]
 REFERENCE = bench.REFERENCE
-SECTION_START = "<!-- emulated-link table: benchmarks/bench_link.py writes this section -->"
-SECTION_END = "<!-- end of the emulated-link table -->"
+SECTION_START, SECTION_END = bench.LINK_SECTION_START, bench.LINK_SECTION_END
 
 
 @dataclass

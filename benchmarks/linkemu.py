@@ -312,6 +312,8 @@ def relay_main(client_ns: str, server_ns: str, config: LinkConfig) -> int:
     ``{"stats": true}`` prints the counters as one JSON line.
     """
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the controller, which
+    # closes our stdin: that is how the relay stops.
     with in_netns(client_ns):
         tun_c = open_tun()
     with in_netns(server_ns):
