@@ -263,7 +263,7 @@ def table(
     sizes: Sizes,
     runs: int,
 ) -> str:
-    names = [p[0] for p in PAIRS]
+    names = [p[0] for p in PAIRS if any(p[0] in m for m in medians.values())]
     head = f"| metric (median of {runs} run{'' if runs == 1 else 's'}) | "
     lines = [head + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     subst = {k: v for k, v in sizes.__dict__.items()}
@@ -344,7 +344,8 @@ def render_section(
         f"({100 * others / max(elapsed * (os.cpu_count() or 1), 1e-9):.1f}% of the machine)",
         f"- command: `{cmd}`",
         f"- machine: {os.cpu_count()} CPUs, Linux {platform.release()}, Python"
-        f" {platform.python_version()}; the relay: {calib}",
+        f" {platform.python_version()}, TCP congestion control"
+        f" {linkemu.congestion_control()}; the relay: {calib}",
         "- the emulated links (measured from the client namespace to the server's address):",
         *checks,
     ]

@@ -725,17 +725,29 @@ def flood_pps(
     }
 
 
+def congestion_control() -> str:
+    """The kernel's default TCP congestion control (new namespaces inherit it)."""
+    try:
+        return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def calibrate(args: argparse.Namespace) -> int:
     """Print the relay's ceiling and check delay, rate and loss against the settings."""
-    print(f"link emulator calibration ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f})")
+    print(
+        f"link emulator calibration ({os.cpu_count()} CPUs, load average"
+        f" {os.getloadavg()[0]:.2f}, TCP congestion control {congestion_control()})"
+    )
     with LinkEmulator(LinkConfig()) as link, tcp_sink(link.server_ns) as sink:
         del sink
         rtts = ping(link.client_ns, SERVER_IP, 20)
         print(f"no delay: ping p50 {statistics.median(rtts) * 1000:.3f} ms (relay floor)")
         flood = flood_pps(link, seconds=args.seconds)
         print(
-            f"ceiling, 64-byte UDP flood: {flood['pps']:,.0f} packets/s forwarded"
-            f" ({flood['pps_per_cpu_s']:,.0f} per relay CPU-second)"
+            f"ceiling, 64-byte UDP flood: {flood['pps']:,.0f} packets/s forwarded with the"
+            f" relay at {100 * flood['relay_cpu_s'] / flood['span_s']:.0f}% of a CPU"
+            f" ({flood['pps_per_cpu_s']:,.0f} packets per relay CPU-second)"
         )
         for _ in range(2):  # warm-up + measure
             before = link.stats()
@@ -747,6 +759,7 @@ def calibrate(args: argparse.Namespace) -> int:
         print(
             f"ceiling, TCP download of {args.mib} MiB: {size * 8 / secs / 1e6:,.0f} Mbit/s"
             f" goodput, {fwd / secs:,.0f} data packets/s, relay CPU {100 * cpu / secs:.0f}%"
+            f" ({size * 8 / cpu / 1e6:,.0f} Mbit per relay CPU-second)"
         )
     for rtt in (0.040, 0.150):
         with LinkEmulator(LinkConfig.symmetric(rtt=rtt)) as link, tcp_sink(link.server_ns):
