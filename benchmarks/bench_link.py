@@ -401,13 +401,19 @@ def check_link(link: LinkEmulator) -> dict[str, float]:
     }
 
 
-def relay_ceiling(link: LinkEmulator) -> str:
-    """A short flood with the link wide open: packets per relay CPU-second."""
+def relay_ceiling(link: LinkEmulator, mib: int) -> str:
+    """The link wide open: a short 64-byte UDP flood and a TCP download through it."""
     flood = linkemu.flood_pps(link, seconds=0.5)
+    with linkemu.tcp_sink(link.server_ns, 5998):
+        before = link.stats()
+        secs = linkemu.tcp_download(link.client_ns, linkemu.SERVER_IP, 5998, mib << 20)
+        cpu = link.stats()["cpu_s"] - before["cpu_s"]
+    mbit = (mib << 20) * 8 / 1e6
     return (
-        f"{flood['pps_per_cpu_s']:,.0f} packets per CPU-second"
-        f" (a 64-byte UDP flood; {flood['pps']:,.0f}/s reached on this loaded machine),"
-        " see `linkemu.py calibrate`"
+        f"wide open it forwarded {flood['pps']:,.0f} 64-byte UDP packets/s"
+        f" ({flood['pps_per_cpu_s']:,.0f} per relay CPU-second) and a {mib} MiB TCP download"
+        f" at {mbit / secs:,.0f} Mbit/s (relay at {100 * cpu / secs:.0f}% of a CPU,"
+        f" {mbit / max(cpu, 1e-9):,.0f} Mbit per relay CPU-second)"
     )
 
 
@@ -427,8 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/results.md; with --quick none unless given)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="log every packet crossing the link to packets.txt in each pair's log"
+        " directory (implies --keep)",
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
+    args.keep = args.keep or args.trace
     sizes = QUICK if args.quick else FULL
     out_path = args.out or (None if args.quick else HERE / "results.md")
     pairs = PAIRS
@@ -456,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cert, key = bench.make_cert(work)
         with LinkEmulator(LinkConfig()) as link:
-            calib = relay_ceiling(link)
+            calib = relay_ceiling(link, 4 if args.quick else 32)
             for prof in profiles:
                 link.set(prof.config.up, prof.config.down)
                 prof.check = check_link(link)
@@ -478,7 +491,12 @@ def main(argv: list[str] | None = None) -> int:
                             port,
                         )
                         port += 10
+                        if args.trace:
+                            pair.workdir.mkdir(parents=True)
+                            link.trace(pair.workdir / "packets.txt")
                         result = run_pair(pair, sizes, run * 16 + len(raw[prof.title][name]))
+                        if args.trace:
+                            link.trace(None)
                         after = link.stats()
                         for k in ("packets", "loss_drops", "queue_drops"):
                             prof.relay[k] = prof.relay.get(k, 0) + sum(
