@@ -597,7 +597,7 @@ def _config_from_json(data: dict[str, Any]) -> LinkConfig:
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     s = (s >> 16) + (s & 0xFFFF)
     s += s >> 16
     return ~s & 0xFFFF
@@ -730,7 +730,7 @@ def udp_loss(link: LinkEmulator, count: int = 2000, port: int = 5202) -> float:
             if i % 50 == 49:
                 time.sleep(0.001)  # stay below any queue
         rx.settimeout(0.5 + 2 * link.config.up.delay)
-        seen = set()
+        seen: set[int] = set()
         with contextlib.suppress(TimeoutError):
             while len(seen) < count:
                 seen.add(struct.unpack("!I", rx.recv(64)[:4])[0])
@@ -877,6 +877,38 @@ def _on_signal(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+STALE = re.compile(r"lemu(\d+)x\d+\w*[cs]")
+
+
+def stale_namespaces() -> list[str]:
+    """Namespaces named by this module whose creating process no longer runs (left by a
+    ``kill -9``; the relay is gone with its TUNs, the names stay)."""
+    try:
+        names = [p.name for p in NETNS_DIR.iterdir()]
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        m = STALE.fullmatch(name)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            out.append(name)
+    return sorted(out)
+
+
+def _console(link: LinkEmulator, words: list[str]) -> None:
+    """One command typed at ``linkemu.py run``."""
+    if words == ["down"]:
+        link.link_down()
+    elif words == ["up"]:
+        link.link_up()
+    elif words == ["stats"]:
+        print(json.dumps(link.stats(), indent=1), flush=True)
+    elif words[:1] == ["trace"] and len(words) == 2:
+        link.trace(None if words[1] == "off" else Path(words[1]).resolve())
+    elif words:
+        print(f"unknown command {' '.join(words)!r}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_relay"]:
@@ -890,12 +922,22 @@ def main(argv: list[str] | None = None) -> int:
         "run", help="set up a link, print the namespaces, run CMD in the client namespace"
     )
     _add_link_args(run)
+    clean = sub.add_parser(
+        "cleanup", help="delete namespaces left by emulators whose process is gone"
+    )
+    clean.add_argument("--dry-run", action="store_true", help="only list them")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ... (default: wait)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         if args.cmd == "calibrate":
             return calibrate(args)
+        if args.cmd == "cleanup":
+            for name in stale_namespaces():
+                print(("would delete " if args.dry_run else "deleting ") + name)
+                if not args.dry_run:
+                    _ip("netns", "del", name)
+            return 0
         config = _link_config(args)
         with LinkEmulator(config) as link:
             print(
@@ -906,8 +948,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [c for c in args.command if c != "--"] if args.command else []
             if cmd:
                 return subprocess.run(link.exec_argv(link.client_ns, cmd), check=False).returncode
-            print("Ctrl-C to stop", flush=True)
-            while True:
+            print("commands: down, up, stats, trace FILE, trace off; Ctrl-C ends", flush=True)
+            for line in sys.stdin:
+                _console(link, line.split())
+            while True:  # stdin closed (e.g. run in the background): until a signal
                 time.sleep(3600)
     except KeyboardInterrupt:
         return 130

@@ -209,3 +209,26 @@ def test_bench_link_quick_writes_its_section(tmp_path: Path) -> None:
             # Across the link: at least one 10 ms round trip (cold: TCP + TLS + request).
             assert min(values) >= (30 if "cold" in label else 10), (label, cells)
     assert rows["UDP echo p50 ms ↓"][1].endswith("(1.00×)")
+
+
+def test_cleanup_deletes_namespaces_of_dead_processes() -> None:
+    dead = "lemu99999x1c"  # a pid no process has (above pid_max here)
+    if Path("/proc/99999").exists():
+        dead = "lemu99998x1c"
+    subprocess.run(["ip", "netns", "add", dead], check=True)
+    try:
+        with le.LinkEmulator() as link:
+            assert dead in le.stale_namespaces()
+            assert link.client_ns not in le.stale_namespaces()  # its process runs
+            proc = subprocess.run(
+                [sys.executable, str(ROOT / "benchmarks" / "linkemu.py"), "cleanup"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert proc.returncode == 0, proc.stderr
+            assert f"deleting {dead}" in proc.stdout
+            assert dead not in _netns_names()
+            assert {link.client_ns, link.server_ns} <= _netns_names()
+    finally:
+        subprocess.run(["ip", "netns", "del", dead], capture_output=True, check=False)
