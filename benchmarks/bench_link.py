@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -151,6 +152,8 @@ class LinkPair:
     key: Path
     flags: list[str]
     port: int
+    client_flags: list[str] = field(default_factory=list)
+    singbox_tfo: bool = False
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def _spawn(self, ns: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -175,6 +178,8 @@ class LinkPair:
         else:
             config = bench.singbox_server_config(server_port, self.cert, self.key)
             config["inbounds"][0]["listen"] = "0.0.0.0"
+            if self.singbox_tfo:
+                config["inbounds"][0]["tcp_fast_open"] = True
             argv, log = self._singbox("server", config)
         server = self._spawn(self.link.server_ns, argv, log)
         ns_wait_ready(server, self.link.server_ns, server_port, log, f"{self.name}: server")
@@ -182,7 +187,7 @@ class LinkPair:
         if self.client_impl == "ours":
             argv = [*bench.ours("client"), "-l", f"127.0.0.1:{mixed_port}"]
             argv += ["-s", f"{linkemu.SERVER_IP}:{server_port}", "-p", bench.PASSWORD]
-            argv += ["--insecure", "--log-level", "warning"]
+            argv += ["--insecure", "--log-level", "warning", *self.client_flags]
             log = self.workdir / "anytls-client.log"
         else:
             config = bench.singbox_client_config(mixed_port, server_port)
@@ -327,6 +332,10 @@ def render_section(
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/bench_link.py" + (" --quick" if args.quick else "")
     cmd += f" --runs {args.runs} --link {args.link} --loss {args.loss:g} --rate {args.rate}"
+    for opt in ("ours_client_args", "ours_server_args"):
+        if getattr(args, opt):
+            cmd += f" --{opt.replace('_', '-')} {shlex.quote(getattr(args, opt))}"
+    cmd += " --singbox-tfo" * args.singbox_tfo + "".join(f" --sysctl {x}" for x in args.sysctl)
     checks = []
     for prof in profiles:
         c = prof.check
@@ -434,6 +443,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
+        "--ours-client-args", default="", help="extra flags for our client (one string)"
+    )
+    parser.add_argument(
+        "--ours-server-args", default="", help="extra flags for our server (one string)"
+    )
+    parser.add_argument(
+        "--singbox-tfo",
+        action="store_true",
+        help="tcp_fast_open on sing-box's anytls inbound (sing-box 1.14 refuses it on the"
+        " anytls outbound)",
+    )
+    parser.add_argument(
+        "--sysctl",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in both namespaces before the runs, e.g. net.ipv4.tcp_fastopen=3 (repeatable)",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="log every packet crossing the link to packets.txt in each pair's log"
@@ -464,12 +492,15 @@ def main(argv: list[str] | None = None) -> int:
     raw: dict[str, dict[str, list[dict[str, float]]]] = {
         p.title: {name: [] for name, _, _ in pairs} for p in profiles
     }
-    flags = server_flags()
+    flags = server_flags() + shlex.split(args.ours_server_args)
+    client_flags = shlex.split(args.ours_client_args)
     port = 20000
     try:
         cert, key = bench.make_cert(work)
         with LinkEmulator(LinkConfig()) as link:
             calib = relay_ceiling(link, 4 if args.quick else 32)
+            for setting in args.sysctl:
+                link.sysctl(setting)
             for prof in profiles:
                 link.set(prof.config.up, prof.config.down)
                 prof.check = check_link(link)
@@ -489,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                             key,
                             flags if server_impl == "ours" else [],
                             port,
+                            client_flags if client_impl == "ours" else [],
+                            args.singbox_tfo,
                         )
                         port += 10
                         if args.trace:

@@ -577,6 +577,18 @@ class LinkEmulator:
 
     # -- running things
 
+    def sysctl(self, setting: str) -> None:
+        """``KEY=VALUE`` (e.g. ``net.ipv4.tcp_fastopen=3``) in both namespaces."""
+        for ns in (self.client_ns, self.server_ns):
+            proc = subprocess.run(
+                self.exec_argv(ns, ["sysctl", "-q", "-w", setting]),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise LinkEmulatorError(f"sysctl {setting} in {ns}: {proc.stderr.strip()}")
+
     @staticmethod
     def exec_argv(ns: str, argv: list[str]) -> list[str]:
         """``argv`` run inside namespace ``ns`` (``ip netns exec``; the pid stays the same)."""
