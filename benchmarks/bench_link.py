@@ -314,7 +314,12 @@ namespace; fresh proxy processes for every pair, run and link profile), in this 
   second stream on a busy session); wall time until the last byte of the last one.
 - UDP echo p50: SOCKS5 UDP ASSOCIATE, sequential 512-byte pings (5 warm-up).
 - bulk download: one stream, bytes received in a fixed time from the request on (time-
-  bounded because loss makes a fixed size take anything from seconds to minutes).
+  bounded because loss makes a fixed size take anything from seconds to minutes). It is a
+  single short transfer per run on a session the parallel phase left behind: with random
+  loss it varies by 2-4× between runs (see every run below), so read differences under
+  that as noise.
+- the machine is shared (see "other processes" above): scheduling delays add to the link's
+  own figures, mostly in the tails (p95) and the bulk row.
 """
 
 
