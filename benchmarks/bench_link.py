@@ -347,7 +347,9 @@ def render_section(
         r = prof.relay
         checks.append(
             f"  - {prof.title}: TCP connect p50 {c['connect_p50_ms']:.1f} ms, ping p50"
-            f" {c['ping_p50_ms']:.1f} ms (before the runs); relay over all runs:"
+            f" {c['ping_p50_ms']:.1f} ms, a plain TCP download (no proxy) for"
+            f" {sizes.bulk_seconds:g} s {c['raw_bulk_MBps']:.2f} MB/s (before the runs);"
+            " relay over all runs:"
             f" {r.get('packets', 0):,.0f} packets, {r.get('loss_drops', 0):,.0f} lost at random,"
             f" {r.get('queue_drops', 0):,.0f} tail-dropped, peak queue"
             f" {r.get('max_queue', 0):,.0f}"
@@ -400,8 +402,9 @@ def write_section(path: Path, section: str) -> None:
 # ----------------------------------------------------------------------------- main
 
 
-def check_link(link: LinkEmulator) -> dict[str, float]:
-    """TCP connect and ping round trips across the link right now."""
+def check_link(link: LinkEmulator, bulk_seconds: float) -> dict[str, float]:
+    """Round trips across the link right now (TCP connect, ping) and a plain TCP
+    download (no proxy) as long as the bulk phase, for reference."""
     with in_netns(link.server_ns):
         srv = socket.socket()
     with srv:
@@ -409,9 +412,12 @@ def check_link(link: LinkEmulator) -> dict[str, float]:
         srv.listen(64)
         syn = linkemu.tcp_connect_times(link.client_ns, linkemu.SERVER_IP, 5999, 5)
     icmp = linkemu.ping(link.client_ns, linkemu.SERVER_IP, 5)
+    with linkemu.tcp_sink(link.server_ns, 5997):
+        raw = linkemu.tcp_download_for(link.client_ns, linkemu.SERVER_IP, 5997, bulk_seconds)
     return {
         "connect_p50_ms": statistics.median(syn) * 1000,
         "ping_p50_ms": statistics.median(icmp) * 1000 if icmp else float("nan"),
+        "raw_bulk_MBps": raw,
     }
 
 
@@ -508,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                 link.sysctl(setting)
             for prof in profiles:
                 link.set(prof.config.up, prof.config.down)
-                prof.check = check_link(link)
+                prof.check = check_link(link, sizes.bulk_seconds)
             for run in range(args.runs):
                 for prof in profiles:
                     link.set(prof.config.up, prof.config.down)

@@ -728,6 +728,25 @@ def tcp_download(ns: str, host: str, port: int, nbytes: int, timeout: float = 60
         return time.perf_counter() - t0
 
 
+def tcp_download_for(ns: str, host: str, port: int, seconds: float) -> float:
+    """Download from a :func:`tcp_sink` for ``seconds`` (from connect on): MB/s."""
+    with in_netns(ns):
+        sock = socket.socket()
+    with sock:
+        sock.settimeout(seconds + 10)
+        t0 = time.perf_counter()
+        sock.connect((host, port))
+        sock.sendall(b"D%d\n" % (1 << 40))
+        got = 0
+        buf = bytearray(1 << 20)
+        while time.perf_counter() - t0 < seconds:
+            n = sock.recv_into(buf)
+            if n == 0:
+                raise ConnectionError(f"download EOF after {got} bytes")
+            got += n
+        return got / 1e6 / (time.perf_counter() - t0)
+
+
 def udp_loss(link: LinkEmulator, count: int = 2000, port: int = 5202) -> float:
     """Fraction of ``count`` small UDP datagrams client → server that did not arrive."""
     with in_netns(link.server_ns):
