@@ -408,6 +408,7 @@ def check_link(link: LinkEmulator, bulk_seconds: float) -> dict[str, float]:
     with in_netns(link.server_ns):
         srv = socket.socket()
     with srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # again for each profile
         srv.bind(("0.0.0.0", 5999))
         srv.listen(64)
         syn = linkemu.tcp_connect_times(link.client_ns, linkemu.SERVER_IP, 5999, 5)

@@ -706,7 +706,10 @@ def tcp_sink(ns: str, port: int = 5201) -> Iterator[dict[str, int]]:
         yield counters
     finally:
         stop.set()
+        with contextlib.suppress(OSError):
+            srv.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone does not
         srv.close()
+        t.join(5)
 
 
 def tcp_download(ns: str, host: str, port: int, nbytes: int, timeout: float = 60.0) -> float:

@@ -175,7 +175,7 @@ def test_bench_link_quick_writes_its_section(tmp_path: Path) -> None:
             str(BENCH_LINK),
             "--quick",
             "--link",
-            "10ms",
+            "10ms,20ms",  # two profiles on one link: set-up repeated per profile
             "--pairs",
             "ours:ours,sing-box:sing-box",
             "--out",
@@ -183,24 +183,21 @@ def test_bench_link_quick_writes_its_section(tmp_path: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        timeout=90,
+        timeout=120,
         cwd=ROOT,
         check=False,
     )
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr}\n{proc.stdout}"
     text = out.read_text()
     assert text.startswith("# loopback table\n\nkeep me\n")
-    assert "## Emulated link" in text and "**10 ms RTT, 0.5% loss each way, 50 Mbit/s**" in text
-    rows = {
-        r[0]: r[1:]
-        for r in (
-            [c.strip() for c in line.strip("|").split("|")]
-            for line in text.splitlines()
-            if line.startswith("| ") and "**" not in line
-        )
-    }
-    header = rows.pop("metric (median of 1 run)")
-    assert header == ["ours:ours", "sing-box:sing-box"]
+    assert "## Emulated link" in text
+    for rtt in (10, 20):
+        assert f"**{rtt} ms RTT, 0.5% loss each way, 50 Mbit/s**" in text
+    lines = [line for line in text.splitlines() if line.startswith("| ") and "**" not in line]
+    assert len(lines) == 1 + 2 * 7, lines  # header + 7 rows per profile
+    cells_of = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells_of[0] == ["metric (median of 1 run)", "ours:ours", "sing-box:sing-box"]
+    rows = {r[0]: r[1:] for r in cells_of[1:8]}  # the 10 ms profile
     assert len(rows) == 7
     for label, cells in rows.items():
         values = [float(re.match(r"[\d,.]+", c).group().replace(",", "")) for c in cells]  # type: ignore[union-attr]
