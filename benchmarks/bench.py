@@ -62,6 +62,7 @@ REFERENCE = "sing-box:sing-box"
 # same results file; rewriting the file keeps that section.
 LINK_SECTION_START = "<!-- emulated-link table: benchmarks/bench_link.py writes this section -->"
 LINK_SECTION_END = "<!-- end of the emulated-link table -->"
+LINK_TABLE_PREFIX = "link-"  # its tables in results.json, also kept
 
 
 @dataclass
@@ -680,6 +681,15 @@ def kept_link_section(path: Path) -> str:
     return "\n" + old[start : end + len(LINK_SECTION_END)] + "\n"
 
 
+def kept_link_tables(path: Path) -> list[dict[str, Any]]:
+    """The emulated-link tables of an existing results JSON file."""
+    try:
+        tables = json.loads(path.read_text()).get("tables", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [t for t in tables if str(t.get("name", "")).startswith(LINK_TABLE_PREFIX)]
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -795,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if out_path is not None:
         out_path.write_text(report + kept_link_section(out_path))
+        results["tables"] += kept_link_tables(out_path.with_suffix(".json"))
         out_path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
         print(f"written to {out_path} and {out_path.with_suffix('.json')}", file=sys.stderr)
     if args.plot is not None:

@@ -51,6 +51,7 @@ LINKLOAD = HERE / "linkload.py"
 PAIRS = [p for p in bench.PAIRS if p[1] != "ours-workers" and p[2] != "ours-workers"]
 REFERENCE = bench.REFERENCE
 SECTION_START, SECTION_END = bench.LINK_SECTION_START, bench.LINK_SECTION_END
+LINK_TABLE_PREFIX = bench.LINK_TABLE_PREFIX
 
 
 @dataclass
@@ -323,6 +324,10 @@ namespace; fresh proxy processes for every pair, run and link profile), in this 
 """
 
 
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def render_section(
     profiles: list[Profile],
     medians: dict[str, dict[str, dict[str, float]]],
@@ -334,7 +339,7 @@ def render_section(
     others: float,
     calib: str,
 ) -> str:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    now = now_utc()
     cmd = "python benchmarks/bench_link.py" + (" --quick" if args.quick else "")
     cmd += f" --runs {args.runs} --link {args.link} --loss {args.loss:g} --rate {args.rate}"
     for opt in ("ours_client_args", "ours_server_args"):
@@ -386,6 +391,45 @@ def render_section(
             "",
         ]
     )
+
+
+def json_tables(
+    profiles: list[Profile],
+    medians: dict[str, dict[str, dict[str, float]]],
+    sizes: Sizes,
+    date: str,
+) -> list[dict[str, Any]]:
+    """The tables for ``results.json`` (``benchmarks/plot.py`` draws them), one per
+    profile, named ``link-<RTT>ms``."""
+    subst = dict(sizes.__dict__)
+    return [
+        {
+            "name": f"{LINK_TABLE_PREFIX}{prof.rtt * 1000:g}ms",
+            "title": f"emulated link: {prof.title}",
+            "date": date,
+            "reference": REFERENCE,
+            "pairs": [p[0] for p in PAIRS if p[0] in medians[prof.title]],
+            "metrics": [
+                {"key": m.key, "label": m.label.format(**subst), "better": m.better}
+                for m in METRICS
+            ],
+            "medians": medians[prof.title],
+        }
+        for prof in profiles
+    ]
+
+
+def write_json_tables(path: Path, tables: list[dict[str, Any]]) -> None:
+    """Put ``tables`` into the results JSON file, replacing earlier emulated-link tables and
+    keeping bench.py's."""
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {"title": "anytls benchmark results", "date": "", "tables": []}
+    data["tables"] = [
+        t for t in data.get("tables", []) if not t.get("name", "").startswith(LINK_TABLE_PREFIX)
+    ] + tables
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def write_section(path: Path, section: str) -> None:
@@ -587,7 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if out_path is not None:
         write_section(out_path, section)
-        print(f"written to {out_path}", file=sys.stderr)
+        write_json_tables(
+            out_path.with_suffix(".json"), json_tables(profiles, medians, sizes, now_utc())
+        )
+        print(f"written to {out_path} and {out_path.with_suffix('.json')}", file=sys.stderr)
     if args.keep:
         print(f"logs in {work}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -169,6 +170,8 @@ def test_namespaces_are_deleted_after_an_error() -> None:
 def test_bench_link_quick_writes_its_section(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
     out.write_text("# loopback table\n\nkeep me\n")
+    loopback = {"name": "loopback", "medians": {}}
+    out.with_suffix(".json").write_text(json.dumps({"tables": [loopback]}))
     proc = subprocess.run(
         [
             sys.executable,
@@ -206,6 +209,24 @@ def test_bench_link_quick_writes_its_section(tmp_path: Path) -> None:
             # Across the link: at least one 10 ms round trip (cold: TCP + TLS + request).
             assert min(values) >= (30 if "cold" in label else 10), (label, cells)
     assert rows["UDP echo p50 ms ↓"][1].endswith("(1.00×)")
+    tables = json.loads(out.with_suffix(".json").read_text())["tables"]
+    assert [t["name"] for t in tables] == ["loopback", "link-10ms", "link-20ms"]
+    assert tables[1]["medians"]["ours:ours"]["cold_ms"] >= 30
+
+
+def test_bench_py_keeps_the_emulated_link_results(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("anytls_bench", ROOT / "benchmarks" / "bench.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    md, js = tmp_path / "results.md", tmp_path / "results.json"
+    section = f"{bench.LINK_SECTION_START}\n## Emulated link\n| x |\n{bench.LINK_SECTION_END}"
+    md.write_text(f"# old loopback table\n\n{section}\n")
+    js.write_text(json.dumps({"tables": [{"name": "loopback"}, {"name": "link-40ms"}]}))
+    assert bench.kept_link_section(md).strip() == section
+    assert bench.kept_link_tables(js) == [{"name": "link-40ms"}]
+    assert bench.kept_link_section(tmp_path / "none.md") == ""
 
 
 def test_cleanup_deletes_namespaces_of_dead_processes() -> None:
