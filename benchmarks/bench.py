@@ -59,6 +59,11 @@ PAIRS: list[tuple[str, str, str]] = [
     ("ours:ours-workers", "ours-workers", "ours-workers"),
 ]
 REFERENCE = "sing-box:sing-box"
+# benchmarks/bench_link.py keeps its "emulated link" table between these markers in the
+# same results file; rewriting the file keeps that section.
+LINK_SECTION_START = "<!-- emulated-link table: benchmarks/bench_link.py writes this section -->"
+LINK_SECTION_END = "<!-- end of the emulated-link table -->"
+LINK_TABLE_PREFIX = "link-"  # its tables in results.json, also kept
 
 
 @dataclass
@@ -702,6 +707,27 @@ def render(
     return "\n".join(out)
 
 
+def kept_link_section(path: Path) -> str:
+    """The emulated-link section of an existing results file ("" if none)."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    start, end = old.find(LINK_SECTION_START), old.find(LINK_SECTION_END)
+    if start < 0 or end < start:
+        return ""
+    return "\n" + old[start : end + len(LINK_SECTION_END)] + "\n"
+
+
+def kept_link_tables(path: Path) -> list[dict[str, Any]]:
+    """The emulated-link tables of an existing results JSON file."""
+    try:
+        tables = json.loads(path.read_text()).get("tables", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [t for t in tables if str(t.get("name", "")).startswith(LINK_TABLE_PREFIX)]
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -816,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw": raw,
     }
     if out_path is not None:
-        out_path.write_text(report)
+        out_path.write_text(report + kept_link_section(out_path))
+        results["tables"] += kept_link_tables(out_path.with_suffix(".json"))
         out_path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
         print(f"written to {out_path} and {out_path.with_suffix('.json')}", file=sys.stderr)
     if args.plot is not None:
