@@ -23,10 +23,12 @@ SIZE = 8 * MiB
 
 def test_token_bucket_debt_and_wait() -> None:
     bucket = TokenBucket(1000.0, now=0.0, burst=100.0)
-    assert bucket.take(50, 0.0) == 0.0
-    assert bucket.take(150, 0.0) == pytest.approx(0.1)  # 100 bytes of debt at 1000 B/s
-    assert bucket.wait(0.05) == pytest.approx(0.05)
-    assert bucket.wait(0.1) == 0.0
+    assert bucket.tokens == 0  # a new bucket starts empty: no burst at the start
+    assert bucket.take(0, 0.1) == 0.0 and bucket.tokens == 100.0
+    assert bucket.take(50, 0.1) == 0.0
+    assert bucket.take(150, 0.1) == pytest.approx(0.1)  # 100 bytes of debt at 1000 B/s
+    assert bucket.wait(0.15) == pytest.approx(0.05)
+    assert bucket.wait(0.2) == 0.0
     assert bucket.wait(10.0) == 0.0 and bucket.tokens == 100.0  # refill capped at the burst
     bucket.set_rate(2000.0)
     assert bucket.take(int(bucket.tokens) + 2000, 10.0) == pytest.approx(1.0)

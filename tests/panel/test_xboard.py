@@ -85,6 +85,7 @@ async def test_node_serves_reports_and_follows_the_panel(tmp_path: Path) -> None
             AnyTLSProcess.server(port, args, tmp_path) as node,
         ):
             await node.wait_log(r"Xboard node 7 of .*: port \d+, 2 users")
+            assert "share link" not in node.log_text()  # not one line per panel user
             # Users from the panel: the password is the uuid; the user is its id.
             async with _client(port, U1) as client:
                 for _ in range(4):

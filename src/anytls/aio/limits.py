@@ -34,8 +34,10 @@ log = logging.getLogger("anytls.limits")
 
 #: Bytes per second in one Mbit/s (decimal megabits, as panels and speed tests count).
 MBPS = 125_000
-#: Seconds of traffic a full bucket may send at once (small: the limit is the average).
-BURST_SECONDS = 0.05
+#: Seconds of traffic a full bucket holds: how late a resume timer may fire (a loaded
+#: machine) before the user loses some of its rate. A new bucket starts empty, so a
+#: transfer never starts with a burst.
+BURST_SECONDS = 0.25
 #: Smallest bucket, so that one 16 KiB TLS record never waits by itself.
 MIN_BURST = 32 * 1024
 
@@ -63,7 +65,7 @@ class TokenBucket:
     def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else max(MIN_BURST, rate * BURST_SECONDS))
-        self.tokens = self.burst
+        self.tokens = 0.0
         self.stamp = now
 
     def _refill(self, now: float) -> float:

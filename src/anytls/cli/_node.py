@@ -49,6 +49,8 @@ def check_args(args: argparse.Namespace) -> None:
                 f"--api {args.api}: a stats API on a non-loopback address needs "
                 "--api-secret (anyone who reaches it could read traffic and kick users)"
             )
+    if args.panel and (args.p or args.user):
+        raise ConfigError("--panel: the users come from the panel; drop -p and --user")
     panel_keys = (args.panel, args.panel_token, args.node_id)
     if any(v is not None for v in panel_keys) and not all(v is not None for v in panel_keys):
         raise ConfigError("--panel needs --panel-token and --node-id (all three, or none)")
@@ -90,6 +92,11 @@ def prepare(
             padding=settings.padding or config.padding,
         )
         prepared.node = node
+        # Thousands of users: no share link per user in the log. The panel's server_name
+        # goes into a self-signed certificate.
+        args.share_links = args.qr = False
+        if not args.public_host and settings.server_name:
+            args.public_host = settings.server_name
         log.info(
             "Xboard node %d of %s: port %d, %d users, pull every %g s, push every %g s",
             args.node_id,
