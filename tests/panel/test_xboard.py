@@ -170,6 +170,12 @@ async def test_a_crash_loses_no_unreported_traffic(tmp_path: Path) -> None:
                 up, down = panel.traffic(1)
                 assert 5 * SIZE < up < 5 * (SIZE + OVERHEAD)
                 assert 5 * SIZE < down < 5 * (SIZE + OVERHEAD)
+            # A restart while the panel is down serves the last good users from the store.
+            panel.stop()
+            async with AnyTLSProcess.server(port, args, tmp_path, name="third") as node:
+                await node.wait_log(r"unreachable .*serving the last good settings and users")
+                async with _client(port, U1) as client:
+                    await _echo(client, echo, 1000)
 
 
 async def _admitted(

@@ -343,6 +343,16 @@ class XboardNode:
         self._succeeded()
         if config is None and users is None:
             return False
+        try:
+            return await self._apply(config, users)
+        except (PanelError, ValueError, TypeError, KeyError) as exc:
+            self._failed("pull", PanelError(f"unusable answer: {exc}"))
+            return False
+
+    async def _apply(
+        self, config: tuple[Any, str | None] | None, users: tuple[Any, str | None] | None
+    ) -> bool:
+        assert self.settings is not None and self.group is not None
         settings = self.settings
         padding_changed = False
         if config is not None:
