@@ -42,7 +42,7 @@ import h11
 from ..aio.control import ServerGroup
 from ..aio.limits import UserPolicy
 from ..core.padding import PaddingScheme
-from ..errors import AnyTLSError, ConfigError
+from ..errors import AnyTLSError, ConfigError, PaddingSchemeError
 from ..store import Store
 
 log = logging.getLogger("anytls.panel")
@@ -239,7 +239,7 @@ def parse_config(data: Any) -> tuple[int, PaddingScheme | None, str | None, floa
     if isinstance(scheme, list) and scheme:
         try:
             padding = PaddingScheme.parse("\n".join(str(line) for line in scheme).encode())
-        except ConfigError as exc:
+        except PaddingSchemeError as exc:
             raise PanelError(f"config: padding_scheme: {exc}") from exc
     base = data.get("base_config") or {}
     pull = float(base.get("pull_interval") or 60)
