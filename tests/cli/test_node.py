@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +25,10 @@ from tests.helpers.rawclient import api_request as http
 SIZE = 100_000
 SESSIONS = 8
 OVERHEAD = 16_000
+
+
+def _single(port: int, password: str) -> Client:
+    return Client(ClientConfig("127.0.0.1", port, password, insecure=True, reuse_sessions=False))
 
 
 async def _echo_once(client: Client, echo: tuple[str, int], size: int = SIZE) -> None:
@@ -149,3 +154,15 @@ async def test_quota_and_expiry_survive_a_restart(tmp_path: Path) -> None:
                     with pytest.raises((SessionClosedError, ConnectionError)):
                         await _echo_once(client, echo, 1000)
             await server.wait_log(r"rejected .*wrong password")
+            # A larger quota in the file and a reload (SIGHUP): bob is back, in every
+            # worker; carol, still expired, stays out of every worker's reloaded users.
+            path.write_text(path.read_text().replace("quota = 300000", "quota = 9000000"))
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGHUP)
+            await server.wait_log(r"user bob is allowed again", timeout=5)
+            for _ in range(6):  # new sessions, spread over both workers by the kernel
+                async with _single(port, "b") as client:
+                    await _echo_once(client, echo, 1000)
+                async with _single(port, "c") as client:
+                    with pytest.raises((SessionClosedError, ConnectionError)):
+                        await _echo_once(client, echo, 1000)

@@ -91,15 +91,28 @@ class Accountant:
 
 
 class QuotaKeeper:
-    """Keeps users over their ``quota`` or past ``expires`` out of the served users."""
+    """Keeps users over their ``quota`` or past ``expires`` out of the served users.
 
-    def __init__(self, group: ServerGroup, store: Store, entries: Mapping[str, UserEntry]):
+    ``configured`` are the users the config file lists (name → password); the served ones
+    are those minus the refused. Raising a quota or an expiry date in the file and
+    reloading (SIGHUP) lets a refused user in again.
+    """
+
+    def __init__(
+        self,
+        group: ServerGroup | None,
+        store: Store,
+        entries: Mapping[str, UserEntry],
+        configured: Mapping[str, str] | None = None,
+    ) -> None:
         self.group = group
         self.store = store
         self.entries = dict(entries)
+        self.configured = dict(configured or {})
         self.used: dict[str, int] = {n: up + down for n, (up, down) in store.usage().items()}
-        #: Users refused now, with the reason.
-        self.blocked: dict[str, str] = {}
+        #: Users refused now, with the reason (those refused at start were logged then).
+        self.blocked: dict[str, str] = self.reasons()
+        self._told = False
 
     def counts(self, name: str) -> bool:
         """True for users whose bytes count towards a quota."""
@@ -123,21 +136,31 @@ class QuotaKeeper:
         return out
 
     def allowed(self, users: Mapping[str, str]) -> dict[str, str]:
-        """``users`` without the refused ones."""
+        """The file's ``users`` (remembered as the configured ones) without the refused."""
+        self.configured = dict(users)
         blocked = self.reasons()
         return {n: pw for n, pw in users.items() if n not in blocked}
 
     async def enforce(self) -> None:
-        """Remove newly refused users from every process (their sessions close)."""
+        """Serve the configured users minus the refused ones, in every process."""
+        assert self.group is not None
         reasons = self.reasons()
-        for name in sorted(set(reasons) - set(self.blocked)):
+        previous = self.blocked
+        changed = not self._told or set(reasons) != set(previous)
+        if changed:
+            # Workers reloading on SIGHUP leave these out by themselves (without_blocked).
+            await self.group.block(sorted(reasons))
+            self._told = True
+        self.blocked = reasons
+        target = {n: pw for n, pw in self.configured.items() if n not in reasons}
+        if changed or target != dict(self.group.server.config.users):
+            await self.group.set_users(target)  # every process, whatever it reloaded
+        for name in sorted(set(reasons) - set(previous)):
             log.warning(
                 "user %s %s: refused from now on",
                 name,
                 reasons[name],
                 extra={"event": "quota", "user": name},
             )
-        self.blocked = reasons
-        served = self.group.server.config.users
-        if any(name in served for name in reasons):
-            await self.group.set_users({n: pw for n, pw in served.items() if n not in reasons})
+        for name in sorted(set(previous) - set(reasons)):
+            log.info("user %s is allowed again", name, extra={"event": "quota", "user": name})

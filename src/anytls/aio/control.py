@@ -59,6 +59,16 @@ def apply_users(
     return gone
 
 
+#: Users refused by quota or expiry in this process (set by the parent; see
+#: :class:`~anytls.aio.accounting.QuotaKeeper`), left out when the file is reloaded.
+BLOCKED: set[str] = set()
+
+
+def without_blocked(users: Mapping[str, str]) -> dict[str, str]:
+    """``users`` without the ones refused by quota or expiry."""
+    return {name: pw for name, pw in users.items() if name not in BLOCKED}
+
+
 def handle_command(server: AnyTLSServer, message: dict[str, Any]) -> Any:
     """Worker side of :class:`ServerGroup`: run one command from the parent."""
     op = message.get("op")
@@ -77,6 +87,10 @@ def handle_command(server: AnyTLSServer, message: dict[str, Any]) -> Any:
             PaddingScheme.parse(padding.encode()) if isinstance(padding, str) else None,
             message.get("speed_limit"),
         )
+        return True
+    if op == "blocked":
+        BLOCKED.clear()
+        BLOCKED.update(message.get("users", []))
         return True
     if op == "remote_ips":
         server.limiter.set_remote_ips(message.get("online", {}))
@@ -140,6 +154,10 @@ class ServerGroup:
         if speed_limit is not None:
             message["speed_limit"] = speed_limit
         await self._broadcast(message)
+
+    async def block(self, users: Sequence[str]) -> None:
+        """Tell every process which users quotas or expiry refuse (for reloads)."""
+        await self._broadcast({"op": "blocked", "users": list(users)})
 
     async def share_devices(self) -> None:
         """Tell every process which client IPs the others have (for device limits)."""

@@ -64,13 +64,15 @@ class Prepared:
     config: Any
     entries: dict[str, UserEntry]
     node: Any = None
+    #: The file's users before quotas and expiry left some out.
+    file_users: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def prepare(
     args: argparse.Namespace, listen: Address, config: Any, entries: dict[str, UserEntry]
 ) -> Prepared:
     """Before forking: the panel's port and users, and file users over quota left out."""
-    prepared = Prepared(listen, config, entries)
+    prepared = Prepared(listen, config, entries, file_users=dict(config.users))
     if args.panel:
         from ..panel.xboard import PanelError, XboardClient, XboardNode
 
@@ -108,13 +110,16 @@ def prepare(
         )
     elif any(e.quota or e.expires for e in entries.values()):
         from ..aio.accounting import QuotaKeeper
+        from ..aio.control import BLOCKED
 
         store = Store.in_dir(state_dir(args))
         try:
-            keeper = QuotaKeeper(None, store, entries)  # type: ignore[arg-type]
+            keeper = QuotaKeeper(None, store, entries)
             for name, reason in keeper.reasons().items():
                 log.warning("user %s %s: refused", name, reason)
             prepared.config = dataclasses.replace(config, users=keeper.allowed(config.users))
+            # Worker processes (forked after this) leave them out when they reload.
+            BLOCKED.update(keeper.reasons())
         finally:
             store.close()
     return prepared
@@ -152,7 +157,9 @@ class NodeRuntime:
                 self.tasks.append(loop.create_task(accountant.run()))
                 self.tasks.append(loop.create_task(node.run()))
             else:
-                self.keeper = keeper = QuotaKeeper(group, self.store, entries)
+                self.keeper = keeper = QuotaKeeper(
+                    group, self.store, entries, self.prepared.file_users
+                )
                 accountant.usage = keeper.counts
                 accountant.listeners.append(keeper.add)
                 self.tasks.append(loop.create_task(self._quota_loop(accountant, keeper)))
@@ -169,6 +176,17 @@ class NodeRuntime:
                 log.error("--api: cannot listen on %s: %s", where, exc.strerror or exc)
                 raise SystemExit(1) from exc
             log.info("traffic stats API at http://%s/ (traffic, online, kick)", where)
+
+    @property
+    def quotas(self) -> bool:
+        """True when file users have a quota or an expiry date."""
+        return any(e.quota or e.expires for e in self.prepared.entries.values())
+
+    def reloaded(self, entries: dict[str, UserEntry]) -> None:
+        """SIGHUP: the file's new per-user settings (before its users are filtered)."""
+        self.prepared.entries = entries
+        if self.keeper is not None:
+            self.keeper.entries = dict(entries)
 
     async def _quota_loop(self, accountant: Any, keeper: Any) -> None:
         try:

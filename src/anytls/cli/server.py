@@ -705,6 +705,8 @@ class Reloader:
         self.level = level
         #: Filters the file's users on reload (quotas, expiry); None = serve them all.
         self.keep_users: Callable[[Any], dict[str, str]] | None = None
+        #: Called with the new settings before they are applied (may raise ConfigError).
+        self.on_reload: Callable[[argparse.Namespace], None] | None = None
 
     def reload(self) -> None:
         try:
@@ -714,6 +716,8 @@ class Reloader:
                     log.warning("reload: %s changed; restart the server to apply it", key)
                     setattr(new, dest, getattr(self.args, dest))
             config = server_config(new)
+            if self.on_reload is not None:
+                self.on_reload(new)
             if self.args.panel or self.keep_users is not None:
                 # Users come from the panel (or the quota keeper): keep the running ones.
                 running = self.server.config
@@ -793,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     workers = _run.worker_count(args.workers, listen)
 
     async def amain(stop: asyncio.Event) -> None:
-        from ..aio.control import handle_command
+        from ..aio.control import handle_command, without_blocked
         from ..aio.server import AnyTLSServer
         from ..aio.stats import (
             MetricsServer,
@@ -885,8 +889,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Worker processes other than the first say the same things at DEBUG.
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
-        if runtime.keeper is not None:
+        if runtime.keeper is not None:  # the parent decides who is over quota
             reloader.keep_users = runtime.keeper.allowed
+            reloader.on_reload = lambda new: runtime.reloaded(user_entries(new))
+        elif runtime.quotas:  # a worker leaves out whom the parent said
+            reloader.keep_users = without_blocked
 
         def on_hup() -> None:
             _run.signal_workers(signal.SIGHUP)
