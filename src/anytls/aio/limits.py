@@ -25,10 +25,28 @@ import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .server import ServerConnection
+
+class ServerConnection(Protocol):
+    """What a throttle needs of a server session (:class:`anytls.aio.server.ServerConnection`)."""
+
+    loop: asyncio.AbstractEventLoop
+    bytes_out: int
+    tls_congested: bool
+    _write_paused: bool
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def flush(self) -> None: ...
+
+    def stream_reading_paused(self, paused: bool) -> None: ...
+
+    def pause_producers(self) -> None: ...
+
+    def resume_producers(self) -> None: ...
+
 
 log = logging.getLogger("anytls.limits")
 

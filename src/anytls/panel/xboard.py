@@ -355,6 +355,7 @@ class XboardNode:
         assert self.settings is not None and self.group is not None
         settings = self.settings
         padding_changed = False
+        added, removed = 0, []
         if config is not None:
             port, padding, name, pull, push = parse_config(config[0])
             self._config_etag = config[1]
@@ -366,7 +367,6 @@ class XboardNode:
             ):
                 settings.padding = padding
                 padding_changed = True
-                log.info("panel: new padding scheme (md5 %s) for new sessions", padding.md5)
             settings.server_name = name
             settings.pull_interval, settings.push_interval = pull, push
         if users is not None:
@@ -376,16 +376,20 @@ class XboardNode:
             added = len(set(names) - set(settings.users))
             removed = sorted(set(settings.users) - set(names))
             settings.users, settings.limits = names, limits
-            log.info(
-                "panel: %d users (%d new, %d removed)",
-                len(names),
-                added,
-                len(removed),
-                extra={"event": "panel_users", "users": len(names)},
-            )
         await self.group.set_users(
             settings.users, settings.limits, settings.padding if padding_changed else None
         )
+        # Logged once every process serves the new list.
+        if padding_changed and settings.padding is not None:
+            log.info("panel: new padding scheme (md5 %s) for new sessions", settings.padding.md5)
+        if users is not None:
+            log.info(
+                "panel: %d users (%d new, %d removed)",
+                len(settings.users),
+                added,
+                len(removed),
+                extra={"event": "panel_users", "users": len(settings.users)},
+            )
         return True
 
     async def push(self) -> bool:
