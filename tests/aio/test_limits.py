@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -135,6 +136,25 @@ async def test_limit_is_shared_by_all_sessions_of_a_user() -> None:
         await server.close()
     rate = _mbps(2 * half, elapsed)
     assert 17 <= rate <= 23, f"{rate:.1f} Mbit/s over two sessions"
+
+
+@async_test(timeout=30)
+async def test_a_limit_set_later_applies_to_open_sessions() -> None:
+    server = await _server(users={"alice": "pw"})
+    size = 4 * MiB
+    try:
+        async with tcp_source_server(size) as source, _client(server, "pw") as client:
+            await _download(client, source.port, 1000)  # a session, open before the limit
+            (conn,) = server.connections
+            assert conn.throttle is None
+            server.update(dataclasses.replace(server.config, speed_limit=20))
+            assert conn.throttle is not None and server.limiter.users["alice"].sessions == 1
+            rate = _mbps(size, await _download(client, source.port, size))
+            assert len(server.connections) == 1  # the same session
+    finally:
+        await server.close()
+    assert 17 <= rate <= 22, f"{rate:.1f} Mbit/s"
+    assert not server.limiter.users  # released when the session ended
 
 
 @async_test(timeout=30)

@@ -195,7 +195,22 @@ class Limiter:
         self.users[user] = state
         state.sessions += 1
         state.ips[ip] = state.ips.get(ip, 0) + 1
-        if state.up is None:
+        return self.throttle_for(conn, user)
+
+    def track(self, conn: ServerConnection, user: str, ip: str) -> SessionThrottle | None:
+        """Account a session already open when limits appeared (no device check)."""
+        state = self.users.get(user)
+        if state is None:
+            state = self.users[user] = UserLimit()
+            state.apply(self.policy(user), conn.loop.time())
+        state.sessions += 1
+        state.ips[ip] = state.ips.get(ip, 0) + 1
+        return self.throttle_for(conn, user)
+
+    def throttle_for(self, conn: ServerConnection, user: str) -> SessionThrottle | None:
+        """A throttle for ``conn`` if ``user`` has a speed limit now."""
+        state = self.users.get(user)
+        if state is None or state.up is None:
             return None
         return SessionThrottle(conn, state)
 

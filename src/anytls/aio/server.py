@@ -273,7 +273,10 @@ class _ServerStream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.stream_buffer)
         stream.set_protocol(StreamSide(transport))
         stream.resume_reading()
-        transport.resume_reading()
+        # The session's producers may be paused (congested TLS, or a speed limit) since
+        # before this protocol existed: then its resume_writing starts the reads.
+        if not self.connection._write_paused:
+            transport.resume_reading()
 
 
 def _is_acme_validation(transport: asyncio.BaseTransport) -> bool:
@@ -456,9 +459,28 @@ class ServerConnection(SessionConnection):
             return False
         self._admitted = True
         if throttle is not None:
-            self.throttle = throttle
-            self.flush = throttle.flush  # type: ignore[method-assign]
+            self._throttle(throttle)
         return True
+
+    def _throttle(self, throttle: SessionThrottle) -> None:
+        self.throttle = throttle
+        self.flush = throttle.flush  # type: ignore[method-assign]
+
+    def limits_changed(self) -> None:
+        """New limits: an open session follows its user's speed limit from now on."""
+        user = self.core.user
+        if user is None or self.is_closed:
+            return
+        limiter = self.server.limiter
+        if not self._admitted:
+            self._admitted = True
+            throttle = limiter.track(self, user, self.client_ip)
+        elif self.throttle is None:
+            throttle = limiter.throttle_for(self, user)
+        else:
+            return  # its throttle reads the user's buckets, whose rate was just changed
+        if throttle is not None:
+            self._throttle(throttle)
 
     def start_task(self, coro: object) -> asyncio.Task[None]:
         """Run ``coro`` owned by this connection (cancelled when it closes)."""
@@ -604,6 +626,9 @@ class AnyTLSServer:
                 self.stats.user(name)
             self.user_table = UserTable(config.users)
             self.limiter.configure(config.limits, UserPolicy(config.speed_limit), _now())
+            if self.limiter.active:
+                for conn in list(self.connections):
+                    conn.limits_changed()
         if ssl_context is not None and ssl_context is not self._ssl_current:
             self._ssl_current = ssl_context
             self._hook_sni()
