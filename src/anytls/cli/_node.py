@@ -163,7 +163,7 @@ class NodeRuntime:
                 accountant.usage = keeper.counts
                 accountant.listeners.append(keeper.add)
                 self.tasks.append(loop.create_task(self._quota_loop(accountant, keeper)))
-        if channels and server.limiter.active:
+        if channels:  # (does nothing while no user has limits)
             self.tasks.append(loop.create_task(self._share_devices(group)))
         if args.api:
             from ..aio.api import StatsApi
