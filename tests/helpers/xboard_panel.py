@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,20 +215,25 @@ def fail(message: str) -> dict[str, Any]:
 class Panel:
     """The panel's HTTP server on loopback; :meth:`stop` and :meth:`start` it at will."""
 
-    def __init__(self, state: PanelState, port: int = 0) -> None:
+    def __init__(self, state: PanelState, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
         self.state = state
         self.port = port
+        self.tls = tls
         self.server: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"state": self.state})
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.server.daemon_threads = True
+        if self.tls is not None:
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -248,9 +254,9 @@ class Panel:
 
 
 @contextlib.contextmanager
-def xboard_panel(state: PanelState) -> Iterator[Panel]:
-    """A running :class:`Panel` for ``state``."""
-    panel = Panel(state)
+def xboard_panel(state: PanelState, tls: ssl.SSLContext | None = None) -> Iterator[Panel]:
+    """A running :class:`Panel` for ``state`` (HTTPS with ``tls``)."""
+    panel = Panel(state, tls=tls)
     panel.start()
     try:
         yield panel

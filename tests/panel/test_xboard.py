@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import uuid
 from pathlib import Path
@@ -13,11 +14,16 @@ from pathlib import Path
 import pytest
 
 from anytls import Client, ClientConfig
+from anytls.cli._common import parse_listen
+from anytls.cli._node import check_args, prepare
+from anytls.cli.server import load_args, server_config
+from anytls.core.address import Address
 from anytls.core.padding import PaddingScheme
 from anytls.errors import SessionClosedError
 from anytls.panel.xboard import PanelError, XboardClient, http_request, parse_users
 from anytls.store import Store
 from tests.helpers.aio import async_test, wait_until
+from tests.helpers.certs import make_ca_signed_cert
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess, program
@@ -261,6 +267,43 @@ async def test_client_against_the_panel_contract(tmp_path: Path) -> None:
         state.stall = 0
     with pytest.raises(PanelError, match="cannot reach"):
         await XboardClient(panel.url, TOKEN, NODE).fetch("config", None)
+
+
+@async_test(timeout=30)
+async def test_https_panel_certificate_is_verified(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca, cert, key = make_ca_signed_cert(tmp_path / "pki", ["localhost"])
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    with xboard_panel(_state(free_port()), tls=tls) as panel:
+        with pytest.raises(PanelError, match="certificate verify failed"):
+            await XboardClient(panel.url, TOKEN, NODE).fetch("config", None)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the system's trust store, as it were
+        users = await XboardClient(panel.url, TOKEN, NODE).fetch("user", None)
+        assert users is not None and parse_users(users[0])[0] == {"1": U1, "2": U2}
+
+
+def test_the_three_panel_options_are_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only --panel/--panel-token/--node-id: the panel's port on all addresses, the
+    panel's users and padding, the default state directory (not started here: a test
+    listens on loopback only; the tests above run the same node with -l 127.0.0.1)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    state = _state(free_port())
+    state.padding = [*DEFAULT_PADDING[:-1], "7=600-700"]
+    with xboard_panel(state) as panel:
+        args = load_args(["--panel", panel.url, "--panel-token", TOKEN, "--node-id", str(NODE)])
+        check_args(args)
+        config = server_config(args)
+        prepared = prepare(args, parse_listen(args.l), config, {})
+    assert prepared.listen == Address("0.0.0.0", state.server_port)
+    assert prepared.config.users == {"1": U1, "2": U2}
+    assert prepared.config.padding.raw == "\n".join(state.padding).encode()
+    assert args.share_links is False and args.public_host == "localhost"
+    assert (tmp_path / "xdg" / "anytls" / "node.sqlite3").exists()
 
 
 def test_node_without_a_reachable_panel_or_cache_exits(tmp_path: Path) -> None:

@@ -419,11 +419,16 @@ class XboardNode:
             while True:
                 await asyncio.sleep(max(0.0, min(next_pull, next_push) - loop.time()))
                 now = loop.time()
+                try:
+                    if now >= next_pull:
+                        await self.pull()
+                    if now >= next_push:
+                        await self.push()
+                except Exception:  # a bug or a broken state dir: keep the node going
+                    log.exception("panel: pull or push failed")
                 if now >= next_pull:
-                    await self.pull()
                     next_pull = loop.time() + self.settings.pull_interval
                 if now >= next_push:
-                    await self.push()
                     next_push = loop.time() + self.settings.push_interval
         finally:
             if self.store.pending():
