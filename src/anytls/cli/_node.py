@@ -26,8 +26,8 @@ log = logging.getLogger("anytls.server")
 
 
 def state_dir(args: argparse.Namespace) -> Path:
-    """``--state-dir``, else the default one."""
-    return Path(args.state_dir) if args.state_dir else default_state_dir()
+    """``--state-dir``, else the default one (as :func:`anytls.cli.server.state_dir`)."""
+    return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
 
 
 def _loopback(host: str) -> bool:
