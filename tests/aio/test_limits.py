@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from anytls import open_udp
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.limits import MBPS, TokenBucket, UserPolicy
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
+from anytls.aio.uot_server import UotServerRelay
 from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import tcp_source_server
 from tests.helpers.rawclient import raw_session
@@ -155,6 +157,69 @@ async def test_a_limit_set_later_applies_to_open_sessions() -> None:
         await server.close()
     assert 17 <= rate <= 22, f"{rate:.1f} Mbit/s"
     assert not server.limiter.users  # released when the session ended
+
+
+class _Amplifier(asyncio.DatagramProtocol):
+    """Answers each datagram with ``copies`` datagrams of 1000 bytes."""
+
+    def __init__(self, copies: int) -> None:
+        self.copies = copies
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        for _ in range(self.copies):
+            self.transport.sendto(bytes(1000), addr)
+
+
+def _relay(server: AnyTLSServer) -> UotServerRelay | None:
+    for conn in server.connections:
+        for stream in conn.streams.values():
+            protocol = stream.get_protocol()
+            if isinstance(protocol, UotServerRelay):
+                return protocol
+    return None
+
+
+@async_test(timeout=30)
+async def test_udp_replies_over_the_limit_are_dropped_not_queued() -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _Amplifier(20), local_addr=("127.0.0.1", 0)
+    )
+    target = transport.get_extra_info("sockname")[:2]
+    server = await _server(users={"alice": "pw"}, speed_limit=4)  # 500 kB/s
+    received = 0
+    try:
+        async with _client(server, "pw") as client:
+            assoc = await open_udp(client)
+
+            async def count() -> None:
+                nonlocal received
+                while True:
+                    data, _ = await assoc.recvfrom()
+                    received += len(data)
+
+            counter = asyncio.create_task(count())
+            start = time.monotonic()
+            for _ in range(150):  # 20 kB of replies every 10 ms: 2 MB/s offered for 1.5 s
+                assoc.sendto(b"go", target)
+                await asyncio.sleep(0.01)  # pacing the load, not waiting for a state
+            relay = _relay(server)
+            assert relay is not None
+            await wait_until(lambda: relay.datagrams_in + relay.datagrams_dropped >= 2900, 5)
+            elapsed = time.monotonic() - start
+            counter.cancel()
+            assoc.close()
+    finally:
+        await server.close()
+        transport.close()
+    assert relay.datagrams_dropped > 1000  # the excess is dropped at once, not queued
+    # What got through kept to the limit (plus the bucket's quarter second), and used it.
+    assert 250_000 * elapsed < received <= 500_000 * elapsed + 150_000, (received, elapsed)
 
 
 @async_test(timeout=30)

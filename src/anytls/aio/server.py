@@ -185,7 +185,7 @@ class _ServerStream(asyncio.Protocol):
             data = self.reader.leftover
             version = uot_version(destination)
             if version is not None:
-                UotServerRelay(
+                relay = UotServerRelay(
                     self.connection,
                     self.stream,
                     version,
@@ -194,6 +194,7 @@ class _ServerStream(asyncio.Protocol):
                     deny_private=self.connection.config.deny_private,
                     stats=self.connection.user_stats,
                 )
+                relay.paused = self.connection._write_paused
                 return
             self.task = self.connection.start_task(self.dial(destination))
         if data:
