@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from anytls import Client, ClientConfig
+from anytls.cli._node import check_args, parse_api
 from anytls.cli.server import load_args, server_config, user_entries
+from anytls.core.address import Address
 from anytls.errors import ConfigError, SessionClosedError
 from anytls.store import Store
 from tests.helpers.aio import async_test
@@ -91,6 +93,17 @@ def test_api_on_a_public_address_needs_a_secret(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--api 0.0.0.0:9999" in result.stderr and "--api-secret" in result.stderr
+
+
+def test_api_address_defaults_to_localhost() -> None:
+    assert parse_api("9999") == Address("127.0.0.1", 9999)
+    assert parse_api(":9999") == Address("127.0.0.1", 9999)
+    assert parse_api("[::1]:9999") == Address("::1", 9999)
+    assert parse_api("0.0.0.0:9999") == Address("0.0.0.0", 9999)
+    check_args(load_args(["-p", "x", "--api", "9999"]))  # localhost: no secret needed
+    with pytest.raises(ConfigError, match="needs --api-secret"):
+        check_args(load_args(["-p", "x", "--api", "192.0.2.1:9999"]))
+    check_args(load_args(["-p", "x", "--api", "192.0.2.1:9999", "--api-secret", "s"]))
 
 
 def test_per_user_tables_in_the_config_file(tmp_path: Path) -> None:

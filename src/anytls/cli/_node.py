@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..state import default_state_dir
 from ..store import Store
 from ..users import UserEntry
+from ._common import parse_listen
 
 log = logging.getLogger("anytls.server")
 
@@ -39,11 +40,20 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def parse_api(value: str) -> Address:
+    """``--api``: ``HOST:PORT``, or ``PORT``/``:PORT`` for localhost."""
+    text = value.strip()
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    elif text.startswith(":"):
+        text = f"127.0.0.1{text}"
+    return parse_listen(text)
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse combinations that cannot work (ConfigError)."""
     if args.api:
-        where = Address.parse(args.api) if ":" in args.api else None
-        host = where.host if where is not None else ""
+        host = parse_api(args.api).host
         if not args.api_secret and not _loopback(host):
             raise ConfigError(
                 f"--api {args.api}: a stats API on a non-loopback address needs "
@@ -168,10 +178,10 @@ class NodeRuntime:
         if args.api:
             from ..aio.api import StatsApi
 
-            where = Address.parse(args.api)
+            where = parse_api(args.api)
             self.api = StatsApi(group, args.api_secret)
             try:
-                await self.api.start(where.host or None, where.port)
+                await self.api.start(where.host, where.port)
             except OSError as exc:
                 log.error("--api: cannot listen on %s: %s", where, exc.strerror or exc)
                 raise SystemExit(1) from exc

@@ -346,7 +346,7 @@ VALIDATORS: dict[str, Callable[[Any], object]] = {
     "l": _listen,
     "fallback": Address.parse,
     "metrics": _listen,
-    "api": _listen,
+    "api": _node.parse_api,
     "speed_limit": _not_negative,
     "user": _users,
     "connect_timeout": _positive,
