@@ -250,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--api",
-        metavar="HOST:PORT",
+        metavar="[HOST:]PORT",
         help="traffic stats API (Hysteria 2's: GET /traffic, GET /online, POST /kick) "
-        "at http://HOST:PORT (e.g. 127.0.0.1:9999; default off)",
+        "at http://HOST:PORT (a port alone: on 127.0.0.1; default off)",
     )
     parser.add_argument(
         "--api-secret",
