@@ -57,6 +57,10 @@ PAIRS: list[tuple[str, str, str]] = [
     # socket); the pairs above run it with --workers 1. Dropped when the server has no
     # --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
+    # Our server with a per-user speed limit far above what loopback reaches
+    # (--speed-limit 100000 Mbit/s): the token buckets run on every read and flush but
+    # never wait, so this pair shows their CPU cost against ours:ours.
+    ("ours:ours-speed-limit", "ours", "ours-limited"),
 ]
 REFERENCE = "sing-box:sing-box"
 # benchmarks/bench_link.py keeps its "emulated link" table between these markers in the
@@ -365,10 +369,12 @@ class Pair:
                 "warning",
                 "--allow-private",  # the benchmark's targets are on loopback
             ]
-            if self.server_impl == "ours" and self.workers_flag:
+            if self.server_impl in ("ours", "ours-limited") and self.workers_flag:
                 argv += ["--workers", "1"]
             elif self.workers_flag:  # ours-workers: one process per core
                 argv += ["--workers", str(os.cpu_count() or 1)]
+            if self.server_impl == "ours-limited":
+                argv += ["--speed-limit", "100000"]
             log = self.workdir / "anytls-server.log"
         else:
             argv, log = self._singbox(
@@ -660,6 +666,10 @@ in this order, on freshly started client and server processes for every pair and
 - all processes share one machine (client, server and load generator compete for the same
   CPUs), so bulk figures are whole-system throughput on loopback, not network speed.
 
+"ours:ours-speed-limit" is ours:ours with `--speed-limit 100000` on the server, a limit
+loopback never reaches: the per-user token buckets run on every read and flush but never
+wait, so its server CPU-s/GB against ours:ours is what they cost at full bulk speed.
+
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
 four pairs, and "ours:ours-workers" runs our server and client with one worker process per
 CPU core, all accepting on the listening socket the parent bound (the default, `--workers
@@ -756,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         help="bulk transfer size per direction in MiB (default 512, quick 8)",
     )
     parser.add_argument(
-        "--pairs", default=None, help="comma-separated subset of pair names (default all four)"
+        "--pairs", default=None, help="comma-separated subset of pair names (default all)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(

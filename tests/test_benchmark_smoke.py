@@ -31,9 +31,13 @@ def _check_table(text: str) -> None:
     rows = _table(text)
     assert rows, f"no table in:\n{text}"
     header, body = rows[0], rows[1:]
-    # The four pairs, plus "ours:ours-workers" when our server has --workers.
+    # The four pairs, plus "ours:ours-workers" when our server has --workers, and
+    # "ours:ours-speed-limit" (token buckets that never wait).
     assert header[1:5] == PAIRS
-    assert header[5:] in ([], ["ours:ours-workers"])
+    assert header[5:] in (
+        ["ours:ours-speed-limit"],
+        ["ours:ours-workers", "ours:ours-speed-limit"],
+    )
     ref = header.index("sing-box:sing-box")
     assert len(body) >= 15
     labels = " ".join(r[0] for r in body)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .users import parse_entry
 
 #: What a masked secret looks like in ``--print-config``.
 MASK = "********"
@@ -37,7 +38,8 @@ MASK = "********"
 #:  path     - a string; relative to the config file's directory
 #:  strlist  - a list of strings (a single string is a one-item list)
 #:  gobool   - a bool stored as "true"/"false" (flags with an optional BOOL value)
-#:  users    - {name = "password"}, ["name:password"] or [{name = .., password = ..}]
+#:  users    - {name = "password"}, ["name:password"] or [{name = .., password = ..}];
+#:             a user may be a table with limits (see anytls.users)
 #:  padding  - a path, or the scheme inline as a list of lines
 KINDS = ("str", "int", "float", "bool", "path", "strlist", "gobool", "users", "padding")
 
@@ -200,7 +202,11 @@ def _users(value: Any) -> list[str]:
     """Users as ``name:password`` strings, from any of the accepted shapes."""
     pairs: list[tuple[str, Any]] = []
     if isinstance(value, dict):
-        pairs = list(value.items())
+        for name, item in value.items():
+            # A per-user table: password plus limits (checked by anytls.users).
+            pairs.append(
+                (name, parse_entry(str(name), item).password if isinstance(item, dict) else item)
+            )
     elif isinstance(value, list):
         for index, item in enumerate(value, 1):
             if isinstance(item, str):
@@ -209,10 +215,9 @@ def _users(value: Any) -> list[str]:
                     raise ValueError(f'item {index} {item!r}: expected "name:password"')
                 pairs.append((name, pw))
             elif isinstance(item, dict):
-                unknown = set(item) - {"name", "password"}
-                if unknown or "name" not in item or "password" not in item:
+                if "name" not in item or "password" not in item:
                     raise ValueError(f'item {index}: expected {{name = "...", password = "..."}}')
-                pairs.append((item["name"], item["password"]))
+                pairs.append((item["name"], parse_entry(str(item["name"]), item).password))
             else:
                 raise ValueError(f'item {index}: expected "name:password" or a table')
     else:

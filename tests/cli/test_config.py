@@ -63,6 +63,12 @@ SERVER_SAMPLES: dict[str, Any] = {
     "shutdown_grace": 2.5,
     "log_level": "debug",
     "log_format": "json",
+    "speed_limit": 25.5,
+    "api": "127.0.0.1:9999",
+    "api_secret": "api-pw",
+    "panel": "https://panel.example.com",
+    "panel_token": "panel-pw",
+    "node_id": 4,
 }
 CLIENT_SAMPLES: dict[str, Any] = {
     "listen": "127.0.0.1:1081",
@@ -112,8 +118,11 @@ def test_every_server_flag_is_a_config_key(tmp_path: Path) -> None:
             assert value == ["alice:a-pw", "bob:b:pw"]
         else:
             assert value == expected, option.key
+    assert args.panel == "https://panel.example.com"  # a panel node takes users from it:
+    args.panel = None  # the file's users are what this test checks
     config = server_cli.server_config(args)
     assert config.users == {"default": "pw", "alice": "a-pw", "bob": "b:pw"}
+    assert config.speed_limit == 25.5
     assert config.padding.stop == 2
     assert config.connect_timeout == 7.0
     # Every flag is a key, and every key a flag: the parser and the schema agree.
@@ -271,7 +280,7 @@ def test_print_config_round_trip(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "secret" not in text
+    assert "secret-" not in text
     printed = tomllib.loads(text)
     assert printed["password"] == MASK
     assert printed["users"] == {"alice": MASK}

@@ -18,11 +18,12 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.address import Address, AddressReader
+from ..core.auth import UserTable
 from ..core.auth_limit import AuthFailureLimiter, source_key
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
@@ -32,6 +33,7 @@ from ..core.uot import uot_version
 from ..errors import AuthenticationError, RemoteProtocolError
 from .buffers import shared_buffer
 from .connection import SessionConnection
+from .limits import DeviceLimitExceeded, Limiter, SessionThrottle, UserPolicy
 from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
@@ -100,6 +102,10 @@ class ServerConfig:
     its attempts fail without a password check, answered as a wrong password (0 = off)."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
+    speed_limit: float = 0.0
+    """Mbit/s per user and direction, for users without their own (0 = none)."""
+    limits: Mapping[str, UserPolicy] = field(default_factory=dict)
+    """User name → its own limits (speed, devices); see :mod:`anytls.aio.limits`."""
 
     @functools.cached_property
     def session_config(self) -> SessionConfig:
@@ -147,6 +153,13 @@ def _dial_options(loop_module: str) -> dict[str, Any]:
     return {} if loop_module.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
 
 
+def _now() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return 0.0
+
+
 class _HeldSocketSide(SocketSide):
     """Destination socket whose reads wait until the SYNACK is queued."""
 
@@ -187,7 +200,7 @@ class _ServerStream(asyncio.Protocol):
             data = self.reader.leftover
             version = uot_version(destination)
             if version is not None:
-                UotServerRelay(
+                relay = UotServerRelay(
                     self.connection,
                     self.stream,
                     version,
@@ -196,6 +209,7 @@ class _ServerStream(asyncio.Protocol):
                     deny_private=self.connection.config.refuse_private,
                     stats=self.connection.user_stats,
                 )
+                relay.paused = self.connection._write_paused
                 return
             self.task = self.connection.start_task(self.dial(destination))
         if data:
@@ -275,7 +289,10 @@ class _ServerStream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.stream_buffer)
         stream.set_protocol(StreamSide(transport))
         stream.resume_reading()
-        transport.resume_reading()
+        # The session's producers may be paused (congested TLS, or a speed limit) since
+        # before this protocol existed: then its resume_writing starts the reads.
+        if not self.connection._write_paused:
+            transport.resume_reading()
 
 
 def _is_acme_validation(transport: asyncio.BaseTransport) -> bool:
@@ -289,7 +306,7 @@ class ServerConnection(SessionConnection):
     def __init__(self, server: AnyTLSServer, real_peer: tuple[str, int] | None = None) -> None:
         config = server.config
         super().__init__(
-            Session.server(config.users, config.session_config, padding=config.padding)
+            Session.server(server.user_table, config.session_config, padding=config.padding)
         )
         self.server = server
         self.config = config
@@ -300,8 +317,13 @@ class ServerConnection(SessionConnection):
         #: This session's user's counters, once authenticated.
         self.user_stats: UserStats | None = None
         self.authenticated_at: float | None = None
-        #: The client's IP (the real one behind a PROXY-protocol balancer).
-        self.peer_host = real_peer[0] if real_peer is not None else ""
+        #: The client's IP address (the real one behind a PROXY-protocol balancer).
+        self.client_ip = real_peer[0] if real_peer is not None else ""
+        #: Speed limit of this session's user, if it has one.
+        self.throttle: SessionThrottle | None = None
+        #: True while the TLS transport asked us to stop writing.
+        self.tls_congested = False
+        self._admitted = False
         #: Over --auth-fail-limit: this preface fails whatever it says.
         self.limited = False
 
@@ -316,6 +338,9 @@ class ServerConnection(SessionConnection):
         if self._real_peer is not None:
             # Behind a PROXY-protocol balancer: log and limit the real client.
             self.peer = str(Address(*self._real_peer))
+        else:
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         limit = self.config.max_connections
         if limit and len(self.server.connections) >= limit:
             log.warning("refused %s: %d connections already open (limit)", self.peer, limit)
@@ -325,11 +350,8 @@ class ServerConnection(SessionConnection):
             self.close("server shutting down", abort=True)
             return
         self.server.connections.add(self)
-        if not self.peer_host:
-            peer = transport.get_extra_info("peername")
-            self.peer_host = str(peer[0]) if isinstance(peer, tuple) else self.peer
         if self.server.auth_limiter.limited(
-            self.peer_host, self.loop.time(), self.config.auth_fail_limit
+            self.client_ip, self.loop.time(), self.config.auth_fail_limit
         ):
             self.limited = True
             self.core.refuse_preface()
@@ -342,8 +364,23 @@ class ServerConnection(SessionConnection):
         if self._preauth is not None and len(self._preauth) < PREAUTH_LIMIT:
             self._preauth += shared_buffer()[:nbytes]
         super().buffer_updated(nbytes)
+        if self.throttle is not None:
+            self.throttle.received(nbytes)
         if self._preauth is not None and self.core.user is not None:
             self._preauth = None
+
+    def pause_writing(self) -> None:
+        self.tls_congested = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.tls_congested = False
+        if self.throttle is None or not self.throttle.down_paused:
+            super().resume_writing()
+
+    #: The streams' producers stop / go on (TLS congestion or a speed limit).
+    pause_producers = SessionConnection.pause_writing
+    resume_producers = SessionConnection.resume_writing
 
     def _preface_timed_out(self) -> None:
         self._preface_timer = None
@@ -365,13 +402,13 @@ class ServerConnection(SessionConnection):
 
     def _auth_failed(self) -> None:
         limit = self.config.auth_fail_limit
-        if self.server.auth_limiter.failed(self.peer_host, self.loop.time(), limit):
+        if self.server.auth_limiter.failed(self.client_ip, self.loop.time(), limit):
             log.warning(
                 "%s failed to authenticate %d times within a minute (--auth-fail-limit): "
                 "its attempts fail without a password check for the rest of the minute",
-                source_key(self.peer_host),
+                source_key(self.client_ip),
                 limit,
-                extra={"event": "auth_fail_limit", "source": source_key(self.peer_host)},
+                extra={"event": "auth_fail_limit", "source": source_key(self.client_ip)},
             )
 
     def _reject(self, reason: str, level: int = logging.INFO) -> None:
@@ -433,6 +470,8 @@ class ServerConnection(SessionConnection):
             if self._preface_timer is not None:
                 self._preface_timer.cancel()
                 self._preface_timer = None
+            if self.server.limiter.active and not self._admit(event.user):
+                return
             self.server.sessions_accepted += 1
             self.user_stats = self.server.stats.session_opened(self, event.user)
             self.authenticated_at = self.loop.time()
@@ -446,6 +485,44 @@ class ServerConnection(SessionConnection):
             log.debug(
                 "%s settings %s (peer version %d)", self.peer, event.settings, event.peer_version
             )
+
+    def _admit(self, user: str) -> bool:
+        try:
+            throttle = self.server.limiter.admit(self, user, self.client_ip)
+        except DeviceLimitExceeded as exc:
+            self.server.stats.rejected += 1
+            log.warning(
+                "refused %s: %s",
+                self.peer,
+                exc,
+                extra={"event": "device_limit", "peer": self.peer, "user": user},
+            )
+            self.close("device limit", abort=True)
+            return False
+        self._admitted = True
+        if throttle is not None:
+            self._throttle(throttle)
+        return True
+
+    def _throttle(self, throttle: SessionThrottle) -> None:
+        self.throttle = throttle
+        self.flush = throttle.flush  # type: ignore[method-assign]
+
+    def limits_changed(self) -> None:
+        """New limits: an open session follows its user's speed limit from now on."""
+        user = self.core.user
+        if user is None or self.is_closed:
+            return
+        limiter = self.server.limiter
+        if not self._admitted:
+            self._admitted = True
+            throttle = limiter.track(self, user, self.client_ip)
+        elif self.throttle is None:
+            throttle = limiter.throttle_for(self, user)
+        else:
+            return  # its throttle reads the user's buckets, whose rate was just changed
+        if throttle is not None:
+            self._throttle(throttle)
 
     def start_task(self, coro: object) -> asyncio.Task[None]:
         """Run ``coro`` owned by this connection (cancelled when it closes)."""
@@ -487,6 +564,11 @@ class ServerConnection(SessionConnection):
         self.server.connections.discard(self)
         if self.user_stats is not None:
             self.server.stats.session_closed(self, self.user_stats)
+        if self._admitted and self.core.user is not None:
+            self._admitted = False
+            self.server.limiter.release(self.core.user, self.client_ip)
+        if self.throttle is not None:
+            self.throttle.cancel()
         if self.core.user is not None:
             duration = self.loop.time() - (self.authenticated_at or self.loop.time())
             log.info(
@@ -557,6 +639,11 @@ class AnyTLSServer:
         self.stats = ServerStats(lambda: len(self.connections))
         for name in config.users:
             self.stats.user(name)  # every configured user is reported, even at zero
+        #: The users indexed by password digest, shared by every new session.
+        self.user_table = UserTable(config.users)
+        #: Per-user speed and device limits (see :mod:`anytls.aio.limits`).
+        self.limiter = Limiter()
+        self.limiter.configure(config.limits, UserPolicy(config.speed_limit), 0.0)
         #: True once :meth:`shutdown` began: no new connections or streams.
         self.draining = False
         #: Failed authentications per source, for ``config.auth_fail_limit``.
@@ -581,6 +668,11 @@ class AnyTLSServer:
             self.config = config
             for name in config.users:
                 self.stats.user(name)
+            self.user_table = UserTable(config.users)
+            self.limiter.configure(config.limits, UserPolicy(config.speed_limit), _now())
+            if self.limiter.active:
+                for conn in list(self.connections):
+                    conn.limits_changed()
         if ssl_context is not None and ssl_context is not self._ssl_current:
             self._ssl_current = ssl_context
             self._hook_sni()
@@ -748,6 +840,26 @@ class AnyTLSServer:
         self._raw_sockets.clear()
         for server in self.servers:
             server.close()
+
+    def kick(self, users: Iterable[str], reason: str = "kicked") -> int:
+        """Close every session of ``users`` at once (their streams end); returns how many."""
+        closed = 0
+        for name in users:
+            stats = self.stats.users.get(name)
+            if stats is None:
+                continue
+            for conn in list(stats.sessions):
+                if isinstance(conn, ServerConnection):
+                    log.info(
+                        "closing session from %s (user %s): %s",
+                        conn.peer,
+                        name,
+                        reason,
+                        extra={"event": "kick", "peer": conn.peer, "user": name},
+                    )
+                    conn.close(reason, abort=True)
+                    closed += 1
+        return closed
 
     @property
     def open_streams(self) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -28,7 +30,7 @@ from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
 from ..log import level_number, set_worker, setup_logging
-from . import _common, _run
+from . import _common, _node, _run
 from ._run import fork_workers, run
 
 log = logging.getLogger("anytls.server")
@@ -265,6 +267,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. 127.0.0.1:9090; default off)",
     )
     parser.add_argument(
+        "--speed-limit",
+        type=float,
+        default=0.0,
+        metavar="MBPS",
+        help="speed limit of every user in Mbit/s, each direction, over all of the "
+        "user's sessions (default 0 = none; a user's own speed_limit wins)",
+    )
+    parser.add_argument(
+        "--api",
+        metavar="[HOST:]PORT",
+        help="traffic stats API (Hysteria 2's: GET /traffic, GET /online, POST /kick) "
+        "at http://HOST:PORT (a port alone: on 127.0.0.1; default off)",
+    )
+    parser.add_argument(
+        "--api-secret",
+        metavar="SECRET",
+        help="secret the stats API requires in the Authorization header "
+        "(required unless --api is on a loopback address)",
+    )
+    parser.add_argument(
+        "--panel",
+        metavar="URL",
+        help="run as a node of this Xboard panel (e.g. https://panel.example.com): "
+        "port, padding scheme and users come from it, traffic goes back to it",
+    )
+    parser.add_argument(
+        "--panel-token", metavar="TOKEN", help="the panel's server token (server_token)"
+    )
+    parser.add_argument(
+        "--node-id", type=int, metavar="N", help="this node's id in the panel (an anytls node)"
+    )
+    parser.add_argument(
         "--stats-interval",
         type=float,
         default=60.0,
@@ -338,6 +372,8 @@ VALIDATORS: dict[str, Callable[[Any], object]] = {
     "l": _listen,
     "fallback": Address.parse,
     "metrics": _listen,
+    "api": _node.parse_api,
+    "speed_limit": _not_negative,
     "user": _users,
     "connect_timeout": _positive,
     "preface_timeout": _positive,
@@ -368,7 +404,7 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
             "state_dir": "path",
             "acme_ca": "path",
         },
-        secrets=("p", "user"),
+        secrets=("p", "user", "api_secret", "panel_token"),
         validators=VALIDATORS,
     )
 
@@ -480,14 +516,40 @@ def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
         raise ConfigError(f"padding scheme {source!r}: {exc}") from exc
 
 
+def user_entries(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's per-user tables (limits, quota, expiry): name → UserEntry."""
+    from ..config import normalise_key, read_toml
+    from ..users import entries_from_toml
+
+    if not args.config:
+        return {}
+    data = read_toml(args.config)
+    for key, value in data.items():
+        if normalise_key(key) == "users":
+            try:
+                return entries_from_toml(value)
+            except ValueError as exc:
+                raise ConfigError(f"{args.config}: users: {exc}") from exc
+    return {}
+
+
 def server_config(args: argparse.Namespace) -> Any:
     """The :class:`~anytls.aio.server.ServerConfig` the flags describe."""
+    from ..aio.limits import UserPolicy
     from ..aio.server import ServerConfig
 
     if args.allow_private and args.deny_private:
         raise ConfigError("--allow-private and --deny-private contradict each other; drop one")
+    panel = bool(getattr(args, "panel", None))
+    entries = user_entries(args)
     return ServerConfig(
-        users=parse_users(args.p, args.user),
+        users={} if panel else parse_users(args.p, args.user),
+        speed_limit=args.speed_limit,
+        limits={
+            name: UserPolicy(entry.speed_limit, entry.device_limit)
+            for name, entry in entries.items()
+            if entry.speed_limit or entry.device_limit
+        },
         padding=load_padding(args.padding_scheme),
         connect_timeout=args.connect_timeout,
         idle_session_timeout=args.idle_session_timeout,
@@ -731,6 +793,10 @@ class Reloader:
         self.level = level
         #: The password generated at start (kept while the config names no user).
         self.generated: str | None = None
+        #: Filters the file's users on reload (quotas, expiry); None = serve them all.
+        self.keep_users: Callable[[Any], dict[str, str]] | None = None
+        #: Called with the new settings before they are applied (may raise ConfigError).
+        self.on_reload: Callable[[argparse.Namespace], None] | None = None
 
     def reload(self) -> None:
         try:
@@ -746,6 +812,18 @@ class Reloader:
                     )
                     setattr(new, dest, getattr(self.args, dest))
             config = server_config(new)
+            if self.on_reload is not None:
+                self.on_reload(new)
+            if self.args.panel or self.keep_users is not None:
+                # Users come from the panel (or the quota keeper): keep the running ones.
+                running = self.server.config
+                keep = self.keep_users(config.users) if self.keep_users else running.users
+                config = dataclasses.replace(
+                    config,
+                    users=keep,
+                    limits=config.limits if not self.args.panel else running.limits,
+                    padding=config.padding if not self.args.panel else running.padding,
+                )
             ctx = tls_context(new, self.listen) if (new.cert or self.args.cert) else None
         except (ConfigError, SystemExit) as exc:
             # Every worker reloads; the first one says it at ERROR, the others at DEBUG.
@@ -793,12 +871,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.export:
             export(args)
             return
-        if not args.p and not args.user:
+        if not args.p and not args.user and not getattr(args, "panel", None):
             args.p, kept_in = stored_password(state_dir(args))
             generated = kept_in or "memory only: the state directory is not writable"
         listen = _listen(args.l)
+        _node.check_args(args)
         config = server_config(args)
         acme = acme_settings(args, listen)
+        entries = user_entries(args)
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level, args.log_format)
@@ -807,6 +887,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     manager = None
     cert: tuple[str, str | None] | None = None
     try:
+        prepared = _node.prepare(args, listen, config, entries)
+        listen, config = prepared.listen, prepared.config
         if acme is not None:
             from ..aio.acme import AcmeManager
 
@@ -827,6 +909,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(1) from exc
 
     async def amain(stop: asyncio.Event) -> None:
+        from ..aio.control import handle_command, without_blocked
         from ..aio.server import AnyTLSServer
         from ..aio.stats import (
             MetricsServer,
@@ -845,7 +928,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if _run.PARENT_CHANNEL is not None:
             background.append(
                 loop.create_task(
-                    serve_snapshot_requests(_run.PARENT_CHANNEL, server.stats.snapshot)
+                    serve_snapshot_requests(
+                        _run.PARENT_CHANNEL,
+                        server.stats.snapshot,
+                        functools.partial(handle_command, server),
+                    )
                 )
             )
         channels = [SnapshotChannel(sock) for sock in _run.WORKER_CHANNELS]
@@ -881,7 +968,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGUSR1, on_usr1)
             on_usr1()  # one issued before this handler existed
+        runtime = _node.NodeRuntime(args, prepared)
         if worker_index == 0:
+            await runtime.start(server, channels)
             if args.metrics:
                 where = _listen(args.metrics)
                 metrics = MetricsServer(snapshot)
@@ -918,6 +1007,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
         reloader.generated = args.p if generated is not None else None
+        if runtime.keeper is not None:  # the parent decides who is over quota
+            reloader.keep_users = runtime.keeper.allowed
+            reloader.on_reload = lambda new: runtime.reloaded(user_entries(new))
+        elif runtime.quotas:  # a worker leaves out whom the parent said
+            reloader.keep_users = without_blocked
 
         def on_hup() -> None:
             _run.signal_workers(signal.SIGHUP)
@@ -953,6 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         forced.cancel()
         for task in background:
             task.cancel()
+        await runtime.stop()
         if metrics is not None:
             await metrics.close()
         if manager is not None:
