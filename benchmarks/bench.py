@@ -53,15 +53,25 @@ PAIRS: list[tuple[str, str, str]] = [
     ("ours-client:sing-box-server", "ours", "sing-box"),
     ("sing-box-client:ours-server", "sing-box", "ours"),
     ("sing-box:sing-box", "sing-box", "sing-box"),
-    # Our server with its default worker count (one process per core, SO_REUSEPORT); the
-    # pairs above run it with --workers 1. Dropped when the server has no --workers flag.
+    # Our server with its default worker count (one process per core, sharing one listening
+    # socket); the pairs above run it with --workers 1. Dropped when the server has no
+    # --workers flag.
     ("ours:ours-workers", "ours-workers", "ours-workers"),
+    # Our server with a per-user speed limit far above what loopback reaches
+    # (--speed-limit 100000 Mbit/s): the token buckets run on every read and flush but
+    # never wait, so this pair shows their CPU cost against ours:ours.
+    ("ours:ours-speed-limit", "ours", "ours-limited"),
     # Our client with Python's own TLS (--fingerprint openssl) instead of the default
     # browser ClientHello made by curl-impersonate: what impersonation costs, against
     # ours:ours (the same server).
     ("ours-openssl:ours", "ours-openssl", "ours"),
 ]
 REFERENCE = "sing-box:sing-box"
+# benchmarks/bench_link.py keeps its "emulated link" table between these markers in the
+# same results file; rewriting the file keeps that section.
+LINK_SECTION_START = "<!-- emulated-link table: benchmarks/bench_link.py writes this section -->"
+LINK_SECTION_END = "<!-- end of the emulated-link table -->"
+LINK_TABLE_PREFIX = "link-"  # its tables in results.json, also kept
 
 
 @dataclass
@@ -361,11 +371,14 @@ class Pair:
                 str(self.key),
                 "--log-level",
                 "warning",
+                "--allow-private",  # the benchmark's targets are on loopback
             ]
-            if self.server_impl == "ours" and self.workers_flag:
+            if self.server_impl in ("ours", "ours-limited") and self.workers_flag:
                 argv += ["--workers", "1"]
             elif self.workers_flag:  # ours-workers: one process per core
                 argv += ["--workers", str(os.cpu_count() or 1)]
+            if self.server_impl == "ours-limited":
+                argv += ["--speed-limit", "100000"]
             log = self.workdir / "anytls-server.log"
         else:
             argv, log = self._singbox(
@@ -659,20 +672,23 @@ in this order, on freshly started client and server processes for every pair and
 - all processes share one machine (client, server and load generator compete for the same
   CPUs), so bulk figures are whole-system throughput on loopback, not network speed.
 
+"ours:ours-speed-limit" is ours:ours with `--speed-limit 100000` on the server, a limit
+loopback never reaches: the per-user token buckets run on every read and flush but never
+wait, so its server CPU-s/GB against ours:ours is what they cost at full bulk speed.
+
 When our server has `--workers`, it runs with `--workers 1` (one process) in the first
-four pairs, and "ours:ours-workers" runs it with one worker process per CPU core (sharing
-the port with SO_REUSEPORT) and our client likewise (for the local SOCKS5 port; the
-default, `--workers 0`, is one process per core only on machines with more than 2 cores,
-so on this machine the default is the "ours:ours" column); its CPU and RSS figures are
-summed over each parent and its forked workers (VmRSS counts pages still shared after the
-fork once per process). A single bulk stream is served by one worker, so it shows the
-multi-process overhead rather than a speed-up; the concurrent and idle-stream phases
-spread over the workers. SO_REUSEPORT places each new session on a worker by a hash of its
-addresses, so the two concurrent downloads land on different workers in about half the
-runs (see the busy-processes row). On a 2-core machine that also runs the client and the
-load generator, one download already keeps both cores busy (about 1.7 CPU-seconds per GB
-across the three processes), so a second worker has no idle core to add throughput with
-here.
+four pairs, and "ours:ours-workers" runs our server and client with one worker process per
+CPU core, all accepting on the listening socket the parent bound (the default, `--workers
+0`, is one process per core only on machines with more than 2 cores, so on this machine
+the default is the "ours:ours" column); its CPU and RSS figures are summed over each parent
+and its forked workers (VmRSS counts pages still shared after the fork once per process).
+A single bulk stream is served by one worker, so it shows the multi-process overhead rather
+than a speed-up; the concurrent and idle-stream phases spread over the workers. Whichever
+idle worker accepts first gets a new session, so the two concurrent downloads may or may
+not land on different workers (see the busy-processes row). On a 2-core machine that also
+runs the client and the load generator, one download already keeps both cores busy (about
+1.7 CPU-seconds per GB across the three processes), so a second worker has no idle core to
+add throughput with here.
 
 Our client's TLS is made by curl-impersonate (a Chrome ClientHello, the default) in every
 pair except "ours-openssl:ours", which runs it with `--fingerprint openssl` (Python's own
@@ -712,6 +728,27 @@ def render(
     return "\n".join(out)
 
 
+def kept_link_section(path: Path) -> str:
+    """The emulated-link section of an existing results file ("" if none)."""
+    try:
+        old = path.read_text()
+    except OSError:
+        return ""
+    start, end = old.find(LINK_SECTION_START), old.find(LINK_SECTION_END)
+    if start < 0 or end < start:
+        return ""
+    return "\n" + old[start : end + len(LINK_SECTION_END)] + "\n"
+
+
+def kept_link_tables(path: Path) -> list[dict[str, Any]]:
+    """The emulated-link tables of an existing results JSON file."""
+    try:
+        tables = json.loads(path.read_text()).get("tables", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [t for t in tables if str(t.get("name", "")).startswith(LINK_TABLE_PREFIX)]
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -742,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         help="bulk transfer size per direction in MiB (default 512, quick 8)",
     )
     parser.add_argument(
-        "--pairs", default=None, help="comma-separated subset of pair names (default all four)"
+        "--pairs", default=None, help="comma-separated subset of pair names (default all)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
@@ -828,7 +865,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw": raw,
     }
     if out_path is not None:
-        out_path.write_text(report)
+        out_path.write_text(report + kept_link_section(out_path))
+        results["tables"] += kept_link_tables(out_path.with_suffix(".json"))
         out_path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
         print(f"written to {out_path} and {out_path.with_suffix('.json')}", file=sys.stderr)
     if args.plot is not None:

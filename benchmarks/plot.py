@@ -144,7 +144,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     written = []
     for table in results["tables"]:
         name = re.sub(r"[^a-z0-9]+", "-", table["name"].lower()).strip("-")
-        written.append(plot_table(table, out_dir / f"bench-{name}.png", results.get("date", "")))
+        date = table.get("date") or results.get("date", "")  # a table measured separately
+        written.append(plot_table(table, out_dir / f"bench-{name}.png", date))
     return written
 
 

@@ -140,8 +140,18 @@ def start_programs(
     args: argparse.Namespace, sport: int, cport: int, logdir: Path
 ) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
     """Start our server and client with their logs in ``logdir``."""
-    server_argv = [*program("server"), "-l", f"127.0.0.1:{sport}", "-p", "soak",
-                   "--workers", "1", "--log-level", "warning"]  # fmt: skip
+    server_argv = [
+        *program("server"),
+        "-l",
+        f"127.0.0.1:{sport}",
+        "-p",
+        "soak",
+        "--workers",
+        "1",
+        "--log-level",
+        "warning",
+        "--allow-private",
+    ]  # fmt: skip  (the echo target is on loopback)
     client_argv = [*program("client"), "-l", f"127.0.0.1:{cport}", "-s", f"127.0.0.1:{sport}",
                    "-p", "soak", "--insecure", "--log-level", "warning",
                    "--max-streams-per-session", str(args.streams_per_session)]  # fmt: skip

@@ -6,6 +6,8 @@ Async tests: decorate ``async def`` tests with ``tests.helpers.aio.async_test`` 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import hypothesis
@@ -34,3 +36,25 @@ def _private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
 
     os.environ.pop("STATE_DIRECTORY", None)
     os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _our_server_may_reach_loopback() -> Iterator[None]:
+    """In tests, ``ServerConfig()`` allows private destinations unless told otherwise.
+
+    A real server refuses loopback and private destinations by default, but nearly every
+    test proxies to an echo server on 127.0.0.1. Tests of the refusal pass
+    ``allow_private=False`` (library) or run the real CLI without ``--allow-private``
+    (``AnyTLSProcess.server(..., allow_private=False)``).
+    """
+    from anytls.aio.server import ServerConfig
+
+    init = ServerConfig.__init__
+    defaults = init.__defaults__ or ()
+    params = list(inspect.signature(init).parameters)
+    index = params[len(params) - len(defaults) :].index("allow_private")
+    init.__defaults__ = (*defaults[:index], True, *defaults[index + 1 :])
+    try:
+        yield
+    finally:
+        init.__defaults__ = defaults

@@ -33,10 +33,14 @@ def _check_table(text: str) -> None:
     rows = _table(text)
     assert rows, f"no table in:\n{text}"
     header, body = rows[0], rows[1:]
-    # The four pairs, plus "ours:ours-workers" when our server has --workers, and our
-    # client with Python's own TLS (--fingerprint openssl) instead of the browser hello.
+    # The four pairs, plus "ours:ours-workers" when our server has --workers,
+    # "ours:ours-speed-limit" (token buckets that never wait) and our client with Python's
+    # own TLS (--fingerprint openssl) instead of the browser hello.
     assert header[1:5] == PAIRS
-    assert header[5:] in (["ours-openssl:ours"], ["ours:ours-workers", "ours-openssl:ours"])
+    assert header[5:] in (
+        ["ours:ours-speed-limit", "ours-openssl:ours"],
+        ["ours:ours-workers", "ours:ours-speed-limit", "ours-openssl:ours"],
+    )
     ref = header.index("sing-box:sing-box")
     assert len(body) >= 15
     labels = " ".join(r[0] for r in body)

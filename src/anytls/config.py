@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .users import parse_entry
 
 #: What a masked secret looks like in ``--print-config``.
 MASK = "********"
@@ -37,7 +38,8 @@ MASK = "********"
 #:  path     - a string; relative to the config file's directory
 #:  strlist  - a list of strings (a single string is a one-item list)
 #:  gobool   - a bool stored as "true"/"false" (flags with an optional BOOL value)
-#:  users    - {name = "password"}, ["name:password"] or [{name = .., password = ..}]
+#:  users    - {name = "password"}, ["name:password"] or [{name = .., password = ..}];
+#:             a user may be a table with limits (see anytls.users)
 #:  padding  - a path, or the scheme inline as a list of lines
 KINDS = ("str", "int", "float", "bool", "path", "strlist", "gobool", "users", "padding")
 
@@ -200,7 +202,11 @@ def _users(value: Any) -> list[str]:
     """Users as ``name:password`` strings, from any of the accepted shapes."""
     pairs: list[tuple[str, Any]] = []
     if isinstance(value, dict):
-        pairs = list(value.items())
+        for name, item in value.items():
+            # A per-user table: password plus limits (checked by anytls.users).
+            pairs.append(
+                (name, parse_entry(str(name), item).password if isinstance(item, dict) else item)
+            )
     elif isinstance(value, list):
         for index, item in enumerate(value, 1):
             if isinstance(item, str):
@@ -209,10 +215,9 @@ def _users(value: Any) -> list[str]:
                     raise ValueError(f'item {index} {item!r}: expected "name:password"')
                 pairs.append((name, pw))
             elif isinstance(item, dict):
-                unknown = set(item) - {"name", "password"}
-                if unknown or "name" not in item or "password" not in item:
+                if "name" not in item or "password" not in item:
                     raise ValueError(f'item {index}: expected {{name = "...", password = "..."}}')
-                pairs.append((item["name"], item["password"]))
+                pairs.append((item["name"], parse_entry(str(item["name"]), item).password))
             else:
                 raise ValueError(f'item {index}: expected "name:password" or a table')
     else:
@@ -259,6 +264,8 @@ def load_file(path: str, schema: Schema) -> dict[str, Any]:
         if option.dest in seen:
             raise ConfigError(f"{path}: {raw_key!r} and {seen[option.dest]!r} set the same option")
         seen[option.dest] = raw_key
+        if option.kind == "users" and isinstance(value, dict):
+            _check_user_names(path, raw_key, value, known)
         try:
             converted = _convert(option, value, base)
             if option.choices is not None and converted not in option.choices:
@@ -271,6 +278,41 @@ def load_file(path: str, schema: Schema) -> dict[str, Any]:
             raise ConfigError(f"{path}: {raw_key}: {exc}") from exc
         values[option.dest] = converted
     return values
+
+
+def _check_user_names(
+    path: str, table: str, users: Mapping[str, Any], known: Mapping[str, Option]
+) -> None:
+    """Refuse a "user" that is really a setting written after the ``[users]`` table."""
+    for name in users:
+        if normalise_key(name) not in known:
+            continue
+        line = _line_of(path, table, name)
+        where = f"{path}:{line}" if line else path
+        raise ConfigError(
+            f"{where}: {name!r} under [{table}] is read as a user called {name!r}, but it is "
+            f"a setting: move it above [{table}] (in TOML, every key after a [table] line "
+            "belongs to that table)"
+        )
+
+
+def _line_of(path: str, table: str, key: str) -> int | None:
+    """The line number of ``key = ...`` after the ``[table]`` header, if it can be found."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    inside = False
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inside = stripped.strip("[] \t").strip("\"'") == table
+            continue
+        name = stripped.partition("=")[0].strip().strip("\"'")
+        if inside and stripped and name == key:
+            return number
+    return None
 
 
 def preparse_config(argv: Sequence[str]) -> str | None:

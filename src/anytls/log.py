@@ -68,6 +68,31 @@ def level_number(level: str | None) -> int:
     return _MAPPED.get(name, logging.INFO)
 
 
+class _WorkerFilter(logging.Filter):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def set_worker(index: int) -> None:
+    """Tag this process's log lines with its worker index (``worker`` key in JSON).
+
+    Text lines read ``<time> [worker 1] INFO anytls.server: message``.
+    """
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerFilter(index))
+        if not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(
+                logging.Formatter(
+                    f"%(asctime)s [worker {index}] %(levelname)s %(name)s: %(message)s"
+                )
+            )
+
+
 def setup_logging(level: str | None, fmt: str | None = "text") -> None:
     """Log to stderr at ``level`` (flag, else ``LOG_LEVEL``, else info) as text or JSON."""
     handler = logging.StreamHandler(sys.stderr)

@@ -56,13 +56,36 @@ class ServerURI:
         return name
 
 
+_QUOTES = {"'": "'", '"': '"', "\u2018": "\u2019", "\u201c": "\u201d", "`": "`"}
+
+
+def strip_quotes(text: str) -> str:
+    """``text`` without surrounding whitespace and one pair of quotes pasted along with it.
+
+    A quote at only one end raises :class:`ConfigError` naming it.
+    """
+    text = text.strip()
+    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+        return text[1:-1].strip()
+    for end, char in (("start", text[:1]), ("end", text[-1:])):
+        if char and (char in _QUOTES or char in _QUOTES.values()):
+            raise ConfigError(
+                f"{text!r} has a stray {char} at its {end}: remove the quote characters "
+                "copied with the link"
+            )
+    return text
+
+
 def parse_uri(text: str) -> ServerURI:
     """Parse an ``anytls://`` URI; raise :class:`ConfigError` naming the problem."""
+    text = strip_quotes(text)
     shown = text if len(text) < 200 else text[:200] + "…"
     scheme, sep, _ = text.partition("://")
     if not sep or scheme.lower() != SCHEME:
+        what = f"a {scheme}:// link" if sep and scheme else "not a link"
         raise ConfigError(
-            f"{shown!r} is not an anytls URI: expected anytls://password@host:port/?sni=..."
+            f"{shown!r} is {what}, not an AnyTLS one: expected "
+            "anytls://PASSWORD@HOST:PORT/?sni=... (or -s HOST:PORT with -p PASSWORD)"
         )
     try:
         parts = urlsplit(text)
@@ -73,6 +96,11 @@ def parse_uri(text: str) -> ServerURI:
         host, bracket, _ = hostport[1:].partition("]")
         if not bracket or not is_ip_literal(host) or ":" not in host:
             raise ConfigError(f"bad anytls URI {shown!r}: {hostport!r} is not a valid [IPv6] host")
+    elif hostport.count(":") > 1:
+        raise ConfigError(
+            f"bad anytls URI {shown!r}: put an IPv6 address in brackets, e.g. "
+            "anytls://PASSWORD@[::1]:8443/"
+        )
     else:
         # Keep the host as written (urlsplit would lowercase it).
         host = hostport.rpartition(":")[0] if ":" in hostport else hostport
@@ -153,4 +181,4 @@ def format_uri(uri: ServerURI) -> str:
     return f"{SCHEME}://{auth}{host}:{uri.port}/{query}"
 
 
-__all__ = ["DEFAULT_PORT", "ServerURI", "format_uri", "parse_uri"]
+__all__ = ["DEFAULT_PORT", "ServerURI", "format_uri", "parse_uri", "strip_quotes"]

@@ -34,7 +34,9 @@ class Env:
         self.echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
         self.echo_port = self.echo.sockets[0].getsockname()[1]
         config = ServerConfig(
-            users={"alice": PASSWORD}, padding=self.server_padding or PaddingScheme.default()
+            users={"alice": PASSWORD},
+            padding=self.server_padding or PaddingScheme.default(),
+            allow_private=True,
         )
         self.server = await serve(config, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]

@@ -38,7 +38,9 @@ async def flood_server() -> AsyncIterator[tuple[int, list[int]]]:
 
 def test_stalled_reader_stops_the_source_and_others_keep_going() -> None:
     async def main() -> None:
-        server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0)
+        server = await serve(
+            ServerConfig(users={"u": PASSWORD}, allow_private=True), "127.0.0.1", 0
+        )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)
         async with flood_server() as (flood_port, sent), Client(config) as client:

@@ -51,7 +51,9 @@ async def test_pinned_self_signed_certificate_is_accepted(tmp_path: Path, finger
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     echo_port = echo.sockets[0].getsockname()[1]
     ctx = server_context(str(cert), str(key))
-    server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0, ctx)
+    server = await serve(
+        ServerConfig(users={"u": PASSWORD}, allow_private=True), "127.0.0.1", 0, ctx
+    )
     port = server.sockets[0].getsockname()[1]
     # Upper case with colons, as `openssl x509 -fingerprint -sha256` prints it.
     printed = ":".join(pin[i : i + 2] for i in range(0, 64, 2)).upper()

@@ -18,7 +18,11 @@ PASSWORD = "pool-pw"
 
 
 async def start(**server_kwargs: object) -> tuple[AnyTLSServer, int]:
-    server = await serve(ServerConfig(users={"u": PASSWORD}, **server_kwargs), "127.0.0.1", 0)  # type: ignore[arg-type]
+    server = await serve(
+        ServerConfig(users={"u": PASSWORD}, **{"allow_private": True, **server_kwargs}),
+        "127.0.0.1",
+        0,
+    )  # type: ignore[arg-type]
     return server, server.sockets[0].getsockname()[1]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
+from anytls.aio.tls import server_context
 from anytls.core.address import Address
 from anytls.core.auth import build_preface
 from anytls.core.constants import Command
@@ -20,12 +21,13 @@ from anytls.errors import StreamOpenError
 from tests.helpers.aio import wait_until
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.httpd import http_server
+from tests.helpers.net import free_port
 
 PASSWORD = "hard-pw"
 
 
 async def start(**kwargs: object) -> tuple[AnyTLSServer, int]:
-    config = ServerConfig(users={"u": PASSWORD}, **kwargs)  # type: ignore[arg-type]
+    config = ServerConfig(users={"u": PASSWORD}, **{"allow_private": True, **kwargs})  # type: ignore[arg-type]
     server = await serve(config, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
 
@@ -196,9 +198,10 @@ def test_fallback_relays_probe_to_a_real_web_server(info_logs: pytest.LogCapture
     assert any("fallback" in line for line in rejected_lines(info_logs))
 
 
-def test_deny_private_refuses_loopback_destinations() -> None:
+@pytest.mark.parametrize("policy", [{"allow_private": False}, {"deny_private": True}])
+def test_deny_private_refuses_loopback_destinations(policy: dict[str, bool]) -> None:
     async def main() -> None:
-        server, port = await start(deny_private=True)
+        server, port = await start(**policy)
         async with (
             tcp_echo_server() as echo,
             Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)) as client,
@@ -249,3 +252,71 @@ def test_vanished_client_frees_everything() -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+async def _attempt(port: int, payload: bytes, echoed: bool = False) -> tuple[bytes, str]:
+    """What a client sees after sending ``payload``: the bytes and how the connection ended.
+
+    ``echoed``: the fallback is an echo server; read back as many bytes as were sent.
+    """
+    reader, writer = await tls_connect(port)
+    writer.write(payload)
+    data, ending = b"", "eof"
+    async with asyncio.timeout(5):
+        try:
+            if echoed:
+                data = await reader.readexactly(len(payload))
+                ending = "echoed"
+            else:
+                while chunk := await reader.read(65536):
+                    data += chunk
+        except (ConnectionError, ssl.SSLError) as exc:
+            ending = type(exc).__name__
+    writer.close()
+    return data, ending
+
+
+@pytest.mark.parametrize("with_fallback", [False, True], ids=["close", "fallback"])
+def test_auth_fail_limit_answers_exactly_as_a_wrong_password(
+    with_fallback: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="anytls")
+    request = b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    wrong = build_preface("guess", 30) + request
+    right = build_preface(PASSWORD, 30) + request
+
+    async def main() -> None:
+        async with tcp_echo_server() as echo:
+            extra = {"fallback": Address(*echo)} if with_fallback else {}
+            config = ServerConfig(users={"u": PASSWORD}, auth_fail_limit=3, **extra)  # type: ignore[arg-type]
+            server = AnyTLSServer(config, server_context(hosts=["localhost"]))
+            port = free_port()
+            await server.start(["127.0.0.1", "::1"], port)  # type: ignore[arg-type]
+            first_wrong = await _attempt(port, wrong, with_fallback)
+            for _ in range(2):
+                await _attempt(port, wrong, with_fallback)
+            now = asyncio.get_running_loop().time()
+            assert server.auth_limiter.limited("127.0.0.1", now, 3)
+            limited_wrong = await _attempt(port, wrong, with_fallback)
+            limited_right = await _attempt(port, right, with_fallback)
+            if with_fallback:
+                # The fallback got every byte, the right password's preface included.
+                assert first_wrong == (wrong, "echoed") and limited_wrong == first_wrong
+                assert limited_right == (right, "echoed")
+            else:
+                assert first_wrong[0] == b""
+                assert limited_right == first_wrong and limited_wrong == first_wrong
+            assert server.sessions_accepted == 0  # the right password was refused
+            # Another source is not limited: a client from ::1 still gets in.
+            async with Client(ClientConfig("::1", port, PASSWORD, insecure=True)) as client:
+                r, w = await client.open_connection(*echo)
+                w.write(b"ok")
+                assert await r.readexactly(2) == b"ok"
+                w.close()
+            assert server.sessions_accepted == 1
+            await server.close()
+
+    asyncio.run(main())
+    limit_lines = [r for r in caplog.records if "--auth-fail-limit" in r.getMessage()]
+    assert len(limit_lines) == 1 and limit_lines[0].levelno == logging.WARNING
+    assert "127.0.0.1 failed to authenticate 3 times" in limit_lines[0].getMessage()

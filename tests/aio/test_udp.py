@@ -26,7 +26,9 @@ class Env:
         self.server_kwargs = server_kwargs
 
     async def __aenter__(self) -> Env:
-        config = ServerConfig(users={"u": PASSWORD}, **self.server_kwargs)  # type: ignore[arg-type]
+        config = ServerConfig(
+            users={"u": PASSWORD}, **{"allow_private": True, **self.server_kwargs}
+        )  # type: ignore[arg-type]
         self.server = await serve(config, "127.0.0.1", 0)
         port = self.server.sockets[0].getsockname()[1]
         self.client = Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True))
@@ -173,9 +175,10 @@ def test_udp_socket_count_is_bounded() -> None:
     asyncio.run(main())
 
 
-def test_deny_private_applies_to_udp() -> None:
+@pytest.mark.parametrize("policy", [{"allow_private": False}, {"deny_private": True}])
+def test_deny_private_applies_to_udp(policy: dict[str, bool]) -> None:
     async def main() -> None:
-        async with Env(deny_private=True) as env, udp_echo_server() as echo:
+        async with Env(**policy) as env, udp_echo_server() as echo:
             assoc = await open_udp(env.client)
             assoc.sendto(b"to loopback", (echo[0], echo[1]))
             with pytest.raises(TimeoutError):

@@ -48,8 +48,10 @@ SERVER_SAMPLES: dict[str, Any] = {
     "heartbeat_timeout": 4,
     "udp_idle_timeout": 30,
     "fallback": "127.0.0.1:80",
+    "allow_private": False,
     "deny_private": True,
     "max_connections": 100,
+    "auth_fail_limit": 5,
     "stream_buffer": 65536,
     "session_buffer": 524288,
     "preface_timeout": 4,
@@ -61,6 +63,12 @@ SERVER_SAMPLES: dict[str, Any] = {
     "shutdown_grace": 2.5,
     "log_level": "debug",
     "log_format": "json",
+    "speed_limit": 25.5,
+    "api": "127.0.0.1:9999",
+    "api_secret": "api-pw",
+    "panel": "https://panel.example.com",
+    "panel_token": "panel-pw",
+    "node_id": 4,
 }
 CLIENT_SAMPLES: dict[str, Any] = {
     "listen": "127.0.0.1:1081",
@@ -111,8 +119,11 @@ def test_every_server_flag_is_a_config_key(tmp_path: Path) -> None:
             assert value == ["alice:a-pw", "bob:b:pw"]
         else:
             assert value == expected, option.key
+    assert args.panel == "https://panel.example.com"  # a panel node takes users from it:
+    args.panel = None  # the file's users are what this test checks
     config = server_cli.server_config(args)
     assert config.users == {"default": "pw", "alice": "a-pw", "bob": "b:pw"}
+    assert config.speed_limit == 25.5
     assert config.padding.stop == 2
     assert config.connect_timeout == 7.0
     # Every flag is a key, and every key a flag: the parser and the schema agree.
@@ -272,7 +283,7 @@ def test_print_config_round_trip(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert "secret" not in text
+    assert "secret-" not in text
     printed = tomllib.loads(text)
     assert printed["password"] == MASK
     assert printed["users"] == {"alice": MASK}
@@ -356,3 +367,16 @@ def test_fingerprint_from_link_flag_and_file(tmp_path: Path) -> None:
     assert config("-c", str(path)).fingerprint == "safari"
     with pytest.raises(ConfigError, match="unknown fingerprint 'netscape'"):
         config("-s", "anytls://pw@h:1/?fp=netscape")
+
+
+@pytest.mark.parametrize("setting", ["listen", "log-level", '"allow_private"'])
+def test_a_setting_after_the_users_table_is_refused(tmp_path: Path, setting: str) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        f'workers = 1\n\n[users]\nalice = "a-long-password"\n{setting} = "127.0.0.1:28450"\n'
+    )
+    result = run_cli("server", "-c", str(path), "--print-config")
+    assert result.returncode == 2
+    name = setting.strip('"')
+    assert f"{path}:5: {name!r} under [users]" in result.stderr, result.stderr
+    assert "move it above [users]" in result.stderr

@@ -92,3 +92,17 @@ def test_idle_trim_gives_a_burst_heap_back() -> None:
     base, peak, after, _ = map(int, out)
     assert peak - base > 80  # kept by malloc after the burst
     assert after - base < 10  # back to about where it started
+
+
+def test_python_m_anytls_help_lists_both_programs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "anytls", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert any(line.strip().startswith("server ") for line in lines)
+    assert any(line.strip().startswith("client ") for line in lines)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from anytls.errors import ConfigError
 from anytls.uri import ServerURI, format_uri, parse_uri
+from tests.cli._util import run_cli
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -51,8 +52,8 @@ def test_parse(text: str, expected: ServerURI) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("http://pw@host:443", "not an anytls URI"),
-        ("host:443", "not an anytls URI"),
+        ("http://pw@host:443", "a http:// link, not an AnyTLS one"),
+        ("host:443", "not a link, not an AnyTLS one"),
         ("anytls://pw@:443", "missing server host"),
         ("anytls://pw@", "missing server host"),
         ("anytls://pw@host:abc", "port 'abc'"),
@@ -142,3 +143,29 @@ def test_garbage_only_config_errors(text: str) -> None:
     for candidate in (text, "anytls://" + text):
         with contextlib.suppress(ConfigError):
             parse_uri(candidate)
+
+
+@pytest.mark.parametrize(
+    ("server", "expected"),
+    [
+        ("https://pw@host:443/", "is a https:// link, not an AnyTLS one"),
+        ("vless://uuid@host:443?security=reality", "is a vless:// link, not an AnyTLS one"),
+        ("anytls://pw@::1:28443/", "put an IPv6 address in brackets"),
+        ("'anytls://pw@host:443/", "stray ' at its start"),
+        ("anytls://pw@host:443/\u201d", "stray \u201d at its end"),
+    ],
+)
+def test_client_link_errors_name_the_real_problem(server: str, expected: str) -> None:
+    result = run_cli("client", "-s", server, "--print-config")
+    assert result.returncode == 2
+    assert expected in result.stderr, result.stderr
+    assert "not a number" not in result.stderr
+    if "brackets" not in expected:
+        assert "brackets" not in result.stderr
+
+
+@pytest.mark.parametrize("quote", ["'{}'", '"{}"', "\u201c{}\u201d", " '{}' "])
+def test_client_link_pasted_with_quotes_is_accepted(quote: str) -> None:
+    result = run_cli("client", "-s", quote.format("anytls://pw@[::1]:28443/"), "--print-config")
+    assert result.returncode == 0, result.stderr
+    assert "[::1]:28443" in result.stdout

@@ -121,8 +121,8 @@ def test_client_workers_share_the_local_port_each_with_its_own_pool(tmp_path: Pa
                     writer.close()
 
         asyncio.run(traffic())
-        # Each process served some of the 40 connections (SO_REUSEPORT spreads them) and
-        # keeps the session it used in its own pool.
+        # Each process served some of the 40 connections (all accept on the parent's socket)
+        # and keeps the session it used in its own pool.
         assert all(_socket_fds(pid) > before[pid] for pid in pids)
         assert "2 workers" in client.log_text()
         client.proc.send_signal(signal.SIGTERM)
@@ -137,8 +137,28 @@ def test_worker_count_defaults_and_port_zero(caplog: pytest.LogCaptureFixture) -
     assert _run.worker_count(3, Address("127.0.0.1", 1080)) == 3
     assert _run.worker_count(0, Address("127.0.0.1", 1080)) == _run.default_workers()
     assert [_run.default_workers(n) for n in (1, 2, 3, 8)] == [1, 1, 3, 8]
-    assert _run.worker_count(1, Address("127.0.0.1", 0)) == 1
-    with caplog.at_level("WARNING"):
-        assert _run.worker_count(4, Address("127.0.0.1", 0)) == 1
-    assert "port 0" in caplog.text
+    # Port 0 works with workers too: the parent binds it once and they share the socket.
+    assert _run.worker_count(4, Address("127.0.0.1", 0)) == 4
     assert not _run.forked()  # nothing was forked in this process
+
+
+def test_worker_lines_carry_the_worker_id_and_reload_errors_come_once(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "server.toml"
+    config.write_text('workers = 3\n[users]\nalice = "a-long-password"\n')
+    with AnyTLSProcess.server(port, ["-c", str(config)], tmp_path) as server:
+        assert server.proc is not None
+        for index in (1, 2):
+            server.wait_log_sync(
+                rf"\[worker {index}\] DEBUG anytls.server: worker {index} accepting"
+            )
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_log_sync(r"INFO anytls.server: reloaded \(1 user\)")
+        for index in (1, 2):
+            server.wait_log_sync(rf"\[worker {index}\] DEBUG anytls.server: reloaded \(1 user\)")
+        config.write_text("workers = [\n")  # broken
+        server.proc.send_signal(signal.SIGHUP)
+        for index in (1, 2):
+            server.wait_log_sync(rf"\[worker {index}\] DEBUG anytls.server: reload failed")
+        errors = server.log_lines(r"ERROR .*reload failed")
+        assert len(errors) == 1 and "[worker" not in errors[0], errors

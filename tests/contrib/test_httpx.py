@@ -140,7 +140,7 @@ async def test_shared_client_timeouts_cancellation_and_errors(
 
 @async_test
 async def test_link_errors_and_unix_socket() -> None:
-    with pytest.raises(Exception, match="not an anytls URI"):
+    with pytest.raises(Exception, match="is a socks5:// link, not an AnyTLS one"):
         AnyTLSTransport("socks5://127.0.0.1:1080")
     with pytest.raises(Exception, match="no password"):
         AnyTLSTransport("anytls://127.0.0.1:8443/")

@@ -26,7 +26,9 @@ async def anytls_server(
 ) -> AsyncIterator[str]:
     """Run an AnyTLS server of ``kind`` on loopback; yield a link to it (self-signed)."""
     if kind == "ours":
-        server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0)
+        server = await serve(
+            ServerConfig(users={"u": PASSWORD}, allow_private=True), "127.0.0.1", 0
+        )
         try:
             port = server.sockets[0].getsockname()[1]
             yield f"anytls://{PASSWORD}@127.0.0.1:{port}/?insecure=1"

@@ -40,3 +40,18 @@ def test_wrong_password() -> None:
 def test_short_preface_needs_more() -> None:
     reader = PrefaceReader({"a": "pw"})
     assert reader.feed(build_preface("pw", 30)[:40]) is None
+
+
+def test_user_table_finds_users_by_digest() -> None:
+    from anytls.core.auth import UserTable, password_hash
+
+    users = {f"u{i}": f"pw{i}" for i in range(10_000)}
+    table = UserTable(users)
+    assert len(table) == 10_000 and table["u7"] == "pw7" and list(table)[:2] == ["u0", "u1"]
+    assert table.lookup(password_hash("pw9999")) == "u9999"
+    assert table.lookup(password_hash("nope")) is None
+    # Two users with one password: the first one wins, as the list order says.
+    assert UserTable({"a": "same", "b": "same"}).lookup(password_hash("same")) == "a"
+    reader = PrefaceReader(table)
+    assert reader.feed(build_preface("pw42", 3) + b"rest") == "u42"
+    assert reader.leftover == b"rest"

@@ -9,7 +9,9 @@
 
 The program is the console script next to ``sys.executable`` (``.venv/bin/anytls-client``)
 when it exists, else ``python -m anytls client``. stderr+stdout go to ``<name>.log`` in the
-work directory; the log level is ``debug`` unless the arguments say otherwise. Start-up
+work directory; the log level is ``debug`` unless the arguments say otherwise. A server gets
+``--allow-private`` (tests proxy to loopback targets) unless ``allow_private=False`` or the
+arguments say ``--deny-private``. Start-up
 waits until the port accepts TCP *and* the program logged its "listening" line (so a port
 taken by someone else is caught). On exit: SIGTERM, then SIGKILL after 5 s, then reap; an
 ``atexit`` hook kills anything never exited.
@@ -59,6 +61,7 @@ class AnyTLSProcess(ManagedProcess):
         name: str | None = None,
         listen_host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
+        allow_private: bool = True,
     ) -> None:
         if kind not in _READY:
             raise ValueError(f"kind must be 'server' or 'client', not {kind!r}")
@@ -69,6 +72,9 @@ class AnyTLSProcess(ManagedProcess):
         self.name = name or f"anytls-{kind}"
         self.log_path = self.workdir / f"{self.name}.log"
         argv = [*program(kind), "-l", f"{listen_host}:{listen_port}", *args]
+        if kind == "server" and allow_private and "--deny-private" not in args:
+            # Tests proxy to loopback echo servers, which a default server refuses.
+            argv.append("--allow-private")
         if "--log-level" not in args:
             argv += ["--log-level", "debug"]
         self.argv = argv
@@ -111,12 +117,18 @@ class AnyTLSProcess(ManagedProcess):
             if remaining <= 0:
                 self._fail(f"did not listen on {self.host}:{self.port} in time")
             try:
-                yield WaitPort(self.host, self.port, min(0.5, remaining))
+                yield WaitPort(self.connect_host, self.port, min(0.5, remaining))
             except TimeoutError:
                 continue
             if self._ready():
                 break
             yield Sleep(0.02)
+
+    @property
+    def connect_host(self) -> str:
+        """Where to connect to reach the listener (a wildcard means loopback)."""
+        host = self.host.strip("[]")
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
     def stop_sync(self) -> None:
         self._stop_sync()

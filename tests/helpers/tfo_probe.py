@@ -37,7 +37,9 @@ def syn_data(sock: socket.socket) -> bool:
 
 async def main(fast_open: bool, sessions: int) -> dict[str, object]:
     server = await serve(
-        ServerConfig(users={"u": PASSWORD}, tcp_fast_open=fast_open), "127.0.0.1", 0
+        ServerConfig(users={"u": PASSWORD}, allow_private=True, tcp_fast_open=fast_open),
+        "127.0.0.1",
+        0,
     )
     port = server.sockets[0].getsockname()[1]
     config = ClientConfig(

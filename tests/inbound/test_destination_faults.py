@@ -43,7 +43,9 @@ async def http_connect_status(port: int, target: str) -> int:
 def test_refused_reset_and_stalled_destinations() -> None:
     async def main() -> None:
         server = await serve(
-            ServerConfig(users={"u": PASSWORD}, connect_timeout=1.0), "127.0.0.1", 0
+            ServerConfig(users={"u": PASSWORD}, allow_private=True, connect_timeout=1.0),
+            "127.0.0.1",
+            0,
         )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig(
@@ -99,7 +101,9 @@ def test_refused_reset_and_stalled_destinations() -> None:
 def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
     async def main() -> None:
         server = await serve(
-            ServerConfig(users={"u": PASSWORD}, connect_timeout=30.0), "127.0.0.1", 0
+            ServerConfig(users={"u": PASSWORD}, allow_private=True, connect_timeout=30.0),
+            "127.0.0.1",
+            0,
         )
         port = server.sockets[0].getsockname()[1]
         config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, wait_for_synack=True)

@@ -456,9 +456,10 @@ async def test_server_unreachable_by_default(tmp_path: Path) -> None:
                     await reader.read()
             finally:
                 await aclose(writer)
+            # Logged once a minute at WARNING, with the likely cause.
             await cli.wait_log(
-                r"CONNECT example\.com:80 failed: cannot connect to 127\.0\.0\.1.*"
-                r"\(local connection reset\)"
+                r"WARNING .*CONNECT example\.com:80 failed \(local connection reset\): "
+                r"cannot connect to 127\.0\.0\.1"
             )
             _, out, _ = await curl(
                 "-x",

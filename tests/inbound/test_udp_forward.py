@@ -133,7 +133,9 @@ async def setup(
     **fwd_kwargs: object,
 ) -> AsyncIterator[tuple[AnyTLSServer, Client, UdpForwarder, tuple[str, int]]]:
     """Our server + client + a forwarder to ``target`` (default: an echo server)."""
-    config = ServerConfig(users={"u": PASSWORD}, udp_idle_timeout=server_timeout)
+    config = ServerConfig(
+        users={"u": PASSWORD}, allow_private=True, udp_idle_timeout=server_timeout
+    )
     server = await serve(config, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True))

@@ -76,7 +76,9 @@ async def stalling_relay(target_port: int) -> AsyncIterator[tuple[int, asyncio.E
 
 def test_stalled_network_frees_everything_on_both_sides() -> None:
     async def main() -> None:
-        config = ServerConfig(users={"u": PASSWORD}, heartbeat_interval=0.3, heartbeat_timeout=0.5)
+        config = ServerConfig(
+            users={"u": PASSWORD}, allow_private=True, heartbeat_interval=0.3, heartbeat_timeout=0.5
+        )
         server = await serve(config, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with tcp_echo_server() as echo, stalling_relay(port) as (relay, stall):

@@ -32,7 +32,7 @@ def test_real_client_address_through_haproxy(
     caplog.set_level(logging.INFO, logger="anytls")
 
     async def main() -> None:
-        config = ServerConfig(users={"u": PASSWORD}, accept_proxy_protocol=True)
+        config = ServerConfig(users={"u": PASSWORD}, allow_private=True, accept_proxy_protocol=True)
         server = await serve(config, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         front = free_port()
@@ -78,7 +78,7 @@ def test_missing_proxy_header_is_rejected(caplog: pytest.LogCaptureFixture) -> N
     caplog.set_level(logging.INFO, logger="anytls")
 
     async def main() -> None:
-        config = ServerConfig(users={"u": PASSWORD}, accept_proxy_protocol=True)
+        config = ServerConfig(users={"u": PASSWORD}, allow_private=True, accept_proxy_protocol=True)
         server = await serve(config, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         client = Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, connect_timeout=3))

@@ -23,7 +23,7 @@ PASSWORD = "pool-interop"
 async def our_server(cert_pair: tuple[Path, Path], **kwargs: object) -> tuple[AnyTLSServer, int]:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(*cert_pair)
-    config = ServerConfig(users={"sb": PASSWORD}, **kwargs)  # type: ignore[arg-type]
+    config = ServerConfig(users={"sb": PASSWORD}, **{"allow_private": True, **kwargs})  # type: ignore[arg-type]
     server = await serve(config, "127.0.0.1", 0, ssl_context=ctx)
     return server, server.sockets[0].getsockname()[1]
 

@@ -84,7 +84,7 @@ async def singbox_client(
 async def inprocess_server(**config: object) -> AsyncIterator[tuple[AnyTLSServer, int]]:
     """``anytls.serve`` on loopback with its self-signed default certificate."""
     server = await serve(
-        ServerConfig(users={"alice": PASSWORD}, **config),  # type: ignore[arg-type]
+        ServerConfig(users={"alice": PASSWORD}, **{"allow_private": True, **config}),  # type: ignore[arg-type]
         "127.0.0.1",
         0,
     )

@@ -218,7 +218,7 @@ class _OurServer:
 
     async def __aenter__(self) -> int:
         ctx = server_context(str(self.certs[0]), str(self.certs[1]))
-        config = ServerConfig(users={"u": PASSWORD}, padding=self.scheme)
+        config = ServerConfig(users={"u": PASSWORD}, allow_private=True, padding=self.scheme)
         self.server = await serve(config, "127.0.0.1", 0, ssl_context=ctx)
         return int(self.server.sockets[0].getsockname()[1])
 

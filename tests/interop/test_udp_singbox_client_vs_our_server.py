@@ -145,7 +145,9 @@ async def test_in_process_server_one_socket_per_family(
     stream with one UDP socket per address family."""
     cert, key = cert_pair
     ctx = server_context(str(cert), str(key))
-    server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0, ssl_context=ctx)
+    server = await serve(
+        ServerConfig(users={"u": PASSWORD}, allow_private=True), "127.0.0.1", 0, ssl_context=ctx
+    )
     port = server.sockets[0].getsockname()[1]
     mixed = free_port_tcp_udp()
     try:

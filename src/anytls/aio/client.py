@@ -43,6 +43,7 @@ from ..errors import (
     StreamOpenError,
 )
 from .connection import SessionConnection
+from .diagnose import FailureLog
 from .stream import Stream
 
 log = logging.getLogger("anytls.client")
@@ -196,8 +197,26 @@ class ClientConnection(SessionConnection):
         self.client._stream_closed(self)
 
     def close(self, reason: str = "closed", abort: bool = False) -> None:
+        reason = self._answered_in_http() or reason
         super().close(reason, abort)
         self.client._session_closed(self, reason)  # leaves the pool at once
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_reason = self._close_reason or self._answered_in_http()
+        super().connection_lost(exc)
+
+    def _answered_in_http(self) -> str | None:
+        """The reason to give when the server's first bytes were an HTTP response."""
+        if self.core.frames_received:
+            return None
+        first = self.core.unparsed()
+        if not first.startswith(b"HTTP/"):
+            return None
+        status = first.split(b"\r\n", 1)[0].decode("latin-1", "replace")
+        return (
+            f"the server answered in HTTP ({status!r}): a web server, not AnyTLS, answers "
+            "there (wrong port, or a wrong password sent to the server's fallback site)"
+        )
 
     def session_closed(self, reason: str) -> None:
         if not self.version_known.done():
@@ -342,6 +361,8 @@ class Client:
         from .tls import client_context, normalise_pin, warn_insecure
 
         self.config = config
+        #: Failures to reach the server, logged once per cause per minute by the inbounds.
+        self.failures = FailureLog(logging.getLogger("anytls.inbound"))
         self.pin = normalise_pin(config.pin_sha256) if config.pin_sha256 else None
         if config.insecure and self.pin is None:
             warn_insecure(f"{config.server_host}:{config.server_port}")
@@ -409,6 +430,13 @@ class Client:
                 "for a self-signed server use its share link (it pins the certificate with "
                 "pinSHA256), for a private CA --ca"
             ) from exc
+        except ssl.SSLError as exc:
+            if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
+                raise SessionClosedError(
+                    f"{where} does not speak TLS (it answered the TLS handshake with something "
+                    "else, e.g. plain HTTP): check the server's port"
+                ) from exc
+            raise SessionClosedError(f"cannot connect to {where}: {exc}") from exc
         except OSError as exc:
             raise SessionClosedError(f"cannot connect to {where}: {exc}") from exc
         if self._closed:

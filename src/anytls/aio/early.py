@@ -254,12 +254,22 @@ class EarlyRelay:
         if transport.is_closing():
             return
         answered = self.stream is not None and self.stream.bytes_received
-        if self.failure is not None and not answered:
-            log.info("%s %s failed: %s", self.label, self.destination, error)
+        replied = self.failure is not None and not answered
+        what = f"{self.label} {self.destination} failed"
+        if isinstance(error, SessionClosedError):
+            # The server could not be reached or refused us: say why, once a minute.
+            self.client.failures.report(
+                what if replied else f"{what} (local connection reset)", error
+            )
+        elif replied:
+            log.info("%s: %s", what, error)
+        else:
+            log.info("%s: %s (local connection reset)", what, error)
+        if replied:
+            assert self.failure is not None
             transport.write(self.failure(error))
             transport.close()
             return
-        log.info("%s %s failed: %s (local connection reset)", self.label, self.destination, error)
         reset(transport)
 
 

@@ -1,7 +1,8 @@
 """Destination policy for the server: which addresses streams may reach.
 
-With ``deny_private`` the server refuses loopback, private, link-local, multicast and
-other non-global destinations (an SSRF guard for shared servers). Names are resolved
+By default the server refuses loopback, private, link-local, multicast and other
+non-global destinations (an SSRF guard: the server's own services, its LAN and the cloud
+metadata endpoint stay out of reach); ``allow_private`` opts out. Names are resolved
 here first and the *checked* address is what gets dialled, so a DNS answer cannot swap
 in a private address afterwards.
 """
@@ -27,13 +28,47 @@ def family_of(ip: str) -> int:
     return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
+#: IPv6 prefixes that carry an IPv4 address in their low 32 bits (NAT64 well-known
+#: prefix, IPv4-compatible ::a.b.c.d); the embedded address is checked too.
+_EMBEDS_LOW32 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+#: IPv6 ranges refused outright: local-use NAT64 (RFC 8215) translates to anything.
+_REFUSED_V6 = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+#: 6to4: an IPv4 address in bits 16..47.
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+#: Shared address space (carrier-grade NAT), which Python's ``is_global`` calls neither.
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+def _not_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (
+        not addr.is_global
+        or addr.is_multicast
+        or addr.is_unspecified
+        or (isinstance(addr, ipaddress.IPv4Address) and addr in _CGNAT)
+    )
+
+
 @functools.lru_cache(maxsize=4096)
 def is_private(ip: str) -> bool:
-    """True for addresses a public proxy should not reach (cached: UDP asks per datagram)."""
+    """True for addresses a public proxy should not reach (cached: UDP asks per datagram).
+
+    Loopback, RFC 1918, link-local (cloud metadata 169.254.169.254), CGNAT 100.64/10,
+    unique-local fc00::/7, unspecified, multicast, reserved ranges, and IPv6 forms that
+    embed such an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4).
+    """
     addr = ipaddress.ip_address(ip.split("%")[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return not addr.is_global or addr.is_multicast
+    if _not_public(addr):
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return _not_public(addr.ipv4_mapped)
+        if any(addr in net for net in _REFUSED_V6):
+            return True
+        if any(addr in net for net in _EMBEDS_LOW32):
+            return _not_public(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
+        if addr in _SIX_TO_FOUR:
+            return _not_public(ipaddress.IPv4Address((int(addr) >> 80) & 0xFFFFFFFF))
+    return False
 
 
 async def lookup(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:

@@ -18,11 +18,13 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.address import Address, AddressReader
+from ..core.auth import UserTable
+from ..core.auth_limit import AuthFailureLimiter, source_key
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
 from ..core.proxy_protocol import V2_MAX, parse_proxy_header
@@ -31,6 +33,7 @@ from ..core.uot import uot_version
 from ..errors import AuthenticationError, RemoteProtocolError
 from .buffers import shared_buffer
 from .connection import SessionConnection
+from .limits import DeviceLimitExceeded, Limiter, SessionThrottle, UserPolicy
 from .outbound import DestinationDenied, resolve_allowed
 from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
@@ -76,8 +79,11 @@ class ServerConfig:
     """Seconds to wait for the heartbeat answer before the session is closed."""
     udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     """Seconds without a datagram before a UDP-over-TCP stream is closed."""
+    allow_private: bool = False
+    """Let streams reach loopback, private, link-local, CGNAT and ULA destinations (by
+    default they are refused, checked after name resolution: an SSRF guard)."""
     deny_private: bool = False
-    """Refuse loopback, private and link-local destinations (SSRF guard)."""
+    """Kept for compatibility: True refuses private destinations even with allow_private."""
     fallback: Address | None = None
     """Relay connections that fail authentication to this web server instead of closing."""
     stream_buffer: int = 256 * 1024
@@ -91,8 +97,15 @@ class ServerConfig:
     ``net.ipv4.tcp_fastopen`` with bit 2 set)."""
     max_connections: int = 4096
     """Simultaneous TLS connections accepted (0 = no limit)."""
+    auth_fail_limit: int = 10
+    """Failed authentications per minute per source (IPv4 address, IPv6 /64) after which
+    its attempts fail without a password check, answered as a wrong password (0 = off)."""
     version: int = 2
     """Protocol version to speak (1 only for testing v1 interop)."""
+    speed_limit: float = 0.0
+    """Mbit/s per user and direction, for users without their own (0 = none)."""
+    limits: Mapping[str, UserPolicy] = field(default_factory=dict)
+    """User name → its own limits (speed, devices); see :mod:`anytls.aio.limits`."""
 
     @functools.cached_property
     def session_config(self) -> SessionConfig:
@@ -104,6 +117,11 @@ class ServerConfig:
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
         )
+
+    @property
+    def refuse_private(self) -> bool:
+        """True when private destinations are refused (the default)."""
+        return self.deny_private or not self.allow_private
 
 
 def _dial_error_text(exc: BaseException, destination: Address) -> str:
@@ -133,6 +151,13 @@ def _dial_error_text(exc: BaseException, destination: Address) -> str:
 def _dial_options(loop_module: str) -> dict[str, Any]:
     # Happy eyeballs for dual-stack names; uvloop's create_connection lacks the option.
     return {} if loop_module.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
+
+
+def _now() -> float:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return 0.0
 
 
 class _HeldSocketSide(SocketSide):
@@ -175,15 +200,16 @@ class _ServerStream(asyncio.Protocol):
             data = self.reader.leftover
             version = uot_version(destination)
             if version is not None:
-                UotServerRelay(
+                relay = UotServerRelay(
                     self.connection,
                     self.stream,
                     version,
                     data,
                     self.connection.config.udp_idle_timeout,
-                    deny_private=self.connection.config.deny_private,
+                    deny_private=self.connection.config.refuse_private,
                     stats=self.connection.user_stats,
                 )
+                relay.paused = self.connection._write_paused
                 return
             self.task = self.connection.start_task(self.dial(destination))
         if data:
@@ -221,7 +247,7 @@ class _ServerStream(asyncio.Protocol):
         timer = loop.call_later(config.connect_timeout, self._dial_timed_out)
         try:
             host = destination.host
-            if config.deny_private:
+            if config.refuse_private:
                 # Dial the address that was checked, never the name again.
                 host = (await resolve_allowed(destination, True))[0][1]
             transport, _ = await loop.create_connection(
@@ -263,7 +289,10 @@ class _ServerStream(asyncio.Protocol):
         transport.set_write_buffer_limits(high=config.stream_buffer)
         stream.set_protocol(StreamSide(transport))
         stream.resume_reading()
-        transport.resume_reading()
+        # The session's producers may be paused (congested TLS, or a speed limit) since
+        # before this protocol existed: then its resume_writing starts the reads.
+        if not self.connection._write_paused:
+            transport.resume_reading()
 
 
 def _is_acme_validation(transport: asyncio.BaseTransport) -> bool:
@@ -277,7 +306,7 @@ class ServerConnection(SessionConnection):
     def __init__(self, server: AnyTLSServer, real_peer: tuple[str, int] | None = None) -> None:
         config = server.config
         super().__init__(
-            Session.server(config.users, config.session_config, padding=config.padding)
+            Session.server(server.user_table, config.session_config, padding=config.padding)
         )
         self.server = server
         self.config = config
@@ -288,6 +317,15 @@ class ServerConnection(SessionConnection):
         #: This session's user's counters, once authenticated.
         self.user_stats: UserStats | None = None
         self.authenticated_at: float | None = None
+        #: The client's IP address (the real one behind a PROXY-protocol balancer).
+        self.client_ip = real_peer[0] if real_peer is not None else ""
+        #: Speed limit of this session's user, if it has one.
+        self.throttle: SessionThrottle | None = None
+        #: True while the TLS transport asked us to stop writing.
+        self.tls_congested = False
+        self._admitted = False
+        #: Over --auth-fail-limit: this preface fails whatever it says.
+        self.limited = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -300,6 +338,9 @@ class ServerConnection(SessionConnection):
         if self._real_peer is not None:
             # Behind a PROXY-protocol balancer: log and limit the real client.
             self.peer = str(Address(*self._real_peer))
+        else:
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         limit = self.config.max_connections
         if limit and len(self.server.connections) >= limit:
             log.warning("refused %s: %d connections already open (limit)", self.peer, limit)
@@ -309,6 +350,11 @@ class ServerConnection(SessionConnection):
             self.close("server shutting down", abort=True)
             return
         self.server.connections.add(self)
+        if self.server.auth_limiter.limited(
+            self.client_ip, self.loop.time(), self.config.auth_fail_limit
+        ):
+            self.limited = True
+            self.core.refuse_preface()
         self._preface_timer = self.loop.call_later(
             self.config.preface_timeout, self._preface_timed_out
         )
@@ -318,8 +364,23 @@ class ServerConnection(SessionConnection):
         if self._preauth is not None and len(self._preauth) < PREAUTH_LIMIT:
             self._preauth += shared_buffer()[:nbytes]
         super().buffer_updated(nbytes)
+        if self.throttle is not None:
+            self.throttle.received(nbytes)
         if self._preauth is not None and self.core.user is not None:
             self._preauth = None
+
+    def pause_writing(self) -> None:
+        self.tls_congested = True
+        super().pause_writing()
+
+    def resume_writing(self) -> None:
+        self.tls_congested = False
+        if self.throttle is None or not self.throttle.down_paused:
+            super().resume_writing()
+
+    #: The streams' producers stop / go on (TLS congestion or a speed limit).
+    pause_producers = SessionConnection.pause_writing
+    resume_producers = SessionConnection.resume_writing
 
     def _preface_timed_out(self) -> None:
         self._preface_timer = None
@@ -327,20 +388,39 @@ class ServerConnection(SessionConnection):
 
     def protocol_error(self, exc: RemoteProtocolError) -> None:
         if self.core.user is None:
-            reason = "wrong password" if isinstance(exc, AuthenticationError) else str(exc)
-            self._reject(f"{reason} ({exc})" if reason != str(exc) else reason)
+            if not isinstance(exc, AuthenticationError):
+                self._reject(str(exc))
+                return
+            self._auth_failed()
+            if self.limited:
+                self._reject("auth-fail-limit reached, password not checked", logging.DEBUG)
+            else:
+                self._reject(f"wrong password ({exc})")
             return
         log.info("closing session with %s: %s", self.peer, exc)
         self.close(str(exc), abort=True)
 
-    def _reject(self, reason: str) -> None:
+    def _auth_failed(self) -> None:
+        limit = self.config.auth_fail_limit
+        if self.server.auth_limiter.failed(self.client_ip, self.loop.time(), limit):
+            log.warning(
+                "%s failed to authenticate %d times within a minute (--auth-fail-limit): "
+                "its attempts fail without a password check for the rest of the minute",
+                source_key(self.client_ip),
+                limit,
+                extra={"event": "auth_fail_limit", "source": source_key(self.client_ip)},
+            )
+
+    def _reject(self, reason: str, level: int = logging.INFO) -> None:
         self.server.stats.rejected += 1
         fallback = self.config.fallback
         if fallback is None or self.transport is None or self.transport.is_closing():
-            log.info("rejected %s: %s", self.peer, reason)
+            log.log(level, "rejected %s: %s", self.peer, reason)
             self._refuse(reason)
             return
-        log.info("rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback)
+        log.log(
+            level, "rejected %s: %s; relaying it to the fallback %s", self.peer, reason, fallback
+        )
         if self._preface_timer is not None:
             self._preface_timer.cancel()
             self._preface_timer = None
@@ -390,6 +470,8 @@ class ServerConnection(SessionConnection):
             if self._preface_timer is not None:
                 self._preface_timer.cancel()
                 self._preface_timer = None
+            if self.server.limiter.active and not self._admit(event.user):
+                return
             self.server.sessions_accepted += 1
             self.user_stats = self.server.stats.session_opened(self, event.user)
             self.authenticated_at = self.loop.time()
@@ -403,6 +485,44 @@ class ServerConnection(SessionConnection):
             log.debug(
                 "%s settings %s (peer version %d)", self.peer, event.settings, event.peer_version
             )
+
+    def _admit(self, user: str) -> bool:
+        try:
+            throttle = self.server.limiter.admit(self, user, self.client_ip)
+        except DeviceLimitExceeded as exc:
+            self.server.stats.rejected += 1
+            log.warning(
+                "refused %s: %s",
+                self.peer,
+                exc,
+                extra={"event": "device_limit", "peer": self.peer, "user": user},
+            )
+            self.close("device limit", abort=True)
+            return False
+        self._admitted = True
+        if throttle is not None:
+            self._throttle(throttle)
+        return True
+
+    def _throttle(self, throttle: SessionThrottle) -> None:
+        self.throttle = throttle
+        self.flush = throttle.flush  # type: ignore[method-assign]
+
+    def limits_changed(self) -> None:
+        """New limits: an open session follows its user's speed limit from now on."""
+        user = self.core.user
+        if user is None or self.is_closed:
+            return
+        limiter = self.server.limiter
+        if not self._admitted:
+            self._admitted = True
+            throttle = limiter.track(self, user, self.client_ip)
+        elif self.throttle is None:
+            throttle = limiter.throttle_for(self, user)
+        else:
+            return  # its throttle reads the user's buckets, whose rate was just changed
+        if throttle is not None:
+            self._throttle(throttle)
 
     def start_task(self, coro: object) -> asyncio.Task[None]:
         """Run ``coro`` owned by this connection (cancelled when it closes)."""
@@ -444,6 +564,11 @@ class ServerConnection(SessionConnection):
         self.server.connections.discard(self)
         if self.user_stats is not None:
             self.server.stats.session_closed(self, self.user_stats)
+        if self._admitted and self.core.user is not None:
+            self._admitted = False
+            self.server.limiter.release(self.core.user, self.client_ip)
+        if self.throttle is not None:
+            self.throttle.cancel()
         if self.core.user is not None:
             duration = self.loop.time() - (self.authenticated_at or self.loop.time())
             log.info(
@@ -514,8 +639,15 @@ class AnyTLSServer:
         self.stats = ServerStats(lambda: len(self.connections))
         for name in config.users:
             self.stats.user(name)  # every configured user is reported, even at zero
+        #: The users indexed by password digest, shared by every new session.
+        self.user_table = UserTable(config.users)
+        #: Per-user speed and device limits (see :mod:`anytls.aio.limits`).
+        self.limiter = Limiter()
+        self.limiter.configure(config.limits, UserPolicy(config.speed_limit), 0.0)
         #: True once :meth:`shutdown` began: no new connections or streams.
         self.draining = False
+        #: Failed authentications per source, for ``config.auth_fail_limit``.
+        self.auth_limiter = AuthFailureLimiter()
         self._ssl_current = ssl_context
         self._previous_sni: Callable[..., int | None] | None = None
         #: Picks another context for some handshakes (see :meth:`set_challenge_responder`).
@@ -536,6 +668,11 @@ class AnyTLSServer:
             self.config = config
             for name in config.users:
                 self.stats.user(name)
+            self.user_table = UserTable(config.users)
+            self.limiter.configure(config.limits, UserPolicy(config.speed_limit), _now())
+            if self.limiter.active:
+                for conn in list(self.connections):
+                    conn.limits_changed()
         if ssl_context is not None and ssl_context is not self._ssl_current:
             self._ssl_current = ssl_context
             self._hook_sni()
@@ -585,9 +722,38 @@ class AnyTLSServer:
         listening = [s for srv in self.servers for s in srv.sockets]
         return listening + self._raw_sockets
 
-    async def start(self, host: str | None, port: int, **kwargs: Any) -> None:
-        """Bind and start accepting (``reuse_port=True`` lets worker processes share it)."""
+    async def start(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        sockets: list[socket.socket] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Bind and start accepting (``reuse_port=True`` lets worker processes share it).
+
+        ``sockets``: accept on these listening sockets (bound by the caller, e.g. before
+        forking workers) instead of binding ``host:port``.
+        """
         loop = asyncio.get_running_loop()
+        if sockets is not None:
+            for sock in sockets:
+                if self.config.tcp_fast_open:
+                    self._enable_fast_open(sock)  # Linux takes it on a listening socket
+                if self.config.accept_proxy_protocol:
+                    self._raw_sockets.append(sock)
+                    self._track(loop.create_task(self._accept_loop(sock)))
+                    continue
+                self.servers.append(
+                    await loop.create_server(
+                        lambda: ServerConnection(self),
+                        sock=sock,
+                        ssl=self.ssl_context,
+                        ssl_handshake_timeout=self.config.handshake_timeout,
+                        backlog=LISTEN_BACKLOG,
+                    )
+                )
+            return
         if self.config.accept_proxy_protocol:
             await self._start_proxied(host, port, bool(kwargs.get("reuse_port")))
             return
@@ -674,6 +840,26 @@ class AnyTLSServer:
         self._raw_sockets.clear()
         for server in self.servers:
             server.close()
+
+    def kick(self, users: Iterable[str], reason: str = "kicked") -> int:
+        """Close every session of ``users`` at once (their streams end); returns how many."""
+        closed = 0
+        for name in users:
+            stats = self.stats.users.get(name)
+            if stats is None:
+                continue
+            for conn in list(stats.sessions):
+                if isinstance(conn, ServerConnection):
+                    log.info(
+                        "closing session from %s (user %s): %s",
+                        conn.peer,
+                        name,
+                        reason,
+                        extra={"event": "kick", "peer": conn.peer, "user": name},
+                    )
+                    conn.close(reason, abort=True)
+                    closed += 1
+        return closed
 
     @property
     def open_streams(self) -> int:

@@ -32,8 +32,9 @@ from .. import __version__
 
 log = logging.getLogger("anytls.stats")
 
-#: A snapshot: ``{"users": {name: {field: int}}, "connections": int, "rejected": int,
-#: "workers": int, "started": float}``; plain data, JSON-serialisable.
+#: A snapshot: ``{"users": {name: {field: int}}, "online": {name: [client IPs]},
+#: "connections": int, "rejected": int, "workers": int, "started": float}``; plain data,
+#: JSON-serialisable.
 Snapshot = dict[str, Any]
 
 USER_FIELDS = (
@@ -52,6 +53,7 @@ class _Session(Protocol):
     bytes_in: int
     bytes_out: int
     streams: dict[int, Any]
+    client_ip: str
 
 
 class UserStats:
@@ -146,10 +148,32 @@ class ServerStats:
             stats.closed_up += conn.bytes_in
             stats.closed_down += conn.bytes_out
 
+    def online(self) -> dict[str, list[str]]:
+        """User → the client IP addresses of its live sessions (users with any)."""
+        return {
+            name: sorted({getattr(conn, "client_ip", "") for conn in user.sessions})
+            for name, user in self.users.items()
+            if user.sessions
+        }
+
+    def traffic(self) -> dict[str, list[int]]:
+        """User → ``[up, down]`` bytes since start, for users that moved any."""
+        out: dict[str, list[int]] = {}
+        for name, user in self.users.items():
+            up = user.closed_up
+            down = user.closed_down
+            for conn in user.sessions:
+                up += conn.bytes_in
+                down += conn.bytes_out
+            if up or down:
+                out[name] = [up, down]
+        return out
+
     def snapshot(self) -> Snapshot:
         """Everything now, as plain data."""
         return {
             "users": {name: user.snapshot() for name, user in self.users.items()},
+            "online": self.online(),
             "connections": self._connections(),
             "rejected": self.rejected,
             "workers": 1,
@@ -159,14 +183,24 @@ class ServerStats:
 
 def empty_snapshot() -> Snapshot:
     """A snapshot of a server that has seen nothing."""
-    return {"users": {}, "connections": 0, "rejected": 0, "workers": 0, "started": time.time()}
+    return {
+        "users": {},
+        "online": {},
+        "connections": 0,
+        "rejected": 0,
+        "workers": 0,
+        "started": time.time(),
+    }
 
 
 def merge_snapshots(snapshots: Iterable[Snapshot]) -> Snapshot:
     """Add up the snapshots of several worker processes."""
     out = empty_snapshot()
     users: dict[str, dict[str, int]] = out["users"]
+    online: dict[str, list[str]] = out["online"]
     for snap in snapshots:
+        for name, ips in snap.get("online", {}).items():
+            online[name] = sorted(set(online.get(name, ())) | set(ips))
         out["connections"] += snap.get("connections", 0)
         out["rejected"] += snap.get("rejected", 0)
         out["workers"] += snap.get("workers", 1)
@@ -376,12 +410,33 @@ async def log_summaries(
 # ---------------------------------------------------------------------- worker channel
 
 
-async def serve_snapshot_requests(sock: socket.socket, snapshot: Callable[[], Snapshot]) -> None:
-    """Worker side: answer every request line on ``sock`` with one JSON snapshot line."""
-    reader, writer = await asyncio.open_connection(sock=sock)
+#: A worker's handler of parent commands: ``{"op": ..., ...}`` → a JSON-able answer.
+CommandHandler = Callable[[dict[str, Any]], Any]
+
+
+async def serve_snapshot_requests(
+    sock: socket.socket,
+    snapshot: Callable[[], Snapshot],
+    command: CommandHandler | None = None,
+) -> None:
+    """Worker side: answer every request line on ``sock`` with one JSON line.
+
+    A line ``S`` asks for the :meth:`ServerStats.snapshot`; a JSON object line is a
+    command for ``command`` (kick users, new users, traffic ...; see
+    :meth:`SnapshotChannel.command`).
+    """
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**26)
     try:
-        while await reader.readline():
-            writer.write(json.dumps(snapshot()).encode() + b"\n")
+        while line := await reader.readline():
+            if line.startswith(b"{"):
+                try:
+                    answer = command(json.loads(line)) if command is not None else None
+                except Exception:  # pragma: no cover - a bug; answer so the parent goes on
+                    log.exception("worker command failed")
+                    answer = None
+            else:
+                answer = snapshot()
+            writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
     except (OSError, asyncio.IncompleteReadError):
         pass
@@ -400,6 +455,14 @@ class SnapshotChannel:
 
     async def request(self, timeout: float = 2.0) -> Snapshot | None:  # noqa: ASYNC109
         """The worker's snapshot, or None if it does not answer in time."""
+        result: Snapshot | None = await self._ask(b"S\n", timeout)
+        return result
+
+    async def command(self, message: dict[str, Any], timeout: float = 5.0) -> Any:  # noqa: ASYNC109
+        """Send a command object to the worker; its answer (None if it does not answer)."""
+        return await self._ask(json.dumps(message).encode() + b"\n", timeout)
+
+    async def _ask(self, request: bytes, timeout: float) -> Any:  # noqa: ASYNC109
         if self.broken:
             return None
         async with self._lock:
@@ -407,14 +470,13 @@ class SnapshotChannel:
                 if self._streams is None:
                     self._streams = await asyncio.open_connection(sock=self.sock, limit=2**26)
                 reader, writer = self._streams
-                writer.write(b"S\n")
+                writer.write(request)
                 async with asyncio.timeout(timeout):
                     await writer.drain()
                     line = await reader.readline()
                 if not line:
                     raise ConnectionError("worker closed its channel")
-                result: Snapshot = json.loads(line)
-                return result
+                return json.loads(line)
             except (OSError, TimeoutError, ValueError) as exc:
                 # A late answer would desynchronise the line protocol: give up on it.
                 log.debug("worker statistics unavailable: %s", exc)

@@ -224,6 +224,88 @@ def _accept_server_name(obj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContex
     """Accept every server name (the certificate is the same for all)."""
 
 
+def _key_kind(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    kinds = (
+        ((rsa.RSAPrivateKey, rsa.RSAPublicKey), "an RSA"),
+        ((ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey), "an EC"),
+        ((ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey), "an Ed25519"),
+        ((ed448.Ed448PrivateKey, ed448.Ed448PublicKey), "an Ed448"),
+    )
+    return next((name for types, name in kinds if isinstance(key, types)), "another kind of")
+
+
+def certificate_problem(cert: str, key: str | None, exc: BaseException) -> str:
+    """Why ``cert``/``key`` cannot be loaded, in words a user can act on."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    contents: dict[str, bytes] = {}
+    for label, path in (("certificate", cert), ("key", key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                contents[label] = f.read()
+        except OSError as err:
+            return (
+                f"cannot read the {label} file {path!r}: {err.strerror or err}; make it "
+                "readable by the user the server runs as (e.g. group ssl-cert, mode 640)"
+            )
+    cert_data, key_data = contents["certificate"], contents.get("key")
+    if key_data is None:
+        key_data = cert_data
+        if b"PRIVATE KEY-----" not in cert_data:
+            return (
+                f"--cert {cert!r} was given without --key: give --key with the private key "
+                "file (e.g. privkey.pem next to fullchain.pem)"
+            )
+    if b"-----BEGIN CERTIFICATE-----" not in cert_data:
+        if b"PRIVATE KEY-----" in cert_data and b"CERTIFICATE-----" in key_data:
+            return (
+                f"--cert {cert!r} holds a private key and --key {key!r} a certificate: "
+                "the two files are swapped"
+            )
+        if b"PRIVATE KEY-----" in cert_data:
+            return f"--cert {cert!r} holds a private key, not a certificate"
+        return f"--cert {cert!r} is not a PEM certificate (no BEGIN CERTIFICATE line)"
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_data)[0]
+    except ValueError as err:
+        return f"--cert {cert!r}: the certificate cannot be parsed: {err}"
+    try:
+        private = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        return (
+            f"the key {key or cert!r} is protected by a passphrase: store it decrypted "
+            "(openssl pkey -in KEY -out KEY.plain)"
+        )
+    except ValueError:
+        if b"CERTIFICATE-----" in key_data and b"PRIVATE KEY-----" not in key_data:
+            return f"--key {key!r} holds a certificate, not a private key"
+        return f"--key {key or cert!r} is not a PEM private key this program can read"
+    public = certificate.public_key()
+    if _key_kind(public) != _key_kind(private):
+        return (
+            f"the certificate {cert!r} has {_key_kind(public)} key but {key or cert!r} holds "
+            f"{_key_kind(private)} key: they are not a pair; give the key made with this "
+            "certificate"
+        )
+    same = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if not same:
+        return (
+            f"the private key {key or cert!r} does not belong to the certificate {cert!r}: "
+            "give the key made with this certificate (for Let's Encrypt: privkey.pem of "
+            "the same live/ directory)"
+        )
+    return f"cannot load certificate {cert!r} / key {key!r}: {exc}"
+
+
 def server_context(
     cert: str | None = None, key: str | None = None, hosts: list[str] | None = None
 ) -> ssl.SSLContext:
@@ -244,10 +326,7 @@ def server_context(
         try:
             ctx.load_cert_chain(cert, key or None)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load certificate {cert!r} / key {key!r}: {exc}; "
-                "give PEM files readable by this user"
-            ) from exc
+            raise ConfigError(certificate_problem(cert, key, exc)) from exc
     elif key:
         raise ConfigError("--key was given without --cert")
     else:

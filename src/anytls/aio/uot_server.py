@@ -91,6 +91,11 @@ class UotServerRelay(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.datagrams_in = 0
         self.datagrams_out = 0
+        #: True while the session asks its producers to wait (its TLS connection is
+        #: congested, or its user is over a speed limit): replies are dropped meanwhile,
+        #: as a full link drops datagrams, instead of queueing without bound.
+        self.paused = False
+        self.datagrams_dropped = 0
         #: The user's live counters, when the server keeps them.
         self._stats = stats
         if stats is not None:
@@ -244,9 +249,18 @@ class UotServerRelay(asyncio.Protocol):
     def _denied(self, ip: str) -> bool:
         return self.deny_private and is_private(ip)
 
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
     def reply(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         """A datagram arrived on one of our sockets: frame it onto the stream."""
         if self.closed or self.decoder is None:
+            return
+        if self.paused:
+            self.datagrams_dropped += 1
             return
         host, port = str(addr[0]), int(addr[1])
         if self.connect_target is not None:

@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 #: Process ids of the worker processes this (parent) process forked.
 WORKER_PIDS: list[int] = []
@@ -24,8 +25,8 @@ PARENT_CHANNEL: socket.socket | None = None
 def fork_workers(count: int) -> int:
     """Fork ``count - 1`` copies of this process; return this process's worker index.
 
-    Every worker binds the same port with SO_REUSEPORT and the kernel spreads new
-    connections across them. The parent (index 0) terminates and reaps the others when it
+    The parent binds the listening sockets first (:func:`bind_tcp`) and every worker
+    accepts on those same sockets. The parent (index 0) terminates and reaps the others when it
     exits (signal handlers that should reach them, e.g. a reload, can use
     :data:`WORKER_PIDS`); a worker is sent SIGTERM if its parent dies. Each worker gets a
     socket pair to the parent (:data:`WORKER_CHANNELS` / :data:`PARENT_CHANNEL`).
@@ -33,6 +34,10 @@ def fork_workers(count: int) -> int:
     global PARENT_CHANNEL
     if count <= 1 or not hasattr(os, "fork"):
         return 0
+    # A reload (SIGHUP, SIGUSR1) that arrives before a worker's event loop installed its
+    # handler must not kill it: ignored until then.
+    for sig in (signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
     pairs = [socket.socketpair() for _ in range(count - 1)]
     for index in range(1, count):
         pid = os.fork()
@@ -66,28 +71,71 @@ def default_workers(cores: int | None = None) -> int:
     return cores if cores > SMALL_MACHINE_CORES else 1
 
 
+#: Pending connections the kernel queues per listening socket.
+LISTEN_BACKLOG = 4096
+
+
+def bind_tcp(host: str, port: int) -> list[socket.socket]:
+    """Bind and listen on exactly ``host:port``, before any worker is forked.
+
+    ``0.0.0.0`` is IPv4 only; ``::`` is dual-stack (IPv4 and IPv6); an empty host means
+    ``0.0.0.0``; a name gets one socket per address it resolves to. No SO_REUSEPORT: the
+    workers share these sockets, so a second program on the same port fails with "address
+    already in use" instead of silently taking half the connections. Raises ``OSError``.
+    """
+    if host in ("", "0.0.0.0"):
+        targets: list[tuple[int, Any]] = [(socket.AF_INET, ("0.0.0.0", port))]
+    elif host == "::":
+        targets = [(socket.AF_INET6, ("::", port, 0, 0))]
+    else:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        targets = list(dict.fromkeys((family, addr) for family, _, _, _, addr in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, addr in targets:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(host != "::"))
+            sock.bind(addr)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def describe_listen(sockets: list[socket.socket]) -> str:
+    """``0.0.0.0:8443 (IPv4 only)``, ``[::]:8443 (IPv4 and IPv6)`` ... for the log line."""
+    parts = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        if sock.family == socket.AF_INET6:
+            dual = not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            parts.append(f"[{host}]:{port}" + (" (IPv4 and IPv6)" if dual else ""))
+        else:
+            parts.append(f"{host}:{port}" + (" (IPv4 only)" if host == "0.0.0.0" else ""))
+    return ", ".join(parts)
+
+
 def worker_count(requested: int, listen: object) -> int:
     """Processes to run: ``requested``, or :func:`default_workers` for 0; 1 where that
     cannot work.
 
-    ``listen`` is the listen address (its ``port`` 0 means "any": each worker would get a
-    different port, so one process serves it).
+    ``listen`` is the listen address.
     """
     count = requested if requested > 0 else default_workers()
     if count > 1 and not hasattr(os, "fork"):
         logging.getLogger("anytls").warning("no fork() here: running one process")
         return 1
-    if count > 1 and getattr(listen, "port", None) == 0:
-        logging.getLogger("anytls").warning(
-            "listening on port 0 (any free port): running one process, since each worker "
-            "would get a port of its own"
-        )
-        return 1
     return count
 
 
 def forked() -> bool:
-    """True when this process is one of several workers (so sockets need SO_REUSEPORT)."""
+    """True when this process is one of several workers (UDP sockets need SO_REUSEPORT)."""
     return bool(WORKER_PIDS) or PARENT_CHANNEL is not None
 
 

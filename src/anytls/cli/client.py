@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,8 +20,8 @@ from .. import __version__
 from ..config import MASK, Schema, schema_from_parser
 from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
-from ..log import setup_logging
-from ..uri import format_uri, parse_uri
+from ..log import set_worker, setup_logging
+from ..uri import format_uri, parse_uri, strip_quotes
 from . import _common, _run
 from ._flags import long_options, normalise, parse_bool
 from ._run import run
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="processes sharing the local port with SO_REUSEPORT, each with its own "
+        help="processes sharing the local listening socket, each with its own "
         "session pool (default 1; 0 = one per CPU core, or 1 with 2 cores or fewer)",
     )
     _common.add_logging_arguments(parser)
@@ -193,11 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- validation
 
 
+def _is_link(text: str) -> bool:
+    """A link of any scheme (``scheme://``): checked as a link, never as HOST:PORT."""
+    return "://" in strip_quotes(text)
+
+
 def _server(text: str) -> None:
-    if text.lower().startswith("anytls://"):
+    if _is_link(text):
         parse_uri(text)
     else:
-        Address.parse(text)
+        Address.parse(strip_quotes(text))
 
 
 def _forwards(items: Sequence[str]) -> None:
@@ -287,7 +293,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     pin = args.pin_sha256
     password = args.p
     fingerprint = DEFAULT_FINGERPRINT
-    if server.lower().startswith("anytls://"):
+    if _is_link(server):
         uri = parse_uri(server)
         host, port = uri.host, uri.port
         password = uri.password or password
@@ -297,7 +303,7 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         fingerprint = uri.fingerprint or fingerprint
         pin = uri.pin_sha256 or pin
     else:
-        address = Address.parse(server)
+        address = Address.parse(strip_quotes(server))
         host, port = address.host, address.port
     if args.insecure is not None:
         insecure = parse_bool(args.insecure)  # checked by the validator
@@ -366,20 +372,9 @@ def _ms(seconds: float) -> str:
 
 
 def _hint(exc: BaseException) -> str:
-    text = str(exc)
-    if "failed verification" in text:
-        return ""  # the message already says what to do
-    if "ended" in text or "closed" in text:
-        return (
-            "; the server closed the session without a word: most likely a wrong "
-            "password (the server logs 'rejected ...: wrong password'), or the port is "
-            "not an AnyTLS server"
-        )
-    if "refused" in text.lower() or "connect call failed" in text.lower():
-        return "; is the server running, and is the port open in its firewall?"
-    if "timed out" in text:
-        return "; the server did not answer: check the address, port and firewall"
-    return ""
+    from ..aio.diagnose import hint
+
+    return hint(exc)
 
 
 async def check(config: Any, target: Address) -> int:
@@ -435,6 +430,72 @@ async def check(config: Any, target: Address) -> int:
         await client.close()
 
 
+# ---------------------------------------------------------------------- reload
+
+#: Settings a reload cannot change (they need new sockets or processes).
+RESTART = {"l": "listen", "udp_forward": "udp_forward", "workers": "workers"}
+
+
+def reload_client(
+    argv: Sequence[str],
+    args: argparse.Namespace,
+    inbound: Any,
+    forwarders: Sequence[Any],
+    level: int = logging.INFO,
+) -> tuple[argparse.Namespace, Any] | None:
+    """SIGHUP: re-read flags and config file; new connections use a new :class:`Client`.
+
+    Returns the new settings and the old client (to retire once its streams end), or None
+    when the file has an error (logged; the running settings stay) or nothing changed.
+    """
+    from ..aio.client import Client
+    from ..inbound.socks5_udp import udp_handler
+
+    try:
+        new = load_args(argv)
+        config = config_from_args(new)
+        auth = parse_auth(new.auth) if new.auth else None
+    except ConfigError as exc:
+        log.log(
+            logging.ERROR if level >= logging.INFO else logging.DEBUG,
+            "reload failed, keeping the running settings: %s",
+            exc,
+        )
+        return None
+    for dest, key in RESTART.items():
+        if getattr(new, dest) != getattr(args, dest):
+            log.log(
+                logging.WARNING if level >= logging.INFO else logging.DEBUG,
+                "reload: %s changed; restart the client to apply it",
+                key,
+            )
+    old = inbound.client
+    if config == old.config and auth == inbound.auth:
+        log.log(level, "reloaded: no change")
+        return None
+    client = Client(config)
+    inbound.client, inbound.auth, inbound.udp_handler = client, auth, udp_handler(client)
+    for forwarder in forwarders:
+        forwarder.client = client
+    log.log(
+        level,
+        "reloaded: server %s:%d%s; open connections finish on the old sessions",
+        config.server_host,
+        config.server_port,
+        " (certificate not verified)" if config.insecure else "",
+    )
+    return new, old
+
+
+async def retire(client: Any, longest: float = 3600.0) -> None:
+    """Close ``client`` once none of its sessions carries a stream (or after ``longest``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + longest
+    while loop.time() < deadline and any(c.streams for c in client.sessions.values()):  # noqa: ASYNC110 - no event for "last stream ended"
+        await asyncio.sleep(1.0)
+    await client.close()
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -462,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level or ("warning" if args.check else None), args.log_format)
+    if args.p and _is_link(args.s) and parse_uri(args.s).password not in ("", args.p):
+        log.warning("-p is ignored: the anytls:// link already carries a password")
 
     if target is not None:
 
@@ -481,19 +544,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     workers = _run.worker_count(args.workers, listen)
     _common.warn_fast_open(config.tcp_fast_open, server=False)
+    try:
+        # Bound once, here, and shared by the workers: a port someone holds fails now.
+        sockets = _run.bind_tcp(listen.host, listen.port)
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s: %s; choose another local port with -l",
+            listen,
+            exc.strerror or exc,
+        )
+        raise SystemExit(1) from exc
 
     async def amain(stop: asyncio.Event) -> None:
         client = Client(config)
         inbound = MixedInbound(client, auth=auth, udp_handler=udp_handler(client))
-        try:
-            await inbound.start(listen.host, listen.port, reuse_port=_run.forked())
-        except OSError as exc:
-            log.error(
-                "cannot listen on %s: %s; choose another local port with -l",
-                listen,
-                exc.strerror or exc,
-            )
-            raise SystemExit(1) from exc
+        await inbound.start(listen.host, listen.port, sockets=sockets)
         try:
             forwarders = await start_forwarders(client, forwards, reuse_port=_run.forked())
         except OSError as exc:
@@ -505,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             level,
             "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d (%s ClientHello)%s%s",
             __version__,
-            listen,
+            _run.describe_listen(sockets),
             config.server_host,
             config.server_port,
             client.fingerprint or "openssl",
@@ -516,16 +581,39 @@ def main(argv: Sequence[str] | None = None) -> None:
             else "",
             f", {workers} workers" if workers > 1 else "",
         )
+
+        retiring: set[asyncio.Task[None]] = set()
+        clients = [client]  # every client made by a reload too, all closed at the end
+        current = {"args": args}
+
+        def on_hup() -> None:
+            _run.signal_workers(signal.SIGHUP)
+            new = reload_client(argv, current["args"], inbound, forwarders, level)
+            if new is None:
+                return
+            current["args"], old = new
+            clients.append(inbound.client)
+            task = asyncio.get_running_loop().create_task(retire(old))
+            retiring.add(task)
+            task.add_done_callback(retiring.discard)
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
         await stop.wait()
         _run.signal_workers(signal.SIGTERM)
         log.log(level, "shutting down")
+        for task in list(retiring):
+            task.cancel()
         for forwarder in forwarders:
             await forwarder.close()
         await inbound.close()
-        await client.close()
+        for each in clients:
+            await each.close()
         await _run.wait_for_workers(10)
 
     worker_index = _run.fork_workers(workers)
+    if worker_index:  # the first process's lines stay as they are
+        set_worker(worker_index)
     run(amain)
 
 

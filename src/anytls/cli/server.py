@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import errno
+import functools
 import logging
 import os
 import signal
@@ -27,8 +29,8 @@ from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
-from ..log import level_number, setup_logging
-from . import _common, _run
+from ..log import level_number, set_worker, setup_logging
+from . import _common, _node, _run
 from ._run import fork_workers, run
 
 log = logging.getLogger("anytls.server")
@@ -64,10 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="l",
         metavar="HOST:PORT",
         default="0.0.0.0:8443",
-        help="listen address (default 0.0.0.0:8443)",
+        help="listen address (default 0.0.0.0:8443, IPv4 only; [::]:PORT is IPv4 and IPv6)",
     )
     parser.add_argument(
-        "-p", "--password", dest="p", metavar="PASSWORD", help="password of the user 'default'"
+        "-p",
+        "--password",
+        dest="p",
+        metavar="PASSWORD",
+        help="password of the user 'default' (without -p and users: a generated one)",
     )
     parser.add_argument(
         "--user",
@@ -180,9 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of closing them, so the port looks like that site",
     )
     parser.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="let users reach loopback, private (RFC 1918, ULA, CGNAT) and link-local "
+        "destinations, i.e. this machine's own services and its networks (default: refused)",
+    )
+    parser.add_argument(
         "--deny-private",
         action="store_true",
-        help="refuse loopback, private and link-local destinations",
+        help="refuse private destinations (the default; kept for compatibility)",
     )
     parser.add_argument(
         "--max-connections",
@@ -190,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         metavar="N",
         help="simultaneous TLS connections (default 4096; 0 = no limit)",
+    )
+    parser.add_argument(
+        "--auth-fail-limit",
+        type=int,
+        default=10,
+        metavar="N",
+        help="failed authentications per minute from one source (IPv4 address, IPv6 /64) "
+        "after which its attempts fail without a password check, answered as a wrong "
+        "password (default 10; 0 = no limit)",
     )
     parser.add_argument(
         "--heartbeat-timeout",
@@ -236,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (default 0 = one per CPU core, "
+        help="processes sharing the listening socket (default 0 = one per CPU core, "
         "or 1 on machines with 2 cores or fewer)",
     )
     parser.add_argument(
@@ -244,6 +265,38 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics "
         "(e.g. 127.0.0.1:9090; default off)",
+    )
+    parser.add_argument(
+        "--speed-limit",
+        type=float,
+        default=0.0,
+        metavar="MBPS",
+        help="speed limit of every user in Mbit/s, each direction, over all of the "
+        "user's sessions (default 0 = none; a user's own speed_limit wins)",
+    )
+    parser.add_argument(
+        "--api",
+        metavar="[HOST:]PORT",
+        help="traffic stats API (Hysteria 2's: GET /traffic, GET /online, POST /kick) "
+        "at http://HOST:PORT (a port alone: on 127.0.0.1; default off)",
+    )
+    parser.add_argument(
+        "--api-secret",
+        metavar="SECRET",
+        help="secret the stats API requires in the Authorization header "
+        "(required unless --api is on a loopback address)",
+    )
+    parser.add_argument(
+        "--panel",
+        metavar="URL",
+        help="run as a node of this Xboard panel (e.g. https://panel.example.com): "
+        "port, padding scheme and users come from it, traffic goes back to it",
+    )
+    parser.add_argument(
+        "--panel-token", metavar="TOKEN", help="the panel's server token (server_token)"
+    )
+    parser.add_argument(
+        "--node-id", type=int, metavar="N", help="this node's id in the panel (an anytls node)"
     )
     parser.add_argument(
         "--stats-interval",
@@ -319,6 +372,8 @@ VALIDATORS: dict[str, Callable[[Any], object]] = {
     "l": _listen,
     "fallback": Address.parse,
     "metrics": _listen,
+    "api": _node.parse_api,
+    "speed_limit": _not_negative,
     "user": _users,
     "connect_timeout": _positive,
     "preface_timeout": _positive,
@@ -349,7 +404,7 @@ def schema(parser: argparse.ArgumentParser | None = None) -> Schema:
             "state_dir": "path",
             "acme_ca": "path",
         },
-        secrets=("p", "user"),
+        secrets=("p", "user", "api_secret", "panel_token"),
         validators=VALIDATORS,
     )
 
@@ -384,6 +439,63 @@ def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
     return users
 
 
+#: Passwords shorter than this get a warning at start.
+MIN_PASSWORD_LENGTH = 12
+
+
+def generate_password() -> str:
+    """A random password (24 URL-safe characters, 144 bits) for a server started without one."""
+    import secrets
+
+    return secrets.token_urlsafe(18)
+
+
+#: File in the state directory holding the password generated for a server without one.
+GENERATED_PASSWORD_FILE = "generated-password"
+
+
+def stored_password(directory: Path) -> tuple[str, str | None]:
+    """The generated password kept in ``directory`` (made and saved, mode 0600, if none).
+
+    Returns ``(password, where)``: ``where`` is the file, or None when it could not be
+    written (the password then lasts until the server stops).
+    """
+    from ..state import ensure_state_dir
+
+    path = directory / GENERATED_PASSWORD_FILE
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        kept = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the generated password in {str(path)!r}: {exc}") from exc
+    if kept:
+        return kept, str(path)
+    password = generate_password()
+    try:
+        ensure_state_dir(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+    except OSError:
+        return password, None
+    return password, str(path)
+
+
+def warn_weak_passwords(users: dict[str, str]) -> None:
+    """Log a warning for each password shorter than :data:`MIN_PASSWORD_LENGTH`."""
+    for name, password in users.items():
+        if len(password) < MIN_PASSWORD_LENGTH:
+            log.warning(
+                "user %s: the password has only %d characters and can be guessed; use %d "
+                "or more random ones (e.g. `openssl rand -base64 18`), or start without -p "
+                "to get a generated one",
+                name,
+                len(password),
+                MIN_PASSWORD_LENGTH,
+            )
+
+
 def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
     """The scheme in the file ``source`` (bytes as they are), inline lines, or the default."""
     if not source:
@@ -404,12 +516,40 @@ def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
         raise ConfigError(f"padding scheme {source!r}: {exc}") from exc
 
 
+def user_entries(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's per-user tables (limits, quota, expiry): name → UserEntry."""
+    from ..config import normalise_key, read_toml
+    from ..users import entries_from_toml
+
+    if not args.config:
+        return {}
+    data = read_toml(args.config)
+    for key, value in data.items():
+        if normalise_key(key) == "users":
+            try:
+                return entries_from_toml(value)
+            except ValueError as exc:
+                raise ConfigError(f"{args.config}: users: {exc}") from exc
+    return {}
+
+
 def server_config(args: argparse.Namespace) -> Any:
     """The :class:`~anytls.aio.server.ServerConfig` the flags describe."""
+    from ..aio.limits import UserPolicy
     from ..aio.server import ServerConfig
 
+    if args.allow_private and args.deny_private:
+        raise ConfigError("--allow-private and --deny-private contradict each other; drop one")
+    panel = bool(getattr(args, "panel", None))
+    entries = user_entries(args)
     return ServerConfig(
-        users=parse_users(args.p, args.user),
+        users={} if panel else parse_users(args.p, args.user),
+        speed_limit=args.speed_limit,
+        limits={
+            name: UserPolicy(entry.speed_limit, entry.device_limit)
+            for name, entry in entries.items()
+            if entry.speed_limit or entry.device_limit
+        },
         padding=load_padding(args.padding_scheme),
         connect_timeout=args.connect_timeout,
         idle_session_timeout=args.idle_session_timeout,
@@ -417,9 +557,11 @@ def server_config(args: argparse.Namespace) -> Any:
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         udp_idle_timeout=args.udp_idle_timeout,
+        allow_private=args.allow_private,
         deny_private=args.deny_private,
         fallback=Address.parse(args.fallback) if args.fallback else None,
         max_connections=max(0, args.max_connections),
+        auth_fail_limit=max(0, args.auth_fail_limit),
         stream_buffer=max(16 * 1024, args.stream_buffer),
         session_buffer=max(16 * 1024, args.session_buffer),
         preface_timeout=args.preface_timeout,
@@ -649,18 +791,47 @@ class Reloader:
         self.listen = listen
         #: Level of the "reloaded" line (workers other than the first log at DEBUG).
         self.level = level
+        #: The password generated at start (kept while the config names no user).
+        self.generated: str | None = None
+        #: Filters the file's users on reload (quotas, expiry); None = serve them all.
+        self.keep_users: Callable[[Any], dict[str, str]] | None = None
+        #: Called with the new settings before they are applied (may raise ConfigError).
+        self.on_reload: Callable[[argparse.Namespace], None] | None = None
 
     def reload(self) -> None:
         try:
             new = load_args(self.argv)
+            if self.generated and not new.p and not new.user:
+                new.p = self.generated
             for dest, key in self.RESTART.items():
                 if getattr(new, dest) != getattr(self.args, dest):
-                    log.warning("reload: %s changed; restart the server to apply it", key)
+                    log.log(
+                        logging.WARNING if self.level >= logging.INFO else logging.DEBUG,
+                        "reload: %s changed; restart the server to apply it",
+                        key,
+                    )
                     setattr(new, dest, getattr(self.args, dest))
             config = server_config(new)
+            if self.on_reload is not None:
+                self.on_reload(new)
+            if self.args.panel or self.keep_users is not None:
+                # Users come from the panel (or the quota keeper): keep the running ones.
+                running = self.server.config
+                keep = self.keep_users(config.users) if self.keep_users else running.users
+                config = dataclasses.replace(
+                    config,
+                    users=keep,
+                    limits=config.limits if not self.args.panel else running.limits,
+                    padding=config.padding if not self.args.panel else running.padding,
+                )
             ctx = tls_context(new, self.listen) if (new.cert or self.args.cert) else None
         except (ConfigError, SystemExit) as exc:
-            log.error("reload failed, keeping the running settings: %s", exc)
+            # Every worker reloads; the first one says it at ERROR, the others at DEBUG.
+            log.log(
+                logging.ERROR if self.level >= logging.INFO else logging.DEBUG,
+                "reload failed, keeping the running settings: %s",
+                exc,
+            )
             return
         old_users = self.server.config.users
         added = sorted(set(config.users) - set(old_users))
@@ -695,13 +866,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print_config:
         print_config(args)
         return
+    generated = None
     try:
         if args.export:
             export(args)
             return
+        if not args.p and not args.user and not getattr(args, "panel", None):
+            args.p, kept_in = stored_password(state_dir(args))
+            generated = kept_in or "memory only: the state directory is not writable"
         listen = _listen(args.l)
+        _node.check_args(args)
         config = server_config(args)
         acme = acme_settings(args, listen)
+        entries = user_entries(args)
     except ConfigError as exc:
         fail(str(exc))
     setup_logging(args.log_level, args.log_format)
@@ -710,6 +887,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     manager = None
     cert: tuple[str, str | None] | None = None
     try:
+        prepared = _node.prepare(args, listen, config, entries)
+        listen, config = prepared.listen, prepared.config
         if acme is not None:
             from ..aio.acme import AcmeManager
 
@@ -722,8 +901,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(str(exc))
     workers = _run.worker_count(args.workers, listen)
     _common.warn_fast_open(config.tcp_fast_open, server=True)
+    try:
+        # Bound once, here, and shared by the workers: a port someone holds fails now.
+        sockets = _run.bind_tcp(listen.host, listen.port)
+    except OSError as exc:
+        log.error("%s", _listen_error(listen, exc))
+        raise SystemExit(1) from exc
 
     async def amain(stop: asyncio.Event) -> None:
+        from ..aio.control import handle_command, without_blocked
         from ..aio.server import AnyTLSServer
         from ..aio.stats import (
             MetricsServer,
@@ -734,20 +920,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
         loop = asyncio.get_running_loop()
-        host = None if listen.host in ("", "0.0.0.0", "::") else listen.host
         server = AnyTLSServer(config, ctx)
-        try:
-            await server.start(host, listen.port, reuse_port=_run.forked())
-        except OSError as exc:
-            log.error("%s", _listen_error(listen, exc))
-            raise SystemExit(1) from exc
+        await server.start(None, listen.port, sockets=sockets)
         background: list[asyncio.Task[None]] = []
         if manager is not None:
             manager.attach(server)
         if _run.PARENT_CHANNEL is not None:
             background.append(
                 loop.create_task(
-                    serve_snapshot_requests(_run.PARENT_CHANNEL, server.stats.snapshot)
+                    serve_snapshot_requests(
+                        _run.PARENT_CHANNEL,
+                        server.stats.snapshot,
+                        functools.partial(handle_command, server),
+                    )
                 )
             )
         channels = [SnapshotChannel(sock) for sock in _run.WORKER_CHANNELS]
@@ -783,7 +968,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGUSR1, on_usr1)
             on_usr1()  # one issued before this handler existed
+        runtime = _node.NodeRuntime(args, prepared)
         if worker_index == 0:
+            await runtime.start(server, channels)
             if args.metrics:
                 where = _listen(args.metrics)
                 metrics = MetricsServer(snapshot)
@@ -793,22 +980,38 @@ def main(argv: Sequence[str] | None = None) -> None:
                     log.error("--metrics: %s", _listen_error(where, exc))
                     raise SystemExit(1) from exc
                 log.info("Prometheus metrics at http://%s/metrics", where)
+            if generated is not None:
+                log.warning(
+                    "no password given: user 'default' has a generated one%s, kept in %s; "
+                    "set -p or users in the config file to choose your own",
+                    " (in the share link below)" if args.share_links else f" ({args.p})",
+                    generated,
+                )
+            warn_weak_passwords(dict(config.users))
             announce_links(args, listen, dict(config.users), cert)
             if args.stats_interval > 0:
                 background.append(loop.create_task(log_summaries(snapshot, args.stats_interval)))
             log.info(
                 "anytls-server %s listening on %s (%d user%s, %d worker%s, padding md5 %s)",
                 __version__,
-                listen,
+                _run.describe_listen(sockets),
                 len(config.users),
                 "" if len(config.users) == 1 else "s",
                 workers,
                 "" if workers == 1 else "s",
                 config.padding.md5,
             )
+        if worker_index:
+            log.debug("worker %d accepting connections", worker_index)
         # Worker processes other than the first say the same things at DEBUG.
         level = logging.INFO if worker_index == 0 else logging.DEBUG
         reloader = Reloader(argv, args, server, listen, level)
+        reloader.generated = args.p if generated is not None else None
+        if runtime.keeper is not None:  # the parent decides who is over quota
+            reloader.keep_users = runtime.keeper.allowed
+            reloader.on_reload = lambda new: runtime.reloaded(user_entries(new))
+        elif runtime.quotas:  # a worker leaves out whom the parent said
+            reloader.keep_users = without_blocked
 
         def on_hup() -> None:
             _run.signal_workers(signal.SIGHUP)
@@ -844,6 +1047,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         forced.cancel()
         for task in background:
             task.cancel()
+        await runtime.stop()
         if metrics is not None:
             await metrics.close()
         if manager is not None:
@@ -858,6 +1062,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # must not die of it (SIGUSR1's default); it checks the state directory at start.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     worker_index = fork_workers(workers)
+    if worker_index:  # the first process's lines stay as they are
+        set_worker(worker_index)
     run(amain)
 
 

@@ -169,20 +169,24 @@ def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
     return HttpProxyRequest(method, address, False, leftover, auth, head)
 
 
-def response(status: int, reason: str) -> bytes:
-    """Return a minimal response head.
+def response(status: int, reason: str, body: str = "") -> bytes:
+    """Return a minimal response (head, and ``body`` as UTF-8 text/plain when given).
 
     200 gives ``HTTP/1.1 200 <reason>`` with no headers (the CONNECT reply); other codes add
-    ``Content-Length: 0`` and ``Connection: close``, and 407 a Basic ``Proxy-Authenticate``.
+    ``Content-Length`` and ``Connection: close``, and 407 a Basic ``Proxy-Authenticate``.
     """
     if not 100 <= status <= 999 or "\r" in reason or "\n" in reason:
         raise LocalProtocolError(f"bad HTTP status line: {status} {reason!r}")
     if status == 200:
         return f"HTTP/1.1 200 {reason}\r\n\r\n".encode("latin-1")
     extra = 'Proxy-Authenticate: Basic realm="anytls"\r\n' if status == 407 else ""
+    content = body.encode("utf-8", "replace")
+    if content:
+        extra += "Content-Type: text/plain; charset=utf-8\r\n"
     return (
-        f"HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    ).encode("latin-1")
+        f"HTTP/1.1 {status} {reason}\r\n{extra}Content-Length: {len(content)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("latin-1") + content
 
 
 def check_basic_auth(header_value: str, user: str, password: str) -> bool:

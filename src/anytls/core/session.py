@@ -368,6 +368,15 @@ class Session:
         if self.closed:
             raise SessionClosedError("the session is closed")
 
+    def unparsed(self, size: int = 64) -> bytes:
+        """Up to ``size`` received bytes not yet parsed into a frame (for diagnostics)."""
+        return bytes(self._rbuf[:size])
+
+    def refuse_preface(self) -> None:
+        """Server: reject the coming auth preface as a wrong password, even a right one."""
+        if self._preface is not None:
+            self._preface.refuse_all()
+
     # ------------------------------------------------------------------ receiving
     def receive_data(
         self, data: bytes | bytearray | memoryview, now: float | None = None

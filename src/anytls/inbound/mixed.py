@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..aio.client import Client, PendingOpen
+from ..aio.diagnose import hint
 from ..aio.early import EarlyRelay
 from ..aio.relay import splice
 from ..aio.stream import Stream
@@ -84,7 +86,8 @@ def _socks_failure(error: AnyTLSError) -> bytes:
 
 
 def _http_failure(error: AnyTLSError) -> bytes:
-    return response(*http_status_for(error))
+    # A short text body, so a browser shows the reason instead of an empty page.
+    return response(*http_status_for(error), body=f"anytls-client: {error}{hint(error)}\n")
 
 
 class _Handshake(asyncio.Protocol):
@@ -274,7 +277,13 @@ class _Handshake(asyncio.Protocol):
         self._done()
         if stream is None:
             error = exc or AnyTLSError("failed")
-            log.info("local client %s: %s %s failed: %s", self.peer, method, self.address, error)
+            if isinstance(error, SessionClosedError):
+                # The server could not be reached or refused us: say why, once a minute.
+                self.inbound.client.failures.report(f"{method} {self.address} failed", error)
+            else:
+                log.info(
+                    "local client %s: %s %s failed: %s", self.peer, method, self.address, error
+                )
             if not self.transport.is_closing():
                 self.transport.write(failure(error))
                 self._abort()
@@ -307,10 +316,28 @@ class MixedInbound:
         self.udp_handler = udp_handler
         self.handshakes: set[_Handshake] = set()
         self.server: asyncio.Server | None = None
+        self.extra_servers: list[asyncio.Server] = []
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
-        """Start listening (``reuse_port``: share the port with other processes)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
+        """Start listening (``reuse_port``: share the port with other processes).
+
+        ``sockets``: accept on these listening sockets (bound before forking workers).
+        """
         loop = asyncio.get_running_loop()
+        if sockets:
+            self.server = await loop.create_server(lambda: _Handshake(self), sock=sockets[0])
+            for sock in sockets[1:]:
+                self.extra_servers.append(
+                    await loop.create_server(lambda: _Handshake(self), sock=sock)
+                )
+            return
         self.server = await loop.create_server(
             lambda: _Handshake(self),
             host,
@@ -328,12 +355,13 @@ class MixedInbound:
 
     async def close(self) -> None:
         """Stop listening and drop connections still in their handshake."""
-        if self.server is not None:
-            self.server.close()
+        servers = [s for s in (self.server, *self.extra_servers) if s is not None]
+        for server in servers:
+            server.close()
         for hs in list(self.handshakes):
             hs._abort()
-        if self.server is not None:
-            await self.server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
 
 
 __all__ = [

@@ -20,7 +20,7 @@ from ..aio.client import Client
 from ..aio.udp import UdpAssociation, open_udp
 from ..core.address import Address, Buffer
 from ..core.socks5 import Reply, build_udp_datagram, parse_udp_datagram, reply
-from ..errors import AnyTLSError, ProtocolError
+from ..errors import AnyTLSError, ProtocolError, SessionClosedError
 
 log = logging.getLogger("anytls.inbound")
 
@@ -87,6 +87,9 @@ class Socks5UdpRelay:
             self.control.resume_reading()
             try:
                 self.assoc = await open_udp(self.client)
+            except SessionClosedError as exc:
+                self.client.failures.report("UDP ASSOCIATE", exc)
+                return
             except AnyTLSError as exc:
                 log.info("UDP ASSOCIATE: cannot open a UoT stream: %s", exc)
                 return

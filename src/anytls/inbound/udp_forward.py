@@ -22,7 +22,7 @@ from ..aio.client import Client
 from ..aio.udp import UdpAssociation, open_udp
 from ..aio.uot_server import UDP_IDLE_TIMEOUT
 from ..core.address import Address
-from ..errors import AnyTLSError, ConfigError
+from ..errors import AnyTLSError, ConfigError, SessionClosedError
 
 log = logging.getLogger("anytls.inbound")
 
@@ -192,12 +192,16 @@ class UdpForwarder:
             try:
                 assoc = await open_udp(self.client, connect=self.target)
             except AnyTLSError as exc:
-                log.info(
-                    "udp forward %s: cannot open a UoT stream for %s: %s",
-                    self.address_text,
-                    _text(peer.addr),
-                    exc,
-                )
+                if isinstance(exc, SessionClosedError):
+                    what = f"udp forward {self.address_text} for {_text(peer.addr)}"
+                    self.client.failures.report(what, exc)
+                else:
+                    log.info(
+                        "udp forward %s: cannot open a UoT stream for %s: %s",
+                        self.address_text,
+                        _text(peer.addr),
+                        exc,
+                    )
                 return
             peer.assoc = assoc
             self.associations_opened += 1
