@@ -53,6 +53,7 @@ _CURLE_AGAIN = 81
 _CURLE_COULDNT_CONNECT = 7
 _CURLE_OPERATION_TIMEDOUT = 28
 _CURLE_RECV_ERROR = 56
+_CURLE_SSL_CONNECT_ERROR = 35
 _CURLE_PEER_FAILED_VERIFICATION = 60
 _CURLE_SSL_CACERT_BADFILE = 77
 _CURL_SOCKET_TIMEOUT = -1
@@ -488,6 +489,8 @@ def _handshake_error(code: int, easy: Any, host: str, port: int, ca_file: str | 
         error = ssl.SSLCertVerificationError(1, f"certificate verify failed: {ca}{detail}")
         error.verify_message = f"{ca}{detail}"
         return error
+    if code == _CURLE_SSL_CONNECT_ERROR:
+        return ssl.SSLError(1, detail)  # e.g. WRONG_VERSION_NUMBER: not a TLS server
     if code == _CURLE_SSL_CACERT_BADFILE:
         return SessionClosedError(f"cannot use the CA file {ca_file!r}: {detail}")
     if code == _CURLE_OPERATION_TIMEDOUT:
