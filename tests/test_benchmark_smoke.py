@@ -68,7 +68,7 @@ def test_benchmark_quick(tmp_path: Path) -> None:
         [sys.executable, str(BENCH), "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=240,  # six pairs, each started fresh; about 60 s on this machine
         cwd=ROOT,
         check=False,
     )
