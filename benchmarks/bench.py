@@ -744,7 +744,9 @@ def kept_link_tables(path: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="tiny sizes and one run (CI smoke mode, about a minute)"
+        "--quick",
+        action="store_true",
+        help="tiny sizes and one run (CI smoke mode, about a minute)",
     )
     parser.add_argument(
         "--runs",
