@@ -12,7 +12,7 @@ import pytest
 
 from anytls.cli import client as client_cli
 from anytls.cli import server as server_cli
-from anytls.config import MASK, toml_value
+from anytls.cli.config_file import MASK, toml_value
 from anytls.errors import ConfigError
 from tests.cli._util import run_cli
 from tests.helpers.aio import async_test

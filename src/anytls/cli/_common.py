@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import Schema, check_values, parse_args, to_toml
 from ..core.address import Address
 from ..errors import ConfigError
 from ..log import FORMATS, LEVELS
 from ._flags import long_options, normalise
+from .config_file import Schema, check_values, parse_args, to_toml
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """``anytls-client``: flags compatible with anytls-go's client, plus a few extras.
 
 Settings come from flags and/or a TOML file (``-c client.toml``, see
-:mod:`anytls.config`); flags win. ``--check [HOST:PORT]`` tests the server once and exits.
+:mod:`anytls.cli.config_file`); flags win. ``--check [HOST:PORT]`` tests the server once and exits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from ..config import MASK, Schema, schema_from_parser
 from ..core.address import Address
 from ..errors import ConfigError, SessionClosedError, StreamOpenError
 from ..log import set_worker, setup_logging
@@ -25,6 +24,7 @@ from ..uri import format_uri, parse_uri, strip_quotes
 from . import _common, _run
 from ._flags import long_options, normalise, parse_bool
 from ._run import run
+from .config_file import MASK, Schema, schema_from_parser
 
 log = logging.getLogger("anytls.client")
 

@@ -1,7 +1,7 @@
 """``anytls-server``: flags compatible with anytls-go's server, plus a few extras.
 
 Settings come from flags and/or a TOML file (``-c server.toml``, see
-:mod:`anytls.config`); flags win. The running server reloads the file, its users and its
+:mod:`anytls.cli.config_file`); flags win. The running server reloads the file, its users and its
 certificate on SIGHUP, and on SIGTERM stops accepting, lets open streams finish for
 ``--shutdown-grace`` seconds and exits.
 """
@@ -25,13 +25,13 @@ from typing import Any, ClassVar, NoReturn
 
 from .. import __version__
 from ..aio.acme import LETS_ENCRYPT
-from ..config import Schema, schema_from_parser
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
 from ..log import level_number, set_worker, setup_logging
 from . import _common, _node, _run
 from ._run import fork_workers, run
+from .config_file import Schema, schema_from_parser
 
 log = logging.getLogger("anytls.server")
 
@@ -518,8 +518,8 @@ def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
 
 def user_entries(args: argparse.Namespace) -> dict[str, Any]:
     """The config file's per-user tables (limits, quota, expiry): name → UserEntry."""
-    from ..config import normalise_key, read_toml
     from ..users import entries_from_toml
+    from .config_file import normalise_key, read_toml
 
     if not args.config:
         return {}

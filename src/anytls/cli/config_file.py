@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .users import parse_entry
+from ..errors import ConfigError
+from ..users import parse_entry
 
 #: What a masked secret looks like in ``--print-config``.
 MASK = "********"
