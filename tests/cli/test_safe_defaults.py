@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from tests.cli._util import run_cli
@@ -67,6 +68,11 @@ def test_server_without_password_generates_a_strong_one_in_the_share_link(
             assert not server.log_lines(r"characters and can be guessed")
     assert passwords[0] == passwords[1] and len(passwords[0]) >= 20
     assert oct((state / "generated-password").stat().st_mode & 0o777) == "0o600"
+    # The quick start's next step, --export, hands out that same password.
+    exported = run_cli("server", "--state-dir", str(state), "--export", "sing-box")
+    assert exported.returncode == 0, exported.stderr
+    (outbound,) = [o for o in json.loads(exported.stdout)["outbounds"] if o["type"] == "anytls"]
+    assert outbound["password"] == passwords[0]
 
 
 def test_short_password_is_warned_about(tmp_path: Path) -> None:

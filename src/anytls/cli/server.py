@@ -868,12 +868,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     generated = None
     try:
+        if not args.p and not args.user and not getattr(args, "panel", None):
+            # Before --export too: the exported config carries the password the server uses.
+            args.p, kept_in = stored_password(state_dir(args))
+            generated = kept_in or "memory only: the state directory is not writable"
         if args.export:
             export(args)
             return
-        if not args.p and not args.user and not getattr(args, "panel", None):
-            args.p, kept_in = stored_password(state_dir(args))
-            generated = kept_in or "memory only: the state directory is not writable"
         listen = _listen(args.l)
         _node.check_args(args)
         config = server_config(args)
