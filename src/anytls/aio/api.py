@@ -15,41 +15,26 @@ one gets 401). Figures are summed over every worker process (:class:`ServerGroup
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac
 import json
-import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .control import ServerGroup
-
-log = logging.getLogger("anytls.api")
-
-#: Largest request body accepted (a kick list).
-MAX_BODY = 1024 * 1024
+from .http_endpoint import LocalHttpServer, Response
 
 
-class StatsApi:
-    """A small HTTP/1.1 server answering the three endpoints on the event loop."""
+class StatsApi(LocalHttpServer):
+    """The three endpoints, answered on the event loop."""
+
+    name = "stats API"
 
     def __init__(self, group: ServerGroup, secret: str | None) -> None:
+        super().__init__()
         self.group = group
         self.secret = secret or ""
-        self.server: asyncio.Server | None = None
         #: Counters as of the last ``clear``: user → [up, down].
         self._base: dict[str, list[int]] = {}
-
-    async def start(self, host: str | None, port: int) -> None:
-        """Listen on ``host:port``."""
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
 
     # ------------------------------------------------------------------ endpoints
     async def traffic(self, clear: bool) -> dict[str, dict[str, int]]:
@@ -82,6 +67,13 @@ class StatsApi:
             given = given[7:]
         return hmac.compare_digest(given.strip().encode(), self.secret.encode())
 
+    async def respond(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> Response:
+        """The endpoint's JSON answer."""
+        status, payload = await self._route(method, target, headers, body)
+        return Response(status, "application/json; charset=utf-8", json.dumps(payload).encode())
+
     async def _route(
         self, method: str, target: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, Any]:
@@ -107,47 +99,3 @@ class StatsApi:
         if path in ("/traffic", "/online", "/kick"):
             return 405, {"error": f"{method} not allowed on {path}"}
         return 404, {"error": "not found"}
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, _, rest = lines[0].partition(" ")
-                target = rest.partition(" ")[0]
-                headers: dict[str, str] = {}
-                for line in lines[1:]:
-                    name, sep, value = line.partition(":")
-                    if sep:
-                        headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                if not 0 <= length <= MAX_BODY:
-                    status, payload = 413, {"error": "request body too large"}
-                else:
-                    body = await reader.readexactly(length) if length else b""
-                    status, payload = await self._route(method, target, headers, body)
-                data = json.dumps(payload).encode()
-                reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
-                writer.write(
-                    f"HTTP/1.1 {status} {reason.get(status, 'Error')}\r\n"
-                    f"Content-Type: application/json; charset=utf-8\r\n"
-                    f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-                    + data
-                )
-                await writer.drain()
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
-            pass
-        except asyncio.LimitOverrunError:
-            pass
-        except Exception:  # pragma: no cover - a bug; keep the server alive
-            log.exception("stats API request failed")
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self.server.wait_closed()

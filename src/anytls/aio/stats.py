@@ -20,7 +20,6 @@ every worker for a :meth:`ServerStats.snapshot` over a socket pair
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
@@ -29,6 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from .. import __version__
+from .http_endpoint import LocalHttpServer, Response
 
 log = logging.getLogger("anytls.stats")
 
@@ -285,64 +285,31 @@ def render_metrics(snapshot: Snapshot) -> bytes:
     return generate_latest(registry)
 
 
-class MetricsServer:
+class MetricsServer(LocalHttpServer):
     """A small HTTP endpoint serving ``GET /metrics`` from ``snapshot()``.
 
     It runs on the event loop (no thread), so reading the counters needs no locking; a
     scrape costs one snapshot (one pass over the live sessions).
     """
 
+    name = "metrics"
+
     def __init__(self, snapshot: Callable[[], Awaitable[Snapshot]]) -> None:
+        super().__init__()
         self.snapshot = snapshot
-        self.server: asyncio.Server | None = None
 
-    async def start(self, host: str | None, port: int) -> None:
-        """Listen on ``host:port``."""
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                method, _, rest = head.decode("latin-1").partition(" ")
-                path = rest.partition(" ")[0].partition("?")[0]
-                if method not in ("GET", "HEAD"):
-                    status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-                elif path == "/metrics":
-                    status, ctype = "200 OK", CONTENT_TYPE
-                    body = render_metrics(await self.snapshot())
-                elif path == "/":
-                    status, ctype = "200 OK", "text/plain"
-                    body = b"anytls-server: metrics at /metrics\n"
-                else:
-                    status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-                writer.write(
-                    f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                )
-                if method != "HEAD":
-                    writer.write(body)
-                await writer.drain()
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        except Exception:  # pragma: no cover - a bug; keep the server alive
-            log.exception("metrics request failed")
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await self.server.wait_closed()
+    async def respond(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> Response:
+        """``/metrics`` in Prometheus' text format; ``/`` says where it is."""
+        path = target.partition("?")[0]
+        if method not in ("GET", "HEAD"):
+            return Response(405, "text/plain", b"GET only\n")
+        if path == "/metrics":
+            return Response(200, CONTENT_TYPE, render_metrics(await self.snapshot()))
+        if path == "/":
+            return Response(200, "text/plain", b"anytls-server: metrics at /metrics\n")
+        return Response(404, "text/plain", b"not found\n")
 
 
 # ---------------------------------------------------------------------- summary line
