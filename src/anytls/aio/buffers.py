@@ -21,3 +21,15 @@ def shared_buffer() -> memoryview:
     if view is None:
         view = _local.view = memoryview(bytearray(READ_SIZE))
     return view
+
+
+def shared_raw_buffer() -> memoryview:
+    """Return this thread's buffer for ciphertext read from TLS sockets.
+
+    Separate from :func:`shared_buffer`: the TLS layer decrypts from this one into that
+    one within the same callback.
+    """
+    view: memoryview | None = getattr(_local, "raw_view", None)
+    if view is None:
+        view = _local.raw_view = memoryview(bytearray(READ_SIZE))
+    return view

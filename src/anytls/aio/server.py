@@ -39,6 +39,7 @@ from .relay import SocketSide, StreamSide, relay_to
 from .stats import ServerStats, UserStats
 from .stream import Stream
 from .tls import ACME_TLS_ALPN
+from .tls_transport import TlsServerTransport
 from .uot_server import UDP_IDLE_TIMEOUT, UotServerRelay
 
 log = logging.getLogger("anytls.server")
@@ -745,24 +746,16 @@ class AnyTLSServer:
                     self._track(loop.create_task(self._accept_loop(sock)))
                     continue
                 self.servers.append(
-                    await loop.create_server(
-                        lambda: ServerConnection(self),
-                        sock=sock,
-                        ssl=self.ssl_context,
-                        ssl_handshake_timeout=self.config.handshake_timeout,
-                        backlog=LISTEN_BACKLOG,
-                    )
+                    await loop.create_server(self._tls, sock=sock, backlog=LISTEN_BACKLOG)
                 )
             return
         if self.config.accept_proxy_protocol:
             await self._start_proxied(host, port, bool(kwargs.get("reuse_port")))
             return
         server = await loop.create_server(
-            lambda: ServerConnection(self),
+            self._tls,
             host or None,
             port,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=self.config.handshake_timeout,
             reuse_address=True,
             backlog=LISTEN_BACKLOG,
             **kwargs,
@@ -771,6 +764,14 @@ class AnyTLSServer:
         if self.config.tcp_fast_open:
             for sock in server.sockets:
                 self._enable_fast_open(sock)
+
+    def _tls(self, real_peer: tuple[str, int] | None = None) -> TlsServerTransport:
+        """The TCP protocol of one accepted connection: TLS, then a ServerConnection."""
+        return TlsServerTransport(
+            self.ssl_context,
+            lambda: ServerConnection(self, real_peer),
+            self.config.handshake_timeout,
+        )
 
     def _enable_fast_open(self, sock: socket.socket) -> None:
         from .tfo import enable_on_listener
@@ -821,12 +822,7 @@ class AnyTLSServer:
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
                 real_peer = await read_proxy_header(conn)
-            await loop.connect_accepted_socket(
-                lambda: ServerConnection(self, real_peer),
-                conn,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=self.config.handshake_timeout,
-            )
+            await loop.connect_accepted_socket(lambda: self._tls(real_peer), conn)
         except (RemoteProtocolError, OSError, TimeoutError) as exc:
             log.info("rejected %s:%s: %s", addr[0], addr[1], exc or type(exc).__name__)
             conn.close()
