@@ -196,8 +196,14 @@ def stored_certificate(directory: Path, hosts: Sequence[str]) -> StoredCertifica
     """The self-signed certificate in ``directory`` for ``hosts``, made or renewed if needed.
 
     ``directory`` is created (mode 0700) when missing. Raises :class:`ConfigError` when it
-    cannot be written.
+    cannot be written. The work is done in a forked child (see :mod:`anytls.forked`).
     """
+    from .forked import run_forked
+
+    return run_forked(_stored_certificate, directory, list(hosts))
+
+
+def _stored_certificate(directory: Path, hosts: Sequence[str]) -> StoredCertificate:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

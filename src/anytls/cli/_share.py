@@ -147,8 +147,17 @@ def public_endpoint(
     """How clients reach a server listening on ``listen`` with certificate file ``cert``.
 
     ``key`` (None: in the ``cert`` file) is needed to tell whether the certificate is
-    publicly trusted (see the module's pinning rule).
+    publicly trusted (see the module's pinning rule). Worked out in a forked child, which
+    reads the certificate with ``cryptography`` (see :mod:`anytls.forked`).
     """
+    from ..forked import run_forked
+
+    return run_forked(_public_endpoint, listen, public_host, cert, key)
+
+
+def _public_endpoint(
+    listen: Address, public_host: str | None, cert: str, key: str | None
+) -> Endpoint:
     from ..certs import publicly_trusted
 
     host, guessed = link_host(listen, public_host)
