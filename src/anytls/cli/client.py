@@ -22,7 +22,7 @@ from ..errors import ConfigError, SessionClosedError, StreamOpenError
 from ..log import set_worker, setup_logging
 from ..uri import format_uri, parse_uri, strip_quotes
 from . import _common, _run
-from ._flags import long_options, normalise, parse_bool
+from ._flags import Options, long_options, normalise, parse_bool
 from ._run import run
 from .config_file import MASK, Schema, schema_from_parser
 
@@ -38,12 +38,17 @@ __all__ = ["build_parser", "config_from_args", "long_options", "main", "normalis
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
+    from ..aio.client import ClientConfig
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="AnyTLS client with a local SOCKS5 + HTTP proxy port. Every option can "
         "also be set in a TOML file given with -c.",
         allow_abbrev=False,
     )
+    # option(): the default (and type) of the ClientConfig field it sets, unless given;
+    # "{default}" in its help shows the default.
+    option = Options(parser, ClientConfig).add
     _common.add_config_arguments(parser)
     parser.add_argument(
         "--check",
@@ -53,13 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="connect to the server, open one stream to HOST:PORT (default "
         f"{CHECK_TARGET}), print the timings and exit (status 1 on failure)",
     )
-    parser.add_argument(
+    option(
         "-l",
         "--listen",
         dest="l",
         metavar="HOST:PORT",
         default="127.0.0.1:1080",
-        help="local SOCKS5/HTTP listen address (default 127.0.0.1:1080)",
+        help="local SOCKS5/HTTP listen address (default {default})",
     )
     parser.add_argument(
         "-s", "--server", dest="s", metavar="SERVER", help="server host:port or an anytls:// URI"
@@ -96,27 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify the server certificate against the CA certificates in this file "
         "(a private CA) instead of the system's",
     )
-    parser.add_argument(
+    option(
         "-m",
         "--min-idle-session",
         type=int,
-        default=5,
+        default=5,  # anytls-go's -m; the library's ClientConfig keeps none
         metavar="N",
-        help="idle sessions kept open (default 5)",
+        help="idle sessions kept open (default {default})",
     )
-    parser.add_argument(
+    option(
         "--idle-session-timeout",
-        type=float,
-        default=30.0,
         metavar="SECONDS",
-        help="close idle sessions after this (default 30; values <= 5 mean 30)",
+        help="close idle sessions after this (default {default}; values <= 5 mean 30)",
     )
-    parser.add_argument(
+    option(
         "--idle-session-check-interval",
-        type=float,
-        default=30.0,
         metavar="SECONDS",
-        help="how often idle sessions are checked (default 30)",
+        help="how often idle sessions are checked (default {default})",
     )
     parser.add_argument(
         "--dr",
@@ -125,48 +126,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="disable session reuse (one session per connection)",
     )
-    parser.add_argument(
+    option(
         "--max-streams-per-session",
-        type=int,
-        default=1,
         metavar="N",
-        help="concurrent streams one session may carry (default 1, as the "
+        help="concurrent streams one session may carry (default {default}, as the "
         "Go clients; more means fewer TLS handshakes)",
     )
-    parser.add_argument(
+    option(
         "--synack-timeout",
-        type=float,
-        default=3.0,
         metavar="SECONDS",
         help="close a reused v2 session whose new stream gets no SYNACK in "
-        "time, and retry the stream on a fresh one (default 3; 0 = off)",
+        "time, and retry the stream on a fresh one (default {default}; 0 = off)",
     )
-    parser.add_argument(
+    option(
         "--tcp-fast-open",
         action="store_true",
         help="connect to the server with TCP Fast Open: a reconnect sends the TLS "
         "ClientHello in its SYN (needs the server's --tcp-fast-open)",
     )
-    parser.add_argument(
+    option(
         "--wait-for-synack",
         action="store_true",
         help="answer a SOCKS5/HTTP CONNECT only once the server has connected the "
         "destination, so failures get SOCKS/HTTP error codes (one round trip more); by "
         "default the answer is immediate and the first bytes go out with the SYN",
     )
-    parser.add_argument(
+    option(
         "--heartbeat-interval",
-        type=float,
-        default=0.0,
         metavar="SECONDS",
-        help="send a heartbeat to a v2 server after this much silence (default 0 = off)",
+        help="send a heartbeat to a v2 server after this much silence (default {default} = off)",
     )
-    parser.add_argument(
+    option(
         "--heartbeat-timeout",
-        type=float,
-        default=10.0,
         metavar="SECONDS",
-        help="close a session whose heartbeat is not answered in time (default 10)",
+        help="close a session whose heartbeat is not answered in time (default {default})",
     )
     parser.add_argument(
         "--auth", metavar="USER:PASS", help="require this username/password from local clients"
@@ -179,13 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="forward UDP arriving on LOCAL to TARGET through the server, "
         "e.g. 127.0.0.1:5353=8.8.8.8:53 (repeatable)",
     )
-    parser.add_argument(
+    option(
         "--workers",
         type=int,
         default=1,
         metavar="N",
         help="processes sharing the local listening socket, each with its own "
-        "session pool (default 1; 0 = one per CPU core, or 1 with 2 cores or fewer)",
+        "session pool (default {default}; 0 = one per CPU core, or 1 with 2 cores or fewer)",
     )
     _common.add_logging_arguments(parser)
     return parser

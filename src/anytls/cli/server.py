@@ -30,6 +30,7 @@ from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
 from ..log import level_number, set_worker, setup_logging
 from . import _common, _node, _run
+from ._flags import Options
 from ._run import fork_workers, run
 from .config_file import Schema, schema_from_parser
 
@@ -41,12 +42,17 @@ PROG = "anytls-server"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
+    from ..aio.server import ServerConfig
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="AnyTLS server. With no --cert it makes a self-signed certificate. "
         "Every option can also be set in a TOML file given with -c.",
         allow_abbrev=False,
     )
+    # option(): the default (and type) of the ServerConfig field it sets, unless given;
+    # "{default}" in its help shows the default.
+    option = Options(parser, ServerConfig).add
     _common.add_config_arguments(parser)
     parser.add_argument(
         "--export",
@@ -60,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="user whose password goes into --export (default: the first)",
     )
-    parser.add_argument(
+    option(
         "-l",
         "--listen",
         dest="l",
         metavar="HOST:PORT",
         default="0.0.0.0:8443",
-        help="listen address (default 0.0.0.0:8443, IPv4 only; [::]:PORT is IPv4 and IPv6)",
+        help="listen address (default {default}, IPv4 only; [::]:PORT is IPv4 and IPv6)",
     )
     parser.add_argument(
         "-p",
@@ -143,41 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--qr", action="store_true", help="also print each link as a QR code on standard output"
     )
-    parser.add_argument(
+    option(
         "--connect-timeout",
-        type=float,
-        default=5.0,
         metavar="SECONDS",
-        help="timeout for dialling destinations (default 5)",
+        help="timeout for dialling destinations (default {default})",
     )
-    parser.add_argument(
+    option(
         "--idle-session-timeout",
-        type=float,
-        default=600.0,
         metavar="SECONDS",
-        help="close sessions with no stream and no traffic after this (default 600; 0 = never)",
+        help="close sessions with no stream and no traffic after this (default {default}; "
+        "0 = never)",
     )
-    parser.add_argument(
+    option(
         "--max-streams-per-session",
-        type=int,
-        default=0,
         metavar="N",
-        help="refuse streams beyond N open in one session (default 0 = no limit)",
+        help="refuse streams beyond N open in one session (default {default} = no limit)",
     )
-    parser.add_argument(
+    option(
         "--heartbeat-interval",
-        type=float,
-        default=0.0,
         metavar="SECONDS",
-        help="probe v2 clients silent this long; close if they do not answer (default 0 = off)",
+        help="probe v2 clients silent this long; close if they do not answer "
+        "(default {default} = off)",
     )
-    parser.add_argument(
+    option(
         "--udp-idle-timeout",
-        type=float,
-        default=60.0,
         metavar="SECONDS",
         help="close a UDP-over-TCP stream after this long without a "
-        "datagram either way (default 60)",
+        "datagram either way (default {default})",
     )
     parser.add_argument(
         "--fallback",
@@ -185,79 +183,67 @@ def build_parser() -> argparse.ArgumentParser:
         help="relay connections that fail authentication to this web server "
         "instead of closing them, so the port looks like that site",
     )
-    parser.add_argument(
+    option(
         "--allow-private",
         action="store_true",
         help="let users reach loopback, private (RFC 1918, ULA, CGNAT) and link-local "
         "destinations, i.e. this machine's own services and its networks (default: refused)",
     )
-    parser.add_argument(
+    option(
         "--deny-private",
         action="store_true",
         help="refuse private destinations (the default; kept for compatibility)",
     )
-    parser.add_argument(
+    option(
         "--max-connections",
-        type=int,
-        default=4096,
         metavar="N",
-        help="simultaneous TLS connections (default 4096; 0 = no limit)",
+        help="simultaneous TLS connections (default {default}; 0 = no limit)",
     )
-    parser.add_argument(
+    option(
         "--auth-fail-limit",
-        type=int,
-        default=10,
         metavar="N",
         help="failed authentications per minute from one source (IPv4 address, IPv6 /64) "
         "after which its attempts fail without a password check, answered as a wrong "
-        "password (default 10; 0 = no limit)",
+        "password (default {default}; 0 = no limit)",
     )
-    parser.add_argument(
+    option(
         "--heartbeat-timeout",
-        type=float,
-        default=10.0,
         metavar="SECONDS",
-        help="close a session whose heartbeat is not answered in time (default 10)",
+        help="close a session whose heartbeat is not answered in time (default {default})",
     )
-    parser.add_argument(
+    option(
         "--stream-buffer",
-        type=int,
-        default=256 * 1024,
         metavar="BYTES",
-        help="bytes buffered towards one destination before the session pauses (default 262144)",
+        help="bytes buffered towards one destination before the session pauses (default {default})",
     )
-    parser.add_argument(
+    option(
         "--session-buffer",
-        type=int,
-        default=1024 * 1024,
         metavar="BYTES",
-        help="bytes buffered towards one client before its sources pause (default 1048576)",
+        help="bytes buffered towards one client before its sources pause (default {default})",
     )
-    parser.add_argument(
+    option(
         "--preface-timeout",
-        type=float,
-        default=10.0,
         metavar="SECONDS",
-        help="time for a client to authenticate after TLS (default 10)",
+        help="time for a client to authenticate after TLS (default {default})",
     )
-    parser.add_argument(
+    option(
         "--tcp-fast-open",
         action="store_true",
         help="accept TCP Fast Open (clients' ClientHello in the SYN; needs "
         "sysctl net.ipv4.tcp_fastopen=3)",
     )
-    parser.add_argument(
+    option(
         "--accept-proxy-protocol",
         action="store_true",
         help="expect a PROXY protocol v1/v2 header from a load balancer "
         "(HAProxy send-proxy) before TLS",
     )
-    parser.add_argument(
+    option(
         "--workers",
         type=int,
         default=0,
         metavar="N",
-        help="processes sharing the listening socket (default 0 = one per CPU core, "
+        help="processes sharing the listening socket (default {default} = one per CPU core, "
         "or 1 on machines with 2 cores or fewer)",
     )
     parser.add_argument(
@@ -266,13 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics "
         "(e.g. 127.0.0.1:9090; default off)",
     )
-    parser.add_argument(
+    option(
         "--speed-limit",
-        type=float,
-        default=0.0,
         metavar="MBPS",
         help="speed limit of every user in Mbit/s, each direction, over all of the "
-        "user's sessions (default 0 = none; a user's own speed_limit wins)",
+        "user's sessions (default {default} = none; a user's own speed_limit wins)",
     )
     parser.add_argument(
         "--api",
@@ -298,19 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--node-id", type=int, metavar="N", help="this node's id in the panel (an anytls node)"
     )
-    parser.add_argument(
+    option(
         "--stats-interval",
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="log a traffic summary line this often (default 60; 0 = never)",
+        help="log a traffic summary line this often (default {default}; 0 = never)",
     )
-    parser.add_argument(
+    option(
         "--shutdown-grace",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="on SIGTERM, let open streams finish for this long before closing them (default 10)",
+        help="on SIGTERM, let open streams finish for this long before closing them "
+        "(default {default})",
     )
     _common.add_logging_arguments(parser)
     return parser
