@@ -1,7 +1,7 @@
-"""Plumbing shared by ``anytls-client`` and ``anytls-server``.
+"""Plumbing shared by ``anytls-client`` and ``anytls-server`` (and the server's modules).
 
 Argument definitions both programs declare identically, the flags + config file →
-namespace step, and the one-line error exit.
+namespace step, the one-line error exit, and the server's state directory.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import __version__
@@ -54,6 +55,13 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 def parse_listen(text: str) -> Address:
     """A listen address; Go's ``:PORT`` means all interfaces (raises ConfigError)."""
     return Address.parse("0.0.0.0" + text if text.startswith(":") else text)
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    """``anytls-server --state-dir``, else the default (see :mod:`anytls.state`)."""
+    from ..state import default_state_dir
+
+    return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
 
 
 def print_config(

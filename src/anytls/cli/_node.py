@@ -13,22 +13,15 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
-from pathlib import Path
 from typing import Any
 
 from ..core.address import Address
 from ..errors import ConfigError
-from ..state import default_state_dir
 from ..store import Store
 from ..users import UserEntry
-from ._common import parse_listen
+from ._common import parse_listen, state_dir
 
 log = logging.getLogger("anytls.server")
-
-
-def state_dir(args: argparse.Namespace) -> Path:
-    """``--state-dir``, else the default one (as :func:`anytls.cli.server.state_dir`)."""
-    return Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
 
 
 def _loopback(host: str) -> bool:
