@@ -7,21 +7,22 @@ Settings come from flags and/or a TOML file (``-c client.toml``, see
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from .. import __version__
+from ..aio.client import ClientConfig
 from ..core.address import Address
-from ..errors import ConfigError, SessionClosedError, StreamOpenError
+from ..errors import ConfigError
+from ..inbound.udp_forward import parse_forward
 from ..log import set_worker, setup_logging
 from ..uri import format_uri, parse_uri, strip_quotes
 from . import _common, _run
+from ._check import check_until_stopped
+from ._client_process import Auth, ClientProcess, ClientStartup
 from ._flags import Options, long_options, normalise, parse_bool
 from ._run import run
 from .config_file import MASK, Schema, schema_from_parser
@@ -38,8 +39,6 @@ __all__ = ["build_parser", "config_from_args", "long_options", "main", "normalis
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
-    from ..aio.client import ClientConfig
-
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="AnyTLS client with a local SOCKS5 + HTTP proxy port. Every option can "
@@ -271,9 +270,8 @@ def fail(message: str) -> NoReturn:
     _common.fail(PROG, message)
 
 
-def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def config_from_args(args: argparse.Namespace) -> ClientConfig:
     """Build a :class:`~anytls.aio.client.ClientConfig` from parsed flags."""
-    from ..aio.client import ClientConfig
     from ..aio.impersonate import DEFAULT_FINGERPRINT, check_fingerprint
 
     server = args.s
@@ -329,6 +327,12 @@ def config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     )
 
 
+def read_settings(argv: Sequence[str]) -> tuple[argparse.Namespace, ClientConfig, Auth]:
+    """Flags and config file → settings, client config and ``--auth`` (raises ConfigError)."""
+    args = load_args(argv)
+    return args, config_from_args(args), parse_auth(args.auth) if args.auth else None
+
+
 # ---------------------------------------------------------------------- commands
 
 
@@ -360,140 +364,12 @@ def print_config(args: argparse.Namespace) -> None:
     _common.print_config(PROG, args, schema(), render)
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
-def _hint(exc: BaseException) -> str:
-    from ..aio.diagnose import hint
-
-    return hint(exc)
-
-
-async def check(config: Any, target: Address) -> int:
-    """Connect, open one stream to ``target`` and report; 0 on success, 1 on failure."""
-    from dataclasses import replace
-
-    from ..aio.client import Client
-
-    config = replace(config, min_idle_session=0)
-    where = f"{config.server_host}:{config.server_port}"
-    loop = asyncio.get_running_loop()
-    print(f"checking {where} (stream to {target})", flush=True)
-    client = Client(config)
-    try:
-        started = loop.time()
-        try:
-            stream = await client.open_stream(target)
-        except SessionClosedError as exc:
-            print(f"FAILED: {exc}{_hint(exc)}", flush=True)
-            return 1
-        opened = loop.time()  # the stream went out with the first packet (0-RTT)
-        handshake = opened - started
-        ssl_object = stream.get_extra_info("ssl_object")
-        tls = ""
-        if ssl_object is not None:
-            tls = f"{ssl_object.version()}, {ssl_object.cipher()[0]}, "
-        tls += f"{stream.get_extra_info('fingerprint') or 'openssl'} ClientHello, "
-        if config.pin_sha256:
-            verified = "certificate pinned"
-        elif config.insecure:
-            verified = "certificate NOT verified (insecure)"
-        else:
-            verified = "certificate verified"
-        print(f"TLS handshake: {_ms(handshake)} ({tls}{verified})", flush=True)
-        try:
-            await client.wait_acknowledged(stream)
-        except StreamOpenError as exc:
-            print(f"FAILED: the server could not open {target}: {exc}", flush=True)
-            return 1
-        except SessionClosedError as exc:
-            print(f"FAILED: {exc}{_hint(exc)}", flush=True)
-            return 1
-        version = client.server_version or 1
-        if version >= 2:
-            print(f"stream open: {_ms(loop.time() - opened)} (server connected to {target})")
-        else:
-            print("stream open: not confirmed (a v1 server does not acknowledge streams)")
-        print(f"server protocol version: {version}")
-        print("OK", flush=True)
-        stream.close()
-        return 0
-    finally:
-        await client.close()
-
-
-# ---------------------------------------------------------------------- reload
-
-#: Settings a reload cannot change (they need new sockets or processes).
-RESTART = {"l": "listen", "udp_forward": "udp_forward", "workers": "workers"}
-
-
-def reload_client(
-    argv: Sequence[str],
-    args: argparse.Namespace,
-    inbound: Any,
-    forwarders: Sequence[Any],
-    level: int = logging.INFO,
-) -> tuple[argparse.Namespace, Any] | None:
-    """SIGHUP: re-read flags and config file; new connections use a new :class:`Client`.
-
-    Returns the new settings and the old client (to retire once its streams end), or None
-    when the file has an error (logged; the running settings stay) or nothing changed.
-    """
-    from ..aio.client import Client
-    from ..inbound.socks5_udp import udp_handler
-
-    try:
-        new = load_args(argv)
-        config = config_from_args(new)
-        auth = parse_auth(new.auth) if new.auth else None
-    except ConfigError as exc:
-        log.log(
-            logging.ERROR if level >= logging.INFO else logging.DEBUG,
-            "reload failed, keeping the running settings: %s",
-            exc,
-        )
-        return None
-    for dest, key in RESTART.items():
-        if getattr(new, dest) != getattr(args, dest):
-            log.log(
-                logging.WARNING if level >= logging.INFO else logging.DEBUG,
-                "reload: %s changed; restart the client to apply it",
-                key,
-            )
-    old = inbound.client
-    if config == old.config and auth == inbound.auth:
-        log.log(level, "reloaded: no change")
-        return None
-    client = Client(config)
-    inbound.client, inbound.auth, inbound.udp_handler = client, auth, udp_handler(client)
-    for forwarder in forwarders:
-        forwarder.client = client
-    log.log(
-        level,
-        "reloaded: server %s:%d%s; open connections finish on the old sessions",
-        config.server_host,
-        config.server_port,
-        " (certificate not verified)" if config.insecure else "",
-    )
-    return new, old
-
-
-async def retire(client: Any, longest: float = 3600.0) -> None:
-    """Close ``client`` once none of its sessions carries a stream (or after ``longest``)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + longest
-    while loop.time() < deadline and any(c.streams for c in client.sessions.values()):  # noqa: ASYNC110 - no event for "last stream ended"
-        await asyncio.sleep(1.0)
-    await client.close()
-
-
 # ---------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``anytls-client``."""
+    """Entry point of ``anytls-client``: settings, then the proxy in every worker process
+    (or ``--check`` once)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = load_args(argv)
@@ -502,11 +378,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.print_config:
         print_config(args)
         return
-    from ..aio.client import Client
-    from ..inbound.mixed import MixedInbound
-    from ..inbound.socks5_udp import udp_handler
-    from ..inbound.udp_forward import parse_forward, start_forwarders
-
     try:
         config = config_from_args(args)
         listen = _common.parse_listen(args.l)
@@ -518,23 +389,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(args.log_level or ("warning" if args.check else None), args.log_format)
     if args.p and _is_link(args.s) and parse_uri(args.s).password not in ("", args.p):
         log.warning("-p is ignored: the anytls:// link already carries a password")
-
     if target is not None:
-
-        async def acheck(stop: asyncio.Event) -> None:
-            task = asyncio.create_task(check(config, target))
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not task.done():  # Ctrl-C
-                task.cancel()
-                raise SystemExit(130)
-            if task.result():
-                raise SystemExit(task.result())
-
-        run(acheck)
+        run(lambda stop: check_until_stopped(config, target, stop))
         return
-
     workers = _run.worker_count(args.workers, listen)
     _common.warn_fast_open(config.tcp_fast_open, server=False)
     try:
@@ -547,67 +404,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             exc.strerror or exc,
         )
         raise SystemExit(1) from exc
-
-    async def amain(stop: asyncio.Event) -> None:
-        client = Client(config)
-        inbound = MixedInbound(client, auth=auth, udp_handler=udp_handler(client))
-        await inbound.start(listen.host, listen.port, sockets=sockets)
-        try:
-            forwarders = await start_forwarders(client, forwards, reuse_port=_run.forked())
-        except OSError as exc:
-            log.error("--udp-forward: cannot bind: %s", exc.strerror or exc)
-            raise SystemExit(1) from exc
-        # Worker processes other than the first say the same things at DEBUG.
-        level = logging.INFO if worker_index == 0 else logging.DEBUG
-        log.log(
-            level,
-            "anytls-client %s: SOCKS5/HTTP proxy on %s, server %s:%d (%s ClientHello)%s%s",
-            __version__,
-            _run.describe_listen(sockets),
-            config.server_host,
-            config.server_port,
-            client.fingerprint or "openssl",
-            " (certificate pinned)"
-            if config.pin_sha256
-            else " (certificate NOT verified)"
-            if config.insecure
-            else "",
-            f", {workers} workers" if workers > 1 else "",
-        )
-
-        retiring: set[asyncio.Task[None]] = set()
-        clients = [client]  # every client made by a reload too, all closed at the end
-        current = {"args": args}
-
-        def on_hup() -> None:
-            _run.signal_workers(signal.SIGHUP)
-            new = reload_client(argv, current["args"], inbound, forwarders, level)
-            if new is None:
-                return
-            current["args"], old = new
-            clients.append(inbound.client)
-            task = asyncio.get_running_loop().create_task(retire(old))
-            retiring.add(task)
-            task.add_done_callback(retiring.discard)
-
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
-        await stop.wait()
-        _run.signal_workers(signal.SIGTERM)
-        log.log(level, "shutting down")
-        for task in list(retiring):
-            task.cancel()
-        for forwarder in forwarders:
-            await forwarder.close()
-        await inbound.close()
-        for each in clients:
-            await each.close()
-        await _run.wait_for_workers(10)
-
-    worker_index = _run.fork_workers(workers)
-    if worker_index:  # the first process's lines stay as they are
-        set_worker(worker_index)
-    run(amain)
+    startup = ClientStartup(
+        args=args,
+        reread=functools.partial(read_settings, argv),
+        config=config,
+        listen=listen,
+        auth=auth,
+        forwards=forwards,
+        sockets=sockets,
+        workers=workers,
+    )
+    worker = _run.fork_workers(workers)
+    if worker:  # the first process's lines stay as they are
+        set_worker(worker)
+    run(lambda stop: ClientProcess(startup, worker).run(stop))
 
 
 if __name__ == "__main__":  # pragma: no cover
