@@ -7,8 +7,8 @@ import argparse
 import logging
 import os
 import ssl
-from typing import Any
 
+from ..aio.acme import AcmeSettings
 from ..core.address import Address
 from ..errors import ConfigError
 from ._common import parse_listen, state_dir
@@ -75,7 +75,7 @@ def certificate_files(args: argparse.Namespace, listen: Address) -> tuple[str, s
     return str(where), str(stored.key_path)
 
 
-def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
+def acme_settings(args: argparse.Namespace, listen: Address) -> AcmeSettings | None:
     """The :class:`~anytls.aio.acme.AcmeSettings` of ``--acme`` (None without it)."""
     if not args.acme:
         for dest, flag in (("acme_email", "--acme-email"), ("acme_http", "--acme-http")):
@@ -86,7 +86,7 @@ def acme_settings(args: argparse.Namespace, listen: Address) -> Any:
         raise ConfigError(
             "--acme gets the certificate from the CA: leave out --cert/--key (or --acme)"
         )
-    from ..aio.acme import AcmeSettings, check_acme_installed, check_directory, check_domain
+    from ..aio.acme import check_acme_installed, check_directory, check_domain
 
     check_acme_installed()
     http = None

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..aio.server import AnyTLSServer
 from ..core.address import Address
 from ..errors import ConfigError
 from ..log import level_number
@@ -40,7 +41,7 @@ class Reloader:
         self,
         reread: Callable[[], argparse.Namespace],
         args: argparse.Namespace,
-        server: Any,
+        server: AnyTLSServer,
         listen: Address,
         level: int = logging.INFO,
     ) -> None:

@@ -8,11 +8,13 @@ import argparse
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from ..aio.limits import UserPolicy
+from ..aio.server import ServerConfig
 from ..core.address import Address
 from ..core.padding import PaddingScheme
 from ..errors import ConfigError, PaddingSchemeError
+from ..users import UserEntry
 
 
 def parse_users(password: str | None, extra: Sequence[str]) -> dict[str, str]:
@@ -91,7 +93,7 @@ def load_padding(source: str | Sequence[str] | None) -> PaddingScheme:
         raise ConfigError(f"padding scheme {source!r}: {exc}") from exc
 
 
-def user_entries(args: argparse.Namespace) -> dict[str, Any]:
+def user_entries(args: argparse.Namespace) -> dict[str, UserEntry]:
     """The config file's per-user tables (limits, quota, expiry): name → UserEntry."""
     from ..users import entries_from_toml
     from .config_file import normalise_key, read_toml
@@ -108,11 +110,8 @@ def user_entries(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def server_config(args: argparse.Namespace) -> Any:
+def server_config(args: argparse.Namespace) -> ServerConfig:
     """The :class:`~anytls.aio.server.ServerConfig` the flags describe."""
-    from ..aio.limits import UserPolicy
-    from ..aio.server import ServerConfig
-
     if args.allow_private and args.deny_private:
         raise ConfigError("--allow-private and --deny-private contradict each other; drop one")
     panel = bool(getattr(args, "panel", None))

@@ -21,7 +21,7 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import __version__
@@ -182,7 +182,7 @@ class ServerProcess:
             raise SystemExit(1) from exc
         log.info("Prometheus metrics at http://%s/metrics", where)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.background.append(asyncio.get_running_loop().create_task(coro))
 
     # ------------------------------------------------------------------ announce
