@@ -15,6 +15,7 @@ import ipaddress
 import logging
 from typing import Any
 
+from ..aio.server import ServerConfig
 from ..core.address import Address
 from ..errors import ConfigError
 from ..store import Store
@@ -64,7 +65,7 @@ class Prepared:
     """What :func:`prepare` worked out."""
 
     listen: Address
-    config: Any
+    config: ServerConfig
     entries: dict[str, UserEntry]
     node: Any = None
     #: The file's users before quotas and expiry left some out.
@@ -72,7 +73,10 @@ class Prepared:
 
 
 def prepare(
-    args: argparse.Namespace, listen: Address, config: Any, entries: dict[str, UserEntry]
+    args: argparse.Namespace,
+    listen: Address,
+    config: ServerConfig,
+    entries: dict[str, UserEntry],
 ) -> Prepared:
     """Before forking: the panel's port and users, and file users over quota left out."""
     prepared = Prepared(listen, config, entries, file_users=dict(config.users))
