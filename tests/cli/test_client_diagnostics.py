@@ -138,3 +138,23 @@ async def test_client_reloads_its_config_on_sighup(tmp_path: Path) -> None:
         assert await reader.readexactly(12) == b"after reload"
         writer.close()
         assert cli.proc.poll() is None
+
+
+@async_test
+async def test_client_reload_keeps_saying_a_setting_needs_a_restart(tmp_path: Path) -> None:
+    # A setting a reload cannot apply stays at its running value, so every reload says so
+    # (not only the first; the second used to report "no change" with the file still
+    # asking for 2 workers).
+    port = free_port()
+    config = tmp_path / "client.toml"
+    config.write_text('server = "127.0.0.1:9"\npassword = "first-password"\n')
+    async with AnyTLSProcess.client(
+        port, ["-c", str(config), "--log-level", "info"], tmp_path
+    ) as cli:
+        assert cli.proc is not None
+        config.write_text('server = "127.0.0.1:9"\npassword = "second-password"\nworkers = 2\n')
+        cli.proc.send_signal(signal.SIGHUP)
+        await cli.wait_log(r"reloaded: server 127\.0\.0\.1:9")
+        cli.proc.send_signal(signal.SIGHUP)
+        await cli.wait_log(r"reloaded: no change")
+        assert len(cli.log_lines(r"WARNING .*reload: workers changed; restart the client")) == 2

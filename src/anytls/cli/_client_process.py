@@ -86,6 +86,7 @@ def reload_client(
                 "reload: %s changed; restart the client to apply it",
                 key,
             )
+            setattr(new, dest, getattr(args, dest))  # still running: the next reload says so too
     old = inbound.client
     if config == old.config and auth == inbound.auth:
         log.log(level, "reloaded: no change")
