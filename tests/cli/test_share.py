@@ -70,7 +70,8 @@ async def test_link_from_the_log_works_with_our_client(tmp_path: Path) -> None:
         # The certificate was made and read in a child: the server never maps the
         # cryptography module (about 8 MiB resident; see anytls.forked).
         assert server.proc is not None
-        assert "cryptography" not in Path(f"/proc/{server.proc.pid}/maps").read_text()
+        maps = await asyncio.to_thread(Path(f"/proc/{server.proc.pid}/maps").read_text)
+        assert "cryptography" not in maps
         # --qr: the link and its QR code (Unicode half blocks) on standard output.
         text = server.log_text()
         assert f"user alice: {links['alice']}\n" in text
