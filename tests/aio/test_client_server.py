@@ -13,6 +13,7 @@ from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import ServerConfig, serve
 from anytls.core.padding import PaddingScheme
 from anytls.errors import SessionClosedError, StreamOpenError
+from tests.helpers.aio import wait_until
 
 PASSWORD = "s3cret"
 
@@ -84,7 +85,7 @@ def test_100_concurrent_streams_and_reuse() -> None:
             # sequential streams after that reuse idle sessions
             for _ in range(5):
                 await _roundtrip(env.client, env.echo_port, 1000)
-                await asyncio.sleep(0.01)
+                await wait_until(lambda: all(not c.streams for c in env.client.sessions.values()))
             assert env.client.sessions_opened == opened
 
     asyncio.run(main())

@@ -46,10 +46,14 @@ def test_stalled_reader_stops_the_source_and_others_keep_going() -> None:
         async with flood_server() as (flood_port, sent), Client(config) as client:
             reader, writer = await client.open_connection("127.0.0.1", flood_port)
             await reader.readexactly(1 << 20)  # the flood is flowing
-            await asyncio.sleep(1.0)  # now nobody reads
-            stalled_at = sent[0]
+            # now nobody reads: wait until the source makes no progress for 0.25 s
+            stalled_at = -1
+            async with asyncio.timeout(10):
+                while sent[0] != stalled_at:
+                    stalled_at = sent[0]
+                    await asyncio.sleep(0.25)  # the progress check's window
             print(f"flood stalled after {stalled_at / 2**20:.1f} MiB")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # time passes: the stall is shown to last
             # nothing more is accepted: every buffer on the way is full and reading paused
             assert sent[0] - stalled_at <= len(CHUNK) * 2
             # bounded: socket buffers + transport high-water marks, not the whole flood

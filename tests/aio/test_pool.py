@@ -163,7 +163,7 @@ def test_heartbeats_keep_session_and_detect_a_dead_one() -> None:
             assert await reader.readexactly(1) == b"x"
             (conn,) = client.sessions.values()
             loop.advance(29)  # not silent long enough yet
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # time for a wrong heartbeat to be answered: none is
             assert conn.heartbeats_answered == 0
             for answered in (1, 2):
                 loop.advance(31)
@@ -174,7 +174,7 @@ def test_heartbeats_keep_session_and_detect_a_dead_one() -> None:
             assert sconn.transport is not None
             sconn.transport.pause_reading()  # the server stops answering
             loop.advance(31)  # the next heartbeat goes out ...
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # real time passes, the clock does not: no close yet
             assert not conn.is_closed
             loop.advance(11)  # ... and is not answered within 10 s
             await wait_until(lambda: conn.is_closed)
@@ -202,7 +202,7 @@ def test_server_heartbeat_closes_a_silent_client() -> None:
             assert conn.transport is not None
             conn.transport.pause_reading()  # the client goes deaf
             loop.advance(61)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # real time for the unanswered heartbeat to leave
             loop.advance(11)
             await wait_until(lambda: sconn.is_closed)
             assert sconn.is_closed
@@ -345,14 +345,16 @@ def test_pool_pick_matches_the_policy_as_streams_come_and_go(max_streams: int) -
                 assert await reader.readexactly(1) == b"x"
                 if i % 3 == 0:
                     writer.close()
-                    await asyncio.sleep(0.01)
+                    await writer.wait_closed()
                     assert agrees()
             newest = max(client.sessions)
             client.sessions[newest].close("test")
             assert agrees()
             for _, writer in opened:
                 writer.close()
-            await asyncio.sleep(0.05)
+            # (those of the closed session end with its SessionClosedError)
+            await asyncio.gather(*(w.wait_closed() for _, w in opened), return_exceptions=True)
+            await wait_until(lambda: newest not in client.sessions)
             assert agrees()
             await ping(client, echo)
             assert agrees()
@@ -406,14 +408,14 @@ def test_open_stream_then_uses_no_task_on_a_pooled_session() -> None:
             assert pending.task is not None  # no session yet: opened in a task
             stream, exc = await first.result()
             assert exc is None and await echo_through(stream, b"one") == b"one"
-            await asyncio.sleep(0.01)
+            await wait_until(lambda: client.idle)  # back in the pool
             second = Opened()
             pending = client.open_stream_then(Address(*echo), second)
             assert pending.task is None and pending.stream is not None  # callback path
             stream, exc = await second.result()
             assert exc is None and await echo_through(stream, b"two") == b"two"
             assert client.sessions_opened == 1
-            await asyncio.sleep(0.01)
+            await wait_until(lambda: client.idle)
             refused = Opened()
             pending = client.open_stream_then(Address("127.0.0.1", refused_port()), refused)
             assert pending.task is None

@@ -116,7 +116,7 @@ def test_trickled_preface_hits_the_timeout(info_logs: pytest.LogCaptureFixture) 
         async def trickle() -> None:
             for i in range(len(preface)):
                 writer.write(preface[i : i + 1])
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # the tested behaviour: one byte every 0.1 s
 
         task = asyncio.create_task(trickle())
         await closed_within(reader, 3)

@@ -200,7 +200,7 @@ async def test_renewal_while_a_stream_is_open_then_a_failed_renewal(tmp_path: Pa
                     rounds += 1
                     gaps.append(loop.time() - last)
                     last = loop.time()
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # pacing the traffic, not waiting for a state
 
             pumping = asyncio.create_task(pump())
             await installed(srv, 2, timeout=15)

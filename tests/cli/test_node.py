@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from anytls.cli.server import load_args, server_config, user_entries
 from anytls.core.address import Address
 from anytls.errors import ConfigError, SessionClosedError
 from anytls.store import Store
-from tests.helpers.aio import async_test
+from tests.helpers.aio import async_test, poll_until
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess, program
@@ -52,15 +53,18 @@ async def test_api_sums_and_kicks_over_two_workers(tmp_path: Path) -> None:
         async with Client(config) as client:
             for _ in range(SESSIONS):
                 await _echo_once(client, echo)
-        for _ in range(200):
+
+        async def traffic_and_online() -> tuple[int, Any, Any]:
             status, traffic = await http(api, "GET", "/traffic")
-            if (
-                traffic.get("alice", {}).get("tx", 0) > SESSIONS * SIZE
-                and not (await http(api, "GET", "/online"))[1]
-            ):
-                break
-            await asyncio.sleep(0.05)
-        assert status == 200 and set(traffic) == {"alice"}
+            return status, traffic, (await http(api, "GET", "/online"))[1]
+
+        # every worker has reported alice's sessions, and they have all ended
+        status, traffic, online = await poll_until(
+            traffic_and_online,
+            lambda got: got[1].get("alice", {}).get("tx", 0) > SESSIONS * SIZE and not got[2],
+            10,
+        )
+        assert status == 200 and set(traffic) == {"alice"} and not online
         sent = SESSIONS * SIZE
         assert sent < traffic["alice"]["tx"] < sent + SESSIONS * OVERHEAD
         assert sent < traffic["alice"]["rx"] < sent + SESSIONS * OVERHEAD
@@ -69,11 +73,10 @@ async def test_api_sums_and_kicks_over_two_workers(tmp_path: Path) -> None:
         bob = ClientConfig("127.0.0.1", port, "b", insecure=True, reuse_sessions=False)
         async with Client(bob) as client:
             streams = [await client.open_connection(*echo) for _ in range(6)]
-            for _ in range(100):
-                if (await http(api, "GET", "/online"))[1].get("bob") == 1:
-                    break
-                await asyncio.sleep(0.02)
-            assert (await http(api, "GET", "/online"))[1] == {"bob": 1}  # one client IP
+            online = await poll_until(
+                lambda: http(api, "GET", "/online"), lambda got: got[1].get("bob") == 1
+            )
+            assert online[1] == {"bob": 1}  # one client IP
             started = time.monotonic()
             assert (await http(api, "POST", "/kick", ["bob"]))[0] == 200
             for reader, _ in streams:

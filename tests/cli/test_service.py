@@ -16,7 +16,7 @@ import pytest
 
 from anytls import AnyTLSServer, Client, ClientConfig, ServerConfig
 from anytls.errors import SessionClosedError, StreamOpenError
-from tests.helpers.aio import async_test
+from tests.helpers.aio import async_test, poll_until, wait_until
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.net import free_port, make_self_signed_cert
 from tests.helpers.ourproc import AnyTLSProcess, program
@@ -81,12 +81,9 @@ async def test_sighup_reloads_users_and_certificate(tmp_path: Path) -> None:
         shutil.copy(cert_b, tmp_path / "tls/cert.pem")
         shutil.copy(key_b, tmp_path / "tls/key.pem")
         server.proc.send_signal(signal.SIGHUP)
-        for _ in range(200):
-            if len(server.log_lines(r"reloaded \(2 users; added: bob; certificate")) == 2:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError(server.log_text())
+        reloaded = r"reloaded \(2 users; added: bob; certificate"
+        await wait_until(lambda: len(server.log_lines(reloaded)) == 2, 10)  # one per worker
+        assert len(server.log_lines(reloaded)) == 2, server.log_text()
 
         # New sessions (spread over both workers): bob is known, certificate B is shown.
         async with Client(bob_config) as bob:
@@ -134,20 +131,14 @@ async def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
             r"1 open stream"
         )
         # No new connections (in every worker) ...
-        for _ in range(100):
-            if await refused(port):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("the server still accepts connections")
+        assert await poll_until(lambda: refused(port), bool, 5), "the server still accepts"
         # ... but the open stream goes on.
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time passes: the draining server does not cut it
         await echo_once(reader, writer, b"two")
         assert proc.poll() is None
         started = time.monotonic()
         writer.close()
-        while proc.poll() is None and time.monotonic() - started < 5:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: proc.poll() is not None, 5)
         assert proc.returncode == 0, server.log_text()
         assert time.monotonic() - started < 3  # well inside the 8 s grace
         assert server.log_lines(r"INFO anytls\.server: stopped$")
@@ -171,8 +162,7 @@ async def test_sigterm_cuts_streams_after_the_grace_period(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(SessionClosedError):  # cut off: ends with the session
             assert await asyncio.wait_for(reader.read(), 5) == b""
-        while proc.poll() is None and time.monotonic() - started < 5:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        await wait_until(lambda: proc.poll() is not None, 5)
         assert proc.returncode == 0
         assert 0.4 < time.monotonic() - started < 3
         assert server.log_lines(r"stopped \(1 stream cut off after the grace period\)")
@@ -188,7 +178,7 @@ async def test_draining_server_refuses_new_streams() -> None:
         reader, writer = await client.open_connection(*echo)
         await echo_once(reader, writer, b"a")
         drain = asyncio.create_task(server.shutdown(10))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: server.draining)
         # Same session, new stream: refused with a reason; the open one keeps working.
         with pytest.raises((StreamOpenError, SessionClosedError), match=r"shutting down|ended"):
             await client.open_connection(*echo)

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from anytls import Client, ClientConfig, open_udp
 from anytls.aio.stats import ServerStats, merge_snapshots, render_metrics, summary
 from anytls.errors import SessionClosedError
-from tests.helpers.aio import async_test
+from tests.helpers.aio import async_test, poll_until
 from tests.helpers.echo import tcp_echo_server, udp_echo_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
@@ -82,11 +82,11 @@ async def test_metrics_after_traffic(tmp_path: Path) -> None:
             assoc.close()
         # Every session has ended (and was counted as it ended).
         await server.wait_log(r"ended after .* user alice|user alice\) ended")
-        for _ in range(100):
-            samples = await scrape(metrics)
-            if samples[("anytls_user_sessions_active", user("alice"))] == 0:
-                break
-            await asyncio.sleep(0.05)
+        samples = await poll_until(
+            lambda: scrape(metrics),
+            lambda got: got[("anytls_user_sessions_active", user("alice"))] == 0,
+        )
+        assert samples[("anytls_user_sessions_active", user("alice"))] == 0
         up = samples[("anytls_user_upload_bytes_total", user("alice"))]
         down = samples[("anytls_user_download_bytes_total", user("alice"))]
         sent = SESSIONS * SIZE
@@ -107,11 +107,10 @@ async def test_metrics_after_traffic(tmp_path: Path) -> None:
             with contextlib.suppress(SessionClosedError):
                 await client.open_connection(*echo)
         await server.wait_log(r"rejected .*wrong password")
-        for _ in range(100):
-            samples = await scrape(metrics)
-            if samples[("anytls_rejected_connections_total", ())] == 1:
-                break
-            await asyncio.sleep(0.05)
+        samples = await poll_until(
+            lambda: scrape(metrics),
+            lambda got: got[("anytls_rejected_connections_total", ())] == 1,
+        )
         assert samples[("anytls_rejected_connections_total", ())] == 1
 
         # The summary line, with the same totals (all processes added up).

@@ -21,7 +21,14 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
-__all__ = ["DEFAULT_TIMEOUT", "ClockLoop", "async_test", "run_async", "wait_until"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ClockLoop",
+    "async_test",
+    "poll_until",
+    "run_async",
+    "wait_until",
+]
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -92,7 +99,27 @@ async def wait_until(condition: Callable[[], object], timeout: float = 2.0) -> N
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition() and loop.time() < deadline:  # noqa: ASYNC110 - polling is the point
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # the poll interval
+
+
+async def poll_until(
+    fetch: Callable[[], Awaitable[T]],
+    done: Callable[[T], object],
+    timeout: float = 5.0,  # noqa: ASYNC109
+    interval: float = 0.02,
+) -> T:
+    """Await ``fetch()`` every ``interval`` seconds until ``done(value)`` is true or
+    ``timeout`` seconds passed; return the last value (the caller asserts on it).
+
+    For states only an awaitable can read (an HTTP endpoint, a scrape, a connect attempt).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await fetch()
+        if done(value) or loop.time() >= deadline:
+            return value
+        await asyncio.sleep(interval)  # the poll interval
 
 
 class ClockLoop(asyncio.SelectorEventLoop):

@@ -74,7 +74,7 @@ async def wait_port(
             return
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{host}:{port} did not accept TCP within {timeout}s: {last_exc!r}")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval)  # connect poll interval
 
 
 def wait_port_sync(host: str, port: int, timeout: float = 10.0, interval: float = 0.05) -> None:
@@ -89,4 +89,4 @@ def wait_port_sync(host: str, port: int, timeout: float = 10.0, interval: float 
             last_exc = exc
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{host}:{port} did not accept TCP within {timeout}s: {last_exc!r}")
-        time.sleep(interval)
+        time.sleep(interval)  # connect poll interval

@@ -148,7 +148,7 @@ class AnyTLSProcess(ManagedProcess):
         while (line := self._match(rx)) is None:
             if time.monotonic() >= deadline:
                 raise self._log_timeout(rx, timeout)
-            time.sleep(0.02)
+            time.sleep(0.02)  # log poll interval
         return line
 
     def __repr__(self) -> str:

@@ -121,7 +121,7 @@ class ManagedProcess:
                     if isinstance(step, WaitPort):
                         await wait_port(step.host, step.port, timeout=step.timeout)
                     else:
-                        await asyncio.sleep(step.seconds)
+                        await asyncio.sleep(step.seconds)  # a poll interval of _startup
                 except TimeoutError as exc:
                     step = _advance(steps, exc)
                 else:
@@ -143,7 +143,7 @@ class ManagedProcess:
                     if isinstance(step, WaitPort):
                         wait_port_sync(step.host, step.port, timeout=step.timeout)
                     else:
-                        time.sleep(step.seconds)
+                        time.sleep(step.seconds)  # a poll interval of _startup
                 except TimeoutError as exc:
                     step = _advance(steps, exc)
                 else:
@@ -181,7 +181,7 @@ class ManagedProcess:
             deadline = time.monotonic() + STOP_TIMEOUT
             try:
                 while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+                    await asyncio.sleep(0.02)  # exit poll interval
             finally:
                 # Even if cancelled while waiting: never leave the child behind.
                 if proc.poll() is None:
@@ -247,7 +247,7 @@ class ManagedProcess:
         while (line := self._match(rx)) is None:
             if time.monotonic() >= deadline:
                 raise self._log_timeout(rx, timeout)
-            await asyncio.sleep(self._log_poll)
+            await asyncio.sleep(self._log_poll)  # log poll interval
         return line
 
 

@@ -153,7 +153,7 @@ def test_async_test_timeout_runs_cleanup() -> None:
     @async_test(timeout=0.2)
     async def body() -> None:
         try:
-            await asyncio.sleep(10)
+            await asyncio.sleep(10)  # the tested behaviour: a body that outlives its budget
         finally:
             cleaned.append(True)
 

@@ -113,7 +113,7 @@ def test_local_client_leaving_before_the_synack_closes_the_stream() -> None:
             await inbound.start("127.0.0.1", 0)
             _, w, _ = await open_socks5_raw("127.0.0.1", inbound.port, *echo)  # pools a session
             w.close()
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: not server.open_streams)  # that stream has ended
             for timeout in (0.3, 0.3):  # SOCKS client gives up while the server is dialling
                 with pytest.raises(TimeoutError):
                     await open_socks5_raw(

@@ -159,7 +159,7 @@ async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> N
     """Wait until ``predicate()`` is true."""
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the poll interval (the state has no event)
 
 
 def relays(server: AnyTLSServer) -> list[UotServerRelay]:
@@ -229,7 +229,7 @@ async def test_idle_association_is_closed_and_reopened() -> None:
         assert len(fwd.peers) == 1 and len(relays(server)) == 1
         # traffic within the timeout keeps it
         for i in range(4):
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.15)  # the tested behaviour: gaps shorter than the timeout
             peer.send(b"k%d" % i)
             assert await peer.recv() == b"k%d" % i
         assert fwd.associations_opened == 1

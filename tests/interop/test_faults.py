@@ -10,6 +10,7 @@ from pathlib import Path
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import ServerConfig, serve
 from anytls.errors import AnyTLSError
+from tests.helpers.aio import wait_until
 from tests.helpers.echo import tcp_echo_server, tcp_source_server
 from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess
@@ -99,15 +100,13 @@ def test_stalled_network_frees_everything_on_both_sides() -> None:
                 await r.readexactly(1)
             assert echo.stats.active == 5
             stall.set()  # the network goes silent: no FIN, no RST
-            try:
-                async with asyncio.timeout(10):
-                    while server.connections or echo.stats.active or client.sessions:  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-            except TimeoutError:
-                raise AssertionError(
-                    f"server {server.connections} echo {echo.stats.active} client {client.sessions}"
-                    f" {[c.core.peer_version for c in server.connections]}"
-                ) from None
+            await wait_until(
+                lambda: not (server.connections or echo.stats.active or client.sessions), 10
+            )
+            assert not (server.connections or echo.stats.active or client.sessions), (
+                f"server {server.connections} echo {echo.stats.active} client {client.sessions}"
+                f" {[c.core.peer_version for c in server.connections]}"
+            )
             for r, _ in pairs:
                 assert r.at_eof() or r.exception() is not None
             await client.close()

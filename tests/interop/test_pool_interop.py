@@ -12,6 +12,7 @@ import pytest
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.errors import StreamOpenError
+from tests.helpers.aio import wait_until
 from tests.helpers.echo import refused_port, tcp_echo_server
 from tests.helpers.net import free_port, free_port_tcp_udp
 from tests.helpers.proxyclient import open_socks5
@@ -47,7 +48,8 @@ def test_singbox_client_pools_against_our_server(
         async with tcp_echo_server() as echo, SingBox(config, tmp_path) as sb:
             for _ in range(10):
                 await socks_ping(mixed, echo)
-                await asyncio.sleep(0.02)  # let sing-box return the session to its pool
+                # sing-box puts the session back in its pool before it sends the FIN
+                await wait_until(lambda: server.open_streams == 0)
             # sequential streams ride one session (sing-box reuses the newest idle one)
             assert server.sessions_accepted == 1
             # concurrent streams: sing-box opens a session per active stream
@@ -93,7 +95,7 @@ def test_our_client_pools_against_singbox_server(
                     await client.open_connection("127.0.0.1", refused_port())
                 assert client.sessions_opened == 1
                 # sing-box answers our heartbeats, the idle session stays up
-                await asyncio.sleep(0.7)
+                await wait_until(lambda: conn.heartbeats_answered >= 2, 5)
                 assert conn.heartbeats_answered >= 2
                 assert not conn.is_closed
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from anytls import AnyTLSServer, ServerConfig, serve
-from tests.helpers.aio import async_test
+from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import refused_port, tcp_echo_server
 from tests.helpers.interop import (
     CUSTOM_SCHEME,
@@ -195,9 +195,7 @@ async def test_wrong_password_inprocess_server(
         singbox_client(tmp_path, server_port, "not-the-password") as sb,
     ):
         await _wrong_password_attempt(sb)
-        async with asyncio.timeout(5):
-            while not rejected():  # noqa: ASYNC110 - logging has no event to wait on
-                await asyncio.sleep(0.01)
+        await wait_until(rejected, 5)  # logging has no event to wait on
         assert not server.connections  # the rejected session is gone
     (record,) = rejected()
     assert record.levelno == logging.INFO

@@ -12,7 +12,6 @@ independent model of that algorithm (not the implementation's code).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -25,7 +24,7 @@ from anytls import Client, ClientConfig, ServerConfig, serve
 from anytls.aio.client import CLIENT_NAME
 from anytls.aio.tls import server_context
 from anytls.core.padding import PaddingScheme
-from tests.helpers.aio import async_test
+from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import pattern, sha256_hex, tcp_echo_server
 from tests.helpers.interop import CUSTOM_SCHEME, aclose, sessions_of, socks_echo_check
 from tests.helpers.net import free_port, make_self_signed_cert
@@ -249,9 +248,8 @@ async def _run_sessions(
                 writer.write(data)  # one write = one packet
                 assert sha256_hex(await reader.readexactly(USER_WRITE)) == sha256_hex(data)
                 await aclose(writer)  # FIN; reuse is off, so the session closes too
-                async with asyncio.timeout(5):
-                    while sessions_of(client):  # noqa: ASYNC110 - no event for this
-                        await asyncio.sleep(0.005)
+                await wait_until(lambda: not sessions_of(client), 5)
+                assert not sessions_of(client)
         finally:
             await client.close()
         await rec.wait_connections(n)
