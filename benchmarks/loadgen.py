@@ -356,13 +356,16 @@ async def phase_latency(proxy: tuple[str, int], port: int, iters: int) -> dict[s
 
 
 #: Seconds of quiet before an "after traffic" RSS reading (the same for every program:
-#: Go's scavenger and our idle trim both return memory in the background).
+#: Go's scavenger and our idle trim both return memory in the background). ``--quiet``
+#: changes it (bench.py --quick, whose figures are not compared, uses a fraction).
 QUIET = 2.5
 
 
-async def phase_rss_after_bulk(client_pid: int, server_pid: int) -> dict[str, float]:
+async def phase_rss_after_bulk(
+    client_pid: int, server_pid: int, quiet: float = QUIET
+) -> dict[str, float]:
     """RSS of client and server a moment after the bulk phases."""
-    await asyncio.sleep(QUIET)
+    await asyncio.sleep(quiet)
     return {
         "rss_client_after_bulk_mib": rss_mib(client_pid),
         "rss_server_after_bulk_mib": rss_mib(server_pid),
@@ -450,11 +453,16 @@ async def phase_new_sessions(
 
 
 async def phase_idle_rss(
-    proxy: tuple[str, int], port: int, count: int, client_pid: int, server_pid: int
+    proxy: tuple[str, int],
+    port: int,
+    count: int,
+    client_pid: int,
+    server_pid: int,
+    quiet: float = QUIET,
 ) -> dict[str, float]:
     """RSS growth of client and server with ``count`` idle streams open, then with the
     ``count`` sessions that carried them idle in the pools (streams closed)."""
-    await asyncio.sleep(QUIET)  # the baseline after the same quiet time as the readings
+    await asyncio.sleep(quiet)  # the baseline after the same quiet time as the readings
     base_c, base_s = rss_mib(client_pid), rss_mib(server_pid)
     socks: list[socket.socket] = []
     sem = asyncio.Semaphore(50)
@@ -467,12 +475,12 @@ async def phase_idle_rss(
 
     try:
         await asyncio.gather(*(one() for _ in range(count)))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(min(1.0, quiet))
         peak_c, peak_s = rss_mib(client_pid), rss_mib(server_pid)
     finally:
         for sock in socks:
             sock.close()
-    await asyncio.sleep(QUIET)  # both sides tear the streams down; sessions stay pooled
+    await asyncio.sleep(quiet)  # both sides tear the streams down; sessions stay pooled
     return {
         "rss_client_base_mib": base_c,
         "rss_server_base_mib": base_s,
@@ -755,7 +763,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             phase_two_downloads(proxy, targets.bulk, args.bulk_bytes, args.server_pid),
             bulk_timeout,
         )
-        await phase("rss after bulk", phase_rss_after_bulk(args.client_pid, args.server_pid), 30)
+        await phase(
+            "rss after bulk", phase_rss_after_bulk(args.client_pid, args.server_pid, args.quiet), 30
+        )
         await phase("latency", phase_latency(proxy, targets.echo, args.latency_iters), 120)
         await phase(
             "small requests", phase_small_requests(proxy, targets.http, args.small_requests), 120
@@ -773,7 +783,12 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         await phase(
             "idle-rss",
             phase_idle_rss(
-                proxy, targets.idle, args.idle_streams, args.client_pid, args.server_pid
+                proxy,
+                targets.idle,
+                args.idle_streams,
+                args.client_pid,
+                args.server_pid,
+                args.quiet,
             ),
             180,
         )
@@ -806,6 +821,9 @@ def main() -> None:
     parser.add_argument("--password", required=True)
     parser.add_argument("--new-sessions", type=int, default=300)
     parser.add_argument("--small-requests", type=int, default=100)
+    parser.add_argument(
+        "--quiet", type=float, default=QUIET, help="seconds of quiet before RSS readings"
+    )
     args = parser.parse_args()
     try:
         import resource

@@ -65,7 +65,7 @@ def _check_table(text: str) -> None:
             assert row[ref].endswith("(1.00×)"), row
 
 
-# Seven pairs of about 10 s each in quick mode (unloaded); room for a busy machine.
+# Seven pairs of about 3 s each in quick mode (unloaded); room for a busy machine.
 @pytest.mark.timeout(300)
 def test_benchmark_quick(tmp_path: Path) -> None:
     out = tmp_path / "results.md"
@@ -73,7 +73,7 @@ def test_benchmark_quick(tmp_path: Path) -> None:
         [sys.executable, str(BENCH), "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=280,  # seven pairs, each started fresh; about 70 s on this machine
+        timeout=280,  # seven pairs, each started fresh; about 20 s on this machine
         cwd=ROOT,
         check=False,
     )
