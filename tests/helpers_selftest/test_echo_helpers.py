@@ -116,6 +116,9 @@ def test_free_ports() -> None:
     q = free_port_tcp_udp()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.bind(("127.0.0.1", q))
+    # below the ephemeral range: no connection or bind(0) elsewhere takes them meanwhile
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10000 <= port < low for port in (p, q, *(free_port() for _ in range(50))))
 
 
 def test_self_signed_cert(tmp_path: Path) -> None:
