@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import re
 import signal
+import ssl
 import struct
 import sys
 from collections.abc import AsyncIterator
@@ -93,18 +95,28 @@ async def test_sans_io_example(tmp_path: Path, cert_pair: tuple[Path, Path]) -> 
     async with anytls_server("ours", tmp_path, cert_pair) as link:
         server = urlsplit(link)
         assert server.hostname is not None and server.port is not None
+        shown = await asyncio.to_thread(ssl.get_server_certificate, (server.hostname, server.port))
+        pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(shown)).hexdigest()
         with http_server() as web:
             request = f"GET /hello HTTP/1.0\r\nHost: localhost:{web.port}\r\n\r\n".encode()
-            answer = await asyncio.to_thread(
-                example.fetch, server.hostname, server.port, PASSWORD, "localhost", web.port,
-                request,
-            )  # fmt: skip
+
+            def fetch(pin: str, host: str, port: int) -> bytes:
+                assert server.hostname is not None and server.port is not None
+                return example.fetch(  # type: ignore[no-any-return]
+                    server.hostname, server.port, PASSWORD, pin, host, port, request
+                )
+
+            answer = await asyncio.to_thread(fetch, pin, "localhost", web.port)
             assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(HELLO)
+            # the pin may be written with colons and in capitals, as in share links
+            colons = ":".join(pin[i : i + 2] for i in range(0, 64, 2)).upper()
+            assert await asyncio.to_thread(fetch, colons, "localhost", web.port) == answer
             with pytest.raises(example.StreamOpenError, match="refused"):
-                await asyncio.to_thread(
-                    example.fetch, server.hostname, server.port, PASSWORD, "127.0.0.1",
-                    refused_port(), request,
-                )  # fmt: skip
+                await asyncio.to_thread(fetch, pin, "127.0.0.1", refused_port())
+            # another certificate (a man in the middle, say): refused before the password
+            with pytest.raises(example.CertificatePinError, match="not the pinned server"):
+                await asyncio.to_thread(fetch, "00" * 32, "localhost", web.port)
+            assert len(web.requests) == 2  # the two fetches that passed the pin check
 
 
 @async_test
