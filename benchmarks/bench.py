@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -238,25 +239,40 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, what: s
             return
 
 
+def _port_candidates() -> list[int]:
+    """Random ports below the kernel's ephemeral range (when it is known), then the kernel's
+    choice: outgoing connections and ``bind(0)`` elsewhere on the machine (a test suite
+    running beside, other programs) cannot take those before our processes bind them."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    rng = random.SystemRandom()
+    return [rng.randrange(10000, low) for _ in range(100)] if low > 11000 else []
+
+
+def _free(kinds: tuple[int, ...]) -> int:
+    for port in [*_port_candidates(), *[0] * 50]:
+        with contextlib.ExitStack() as stack:
+            try:
+                for kind in kinds:
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                    sock.bind(("127.0.0.1", port))
+                    port = int(sock.getsockname()[1])  # the kernel's, for port 0
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no port free for {kinds}")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free((socket.SOCK_STREAM,))
 
 
 def free_port_tcp_udp() -> int:
     """A port free for TCP and UDP (mixed inbounds serve UDP on their TCP port)."""
-    for _ in range(50):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
+    return _free((socket.SOCK_STREAM, socket.SOCK_DGRAM))
 
 
 def singbox_bin() -> str:

@@ -30,6 +30,22 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A free loopback TCP port, at random below the kernel's ephemeral range when it is
+    known: outgoing connections and ``bind(0)`` elsewhere on the machine (parallel tests,
+    other programs) cannot take it before our server or client binds it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    for _ in range(100 if low > 11000 else 0):
+        port = random.SystemRandom().randrange(10000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -172,6 +188,9 @@ async def soak(args: argparse.Namespace) -> int:
     try:
         await wait_port(sport)
         await wait_port(cport)
+        for proc, name in ((server, "server"), (client, "client")):
+            if proc.poll() is not None:  # e.g. its port was taken: another program answered
+                raise RuntimeError(f"the {name} exited at start-up; see {logdir}/{name}.log")
         start = time.monotonic()
         deadline = start + args.duration
         sample = asyncio.create_task(
