@@ -96,3 +96,49 @@ async def test_proxy_protocol_server_accepts_on_the_parents_socket(tmp_path: Pat
         writer.write(build_preface("wrong-password", 0))
         await server.wait_log(r"rejected 192\.0\.2\.7:4711: wrong password")
         writer.close()
+
+
+def _connections_queued(port: int, count: int, timeout: float) -> int:
+    """Open ``count`` connections to a listener that does not accept; return how many the
+    kernel completed (queued for ``accept``) within ``timeout``. A full accept queue drops
+    the SYNs of the rest, which would then wait a second for their retransmission."""
+    import select
+
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        poller = select.poll()
+        for sock in socks:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+            poller.register(sock, select.POLLOUT)
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(done) < count and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                done.add(fd)
+                poller.unregister(fd)
+        return len(done)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.parametrize("kind", ["client", "server"])
+def test_listener_queues_a_burst_of_connections(kind: str, tmp_path: Path) -> None:
+    """Both programs listen with a backlog of thousands, not asyncio's default 100: 300
+    connections at once (a browser or a benchmark opening many) all complete at once."""
+    import signal
+
+    port = free_port()
+    if kind == "client":
+        args = ["-s", "127.0.0.1:9", "-p", "pw", "--workers", "1"]
+        proc = AnyTLSProcess.client(port, args, tmp_path)
+    else:
+        proc = AnyTLSProcess.server(port, ["-p", "pw", "--workers", "1"], tmp_path)
+    with proc:
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGSTOP)  # accepts nothing while the burst comes
+        try:
+            assert _connections_queued(port, 300, timeout=0.9) == 300
+        finally:
+            proc.proc.send_signal(signal.SIGCONT)

@@ -40,6 +40,9 @@ log = logging.getLogger("anytls.inbound")
 
 #: Seconds a local client has to finish its SOCKS5/HTTP handshake.
 HANDSHAKE_TIMEOUT = 30.0
+#: Connections the kernel queues for the listener before it accepts them (a browser or a
+#: benchmark opening a few hundred at once must not lose SYNs).
+LISTEN_BACKLOG = 4096
 #: Bytes a local client may send after its request, before the reply, that are buffered
 #: for the stream; past this, reading pauses until the stream is connected.
 EARLY_DATA_LIMIT = 256 * 1024
@@ -332,10 +335,17 @@ class MixedInbound:
         """
         loop = asyncio.get_running_loop()
         if sockets:
-            self.server = await loop.create_server(lambda: _Handshake(self), sock=sockets[0])
+            # create_server listens again on a given socket, with its own backlog
+            # (100 by default): a burst of more connections than that would lose SYNs
+            # and wait a second for their retransmission.
+            self.server = await loop.create_server(
+                lambda: _Handshake(self), sock=sockets[0], backlog=LISTEN_BACKLOG
+            )
             for sock in sockets[1:]:
                 self.extra_servers.append(
-                    await loop.create_server(lambda: _Handshake(self), sock=sock)
+                    await loop.create_server(
+                        lambda: _Handshake(self), sock=sock, backlog=LISTEN_BACKLOG
+                    )
                 )
             return
         self.server = await loop.create_server(
@@ -343,7 +353,7 @@ class MixedInbound:
             host,
             port,
             reuse_address=True,
-            backlog=4096,
+            backlog=LISTEN_BACKLOG,
             reuse_port=reuse_port or None,
         )
 
