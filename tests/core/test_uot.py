@@ -7,8 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anytls.core.address import Address
+from anytls.core.socks5 import build_udp_datagram, parse_udp_datagram
 from anytls.core.uot import (
     MAX_DATAGRAM,
+    UOT_CODES,
     UOT_V1_MAGIC,
     UOT_V2_MAGIC,
     UotPacketDecoder,
@@ -16,7 +18,10 @@ from anytls.core.uot import (
     decode_request,
     encode_connect_packet,
     encode_packet,
+    encode_packet_after,
     encode_request,
+    packet_to_socks_datagram,
+    socks_datagram_to_packet,
     uot_version,
 )
 from anytls.errors import LocalProtocolError, RemoteProtocolError
@@ -256,3 +261,66 @@ def test_request_garbage_only_remote_errors(data: bytes) -> None:
         UotRequestReader().feed(data)
     except RemoteProtocolError:
         pass
+
+
+# -- SOCKS5 UDP datagrams re-framed directly (the mixed inbound's fast path) ------------
+
+
+@FAST
+@given(addresses, payloads)
+def test_socks_datagram_to_packet_matches_the_general_path(
+    address: Address, payload: bytes
+) -> None:
+    datagram = build_udp_datagram(address, payload)
+    packet = socks_datagram_to_packet(datagram)
+    if address.is_ip:
+        parsed = parse_udp_datagram(datagram)
+        assert parsed is not None
+        assert packet == encode_packet(parsed[0], bytes(parsed[1]))
+    else:
+        assert packet is None  # a domain is resolved by the caller first
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        b"\x00\x00\x01\x01\x7f\x00\x00\x01\x00\x35data",  # a fragment
+        b"\x00\x00\x00\x01\x7f\x00\x00\x01\x00",  # truncated
+        b"\x00\x00\x00\x04" + bytes(17),  # truncated IPv6
+        b"\x00\x00\x00\x09" + bytes(10),  # unknown ATYP
+    ],
+)
+def test_socks_datagram_to_packet_leaves_the_rest_to_the_general_path(datagram: bytes) -> None:
+    assert socks_datagram_to_packet(datagram) is None
+
+
+@FAST
+@given(addresses, payloads)
+def test_packet_to_socks_datagram_matches_the_general_path(
+    address: Address, payload: bytes
+) -> None:
+    packet = encode_packet(address, payload)
+    assert packet_to_socks_datagram(packet) == build_udp_datagram(_canonical(address), payload)
+    header = address.encode(UOT_CODES)
+    assert encode_packet_after(header, payload) == packet
+
+
+def test_packet_to_socks_datagram_checks_a_domain() -> None:
+    with pytest.raises(RemoteProtocolError):
+        packet_to_socks_datagram(b"\x02\x03a\x00b\x00\x35\x00\x00")
+
+
+@FAST
+@given(st.lists(st.tuples(addresses, payloads), max_size=6), st.data())
+def test_feed_whole_returns_the_packets_as_sent(
+    packets: list[tuple[Address, bytes]], data: st.DataObject
+) -> None:
+    encoded = [encode_packet(a, p) for a, p in packets]
+    stream = b"".join(encoded)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10))
+    decoder = UotPacketDecoder(connect=False)
+    got = []
+    for chunk in _split(stream, cuts):
+        got += decoder.feed_whole(chunk)
+    assert got == encoded
+    assert decoder.buffered == 0

@@ -61,6 +61,7 @@ class UdpAssociation(asyncio.Protocol):
         self._resolving: dict[str, list[tuple[Buffer, int]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._handler: Callable[[bytes, Address], None] | None = None
+        self._packet_handler: Callable[[bytes], None] | None = None
         stream.set_protocol(self)
         stream.write(encode_request(connect is not None, connect or Address("0.0.0.0", 0)))
 
@@ -113,6 +114,13 @@ class UdpAssociation(asyncio.Protocol):
         except StreamClosedError:
             pass  # the association ended meanwhile
 
+    def send_packet(self, packet: bytes) -> None:
+        """Send one already encoded non-connect packet (address, length and payload, as
+        :func:`~anytls.core.uot.socks_datagram_to_packet` makes it)."""
+        if self.connect is not None:
+            raise ValueError("this association is in connect mode: use send()")
+        self._write(packet)
+
     def send(self, data: bytes) -> None:
         """Send one datagram to the connect-mode target."""
         if self.connect is None:
@@ -154,7 +162,19 @@ class UdpAssociation(asyncio.Protocol):
                 return
             handler(*item)  # the caller's own call: its exceptions reach the caller
 
+    def set_packet_handler(self, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(packet)`` with every whole non-connect packet, undecoded (for
+        relays that re-frame it, e.g. with :func:`~anytls.core.uot.packet_to_socks_datagram`);
+        otherwise as :meth:`set_datagram_handler`."""
+        if self.connect is not None:
+            raise ValueError("this association is in connect mode: use set_datagram_handler()")
+        self._packet_handler = handler
+        self.set_datagram_handler(lambda payload, source: handler(encode_packet(source, payload)))
+
     def data_received(self, data: bytes) -> None:
+        if self._packet_handler is not None:
+            self._whole_packets(data, self._packet_handler)
+            return
         try:
             packets = self.decoder.feed(data)
         except RemoteProtocolError as exc:
@@ -178,6 +198,24 @@ class UdpAssociation(asyncio.Protocol):
                 self.dropped += 1
                 continue
             self.queue.put_nowait((payload, address or self.connect))  # type: ignore[arg-type]
+
+    def _whole_packets(self, data: bytes, handler: Callable[[bytes], None]) -> None:
+        try:
+            packets = self.decoder.feed_whole(data)
+        except RemoteProtocolError as exc:
+            log.info("malformed UoT data from the server: %s", exc)
+            self.error = exc
+            self.close()
+            return
+        for packet in packets:
+            try:
+                handler(packet)
+            except Exception as exc:
+                # Only this association ends, never the session that carries it.
+                log.error("UDP association: packet handler failed", exc_info=exc)
+                self.error = exc
+                self.close()
+                return
 
     def eof_received(self) -> bool:
         return False

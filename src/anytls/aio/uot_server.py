@@ -16,7 +16,13 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from ..core.address import Address
-from ..core.uot import UotPacketDecoder, UotRequestReader, encode_connect_packet, encode_packet
+from ..core.uot import (
+    UOT_CODES,
+    UotPacketDecoder,
+    UotRequestReader,
+    encode_connect_packet,
+    encode_packet_after,
+)
 from ..errors import ProtocolError, StreamClosedError
 from .outbound import DestinationDenied, DnsCache, family_of, is_private, pick_address
 from .stats import UserStats
@@ -28,6 +34,8 @@ log = logging.getLogger("anytls.udp")
 UDP_IDLE_TIMEOUT = 60.0
 #: Datagrams queued per target while its name is looked up or its socket opened.
 RECV_QUEUE_LIMIT = 1024
+#: Reply sources whose encoded address a relay keeps (the table is emptied when full).
+SOURCE_CACHE_SIZE = 256
 
 
 class UotHost(Protocol):
@@ -96,6 +104,8 @@ class UotServerRelay(asyncio.Protocol):
         #: as a full link drops datagrams, instead of queueing without bound.
         self.paused = False
         self.datagrams_dropped = 0
+        #: Reply source (as the socket reports it) → its encoded UoT address.
+        self._sources: dict[tuple[str | int, ...], bytes] = {}
         #: The user's live counters, when the server keeps them.
         self._stats = stats
         if stats is not None:
@@ -262,21 +272,32 @@ class UotServerRelay(asyncio.Protocol):
         if self.paused:
             self.datagrams_dropped += 1
             return
-        host, port = str(addr[0]), int(addr[1])
         if self.connect_target is not None:
-            if (host, port) != self.connect_target:
+            if (str(addr[0]), int(addr[1])) != self.connect_target:
                 return
             packet = encode_connect_packet(data)
         else:
-            if host.startswith("::ffff:") and "." in host:
-                host = host[7:]
-            packet = encode_packet(Address(host, port), data)
+            header = self._sources.get(addr)
+            if header is None:
+                header = self._source_header(addr)
+            packet = encode_packet_after(header, data)
         self.datagrams_in += 1
         self.last_activity = self.loop.time()
         try:
             self.stream.write(packet)
         except StreamClosedError:
             self.close()
+
+    def _source_header(self, addr: tuple[str | int, ...]) -> bytes:
+        """The encoded address of a reply's source (kept: replies come from few sources)."""
+        host, port = str(addr[0]), int(addr[1])
+        if host.startswith("::ffff:") and "." in host:
+            host = host[7:]
+        header = Address(host, port).encode(UOT_CODES)
+        if len(self._sources) >= SOURCE_CACHE_SIZE:
+            self._sources.clear()
+        self._sources[addr] = header
+        return header
 
     def _arm_timer(self) -> None:
         deadline = self.last_activity + self.idle_timeout

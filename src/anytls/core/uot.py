@@ -20,6 +20,8 @@ them with a buffer never larger than one maximal packet.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from .address import (
@@ -44,6 +46,7 @@ MAX_REQUEST_SIZE = 1 + MAX_ADDRESS_SIZE
 
 _U16 = struct.Struct(">H")
 _unpack_u16 = _U16.unpack_from
+_T = TypeVar("_T")
 _V2 = UOT_V2_MAGIC.lower()
 _V1 = UOT_V1_MAGIC.lower()
 
@@ -97,6 +100,63 @@ def encode_packet(address: Address, payload: Buffer) -> bytes:
     """Return a non-connect packet: UoT-coded address + port + u16be length + payload."""
     n = _check_payload(payload)
     return b"".join((address.encode(UOT_CODES), _U16.pack(n), payload))
+
+
+def encode_packet_after(address_header: bytes, payload: Buffer) -> bytes:
+    """Return a non-connect packet from an address already encoded with UoT codes
+    (``address.encode(UOT_CODES)``, which a relay may keep per source)."""
+    return b"".join((address_header, _U16.pack(_check_payload(payload)), payload))
+
+
+def socks_datagram_to_packet(datagram: Buffer) -> bytes | None:
+    """Turn a SOCKS5 UDP datagram to an IP target into a non-connect packet directly.
+
+    ``RSV RSV FRAG ATYP addr port payload`` becomes ``code addr port length payload``
+    without building an :class:`Address`. Returns None for anything else (a domain
+    target, a fragment, a truncated datagram), which the caller handles the general way.
+    """
+    n = len(datagram)
+    if n < 10 or datagram[2] != 0:
+        return None
+    atyp = datagram[3]
+    if atyp == 0x01:
+        code, end = _UOT_IPV4, 10
+    elif atyp == 0x04:
+        code, end = _UOT_IPV6, 22
+    else:
+        return None
+    size = n - end
+    if size < 0 or size > MAX_DATAGRAM:
+        return None
+    view = memoryview(datagram)
+    return b"".join((code, view[4:end], _U16.pack(size), view[end:]))
+
+
+def packet_to_socks_datagram(packet: Buffer) -> bytes:
+    """Turn one whole non-connect packet into a SOCKS5 UDP datagram
+    (``00 00 00 ATYP addr port payload``) with the packet's address as the source.
+
+    IP sources are copied over without building an :class:`Address`; a domain is decoded
+    and checked as :func:`~anytls.core.address.decode_address` does. Raises
+    :class:`RemoteProtocolError` for a malformed address.
+    """
+    code = packet[0]
+    view = memoryview(packet)
+    if code == 0x00:
+        return b"".join((_SOCKS_IPV4, view[1:7], view[9:]))
+    if code == 0x01:
+        return b"".join((_SOCKS_IPV6, view[1:19], view[21:]))
+    result = decode_address(view, 0, UOT_CODES)
+    if result is None:
+        raise RemoteProtocolError("UoT packet address is truncated")
+    address, end = result
+    return b"".join((b"\x00\x00\x00", address.encode(SOCKS_CODES), view[end + 2 :]))
+
+
+_UOT_IPV4 = bytes((UOT_CODES.ipv4,))
+_UOT_IPV6 = bytes((UOT_CODES.ipv6,))
+_SOCKS_IPV4 = bytes((0, 0, 0, SOCKS_CODES.ipv4))
+_SOCKS_IPV6 = bytes((0, 0, 0, SOCKS_CODES.ipv6))
 
 
 def _header_size(buf: Buffer, pos: int, avail: int) -> int:
@@ -183,7 +243,15 @@ class UotPacketDecoder:
 
     def feed(self, data: Buffer) -> list[tuple[Address | None, bytes]]:
         """Add ``data``; return the packets it completed, in order."""
-        out: list[tuple[Address | None, bytes]] = []
+        return self._feed(data, self._packet)
+
+    def feed_whole(self, data: Buffer) -> list[bytes]:
+        """Like :meth:`feed`, but each completed packet is returned whole (header
+        included) and undecoded, e.g. for :func:`packet_to_socks_datagram`."""
+        return self._feed(data, _whole)
+
+    def _feed(self, data: Buffer, emit: Callable[[Buffer, int, int], _T]) -> list[_T]:
+        out: list[_T] = []
         view = memoryview(data)
         n = len(view)
         pos = 0
@@ -194,7 +262,7 @@ class UotPacketDecoder:
                 need = self._need(buf, 0, len(buf))
                 have = len(buf)
                 if have >= need:
-                    out.append(self._packet(buf, 0, need))
+                    out.append(emit(buf, 0, need))
                     buf.clear()
                     break
                 take = min(need - have, n - pos)
@@ -208,9 +276,13 @@ class UotPacketDecoder:
             if avail < need:
                 buf += view[pos:]
                 break
-            out.append(self._packet(view, pos, pos + need))
+            out.append(emit(view, pos, pos + need))
             pos += need
         return out
+
+
+def _whole(buf: Buffer, pos: int, end: int) -> bytes:
+    return bytes(buf[pos:end])
 
 
 __all__ = [
@@ -223,6 +295,9 @@ __all__ = [
     "decode_request",
     "encode_connect_packet",
     "encode_packet",
+    "encode_packet_after",
     "encode_request",
+    "packet_to_socks_datagram",
+    "socks_datagram_to_packet",
     "uot_version",
 ]

@@ -19,7 +19,8 @@ import logging
 from ..aio.client import Client
 from ..aio.udp import UdpAssociation, open_udp
 from ..core.address import Address, Buffer
-from ..core.socks5 import Reply, build_udp_datagram, parse_udp_datagram, reply
+from ..core.socks5 import Reply, parse_udp_datagram, reply
+from ..core.uot import packet_to_socks_datagram, socks_datagram_to_packet
 from ..errors import AnyTLSError, ProtocolError, SessionClosedError
 
 log = logging.getLogger("anytls.inbound")
@@ -96,7 +97,7 @@ class Socks5UdpRelay:
             for payload, target in self.pending:
                 self.assoc.sendto(payload, target)
             self.pending.clear()
-            self.assoc.set_datagram_handler(self._reply)
+            self.assoc.set_packet_handler(self._reply)
             ended = loop.create_task(self._association_ended())
             try:
                 await asyncio.wait([control_proto.lost, ended], return_when=asyncio.FIRST_COMPLETED)
@@ -115,6 +116,19 @@ class Socks5UdpRelay:
         ip, port = _norm(str(addr[0])), int(addr[1])
         if ip != self.client_ip or (self.client_port and port != self.client_port):
             return  # not from the associated client
+        assoc = self.assoc
+        if assoc is not None:
+            # An IP target (the usual case): re-framed as it is, no Address built.
+            packet = socks_datagram_to_packet(data)
+            if packet is not None:
+                self.client_addr = addr
+                self.client_port = port
+                self.datagrams += 1
+                try:
+                    assoc.send_packet(packet)
+                except AnyTLSError:
+                    self.control.close()
+                return
         try:
             parsed = parse_udp_datagram(data)
         except ProtocolError as exc:
@@ -135,9 +149,9 @@ class Socks5UdpRelay:
         except AnyTLSError:
             self.control.close()
 
-    def _reply(self, payload: bytes, source: Address) -> None:
+    def _reply(self, packet: bytes) -> None:
         if self.udp is not None and self.client_addr is not None:
-            self.udp.sendto(build_udp_datagram(source, payload), self.client_addr)
+            self.udp.sendto(packet_to_socks_datagram(packet), self.client_addr)
 
     async def _association_ended(self) -> None:
         assert self.assoc is not None
