@@ -87,11 +87,15 @@ class Params:
     new_sessions: int = 300
     small_requests: int = 100
     quiet: float = 2.5  # seconds before RSS readings (loadgen's QUIET)
+    #: Comma-separated loadgen phases to run (empty: all).
+    phases: str = ""
 
     def loadgen_args(self) -> list[str]:
         return [
             "--quiet",
             str(self.quiet),
+            "--phases",
+            self.phases,
             "--new-sessions",
             str(self.new_sessions),
             "--small-requests",
@@ -494,9 +498,10 @@ def run_pair(pair: Pair, params: Params) -> dict[str, float]:
         result: dict[str, float] = json.loads(out.decode().strip().splitlines()[-1])
     finally:
         pair.stop()
-    result["loadgen_cpu_s_per_gb"] = (
-        result["down_cpu_loadgen_s_per_gb"] + result["up_cpu_loadgen_s_per_gb"]
-    ) / 2
+    if "down_cpu_loadgen_s_per_gb" in result and "up_cpu_loadgen_s_per_gb" in result:
+        result["loadgen_cpu_s_per_gb"] = (
+            result["down_cpu_loadgen_s_per_gb"] + result["up_cpu_loadgen_s_per_gb"]
+        ) / 2
     return result
 
 
@@ -551,6 +556,8 @@ def table(medians: dict[str, dict[str, float]], params: Params, runs: int) -> st
     subst = label_values(params)
     ref = medians.get(REFERENCE, {})
     for m in METRICS:
+        if all(m.key not in medians[name] for name in names):
+            continue  # a phase not run (--phases)
         arrow = {"higher": " ↑", "lower": " ↓"}.get(m.better, "")
         label = m.label.format(**subst) + arrow
         cells = []
@@ -635,6 +642,9 @@ def machine_header(
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
     cmd += f" --runs {args.runs}" + (f" --bulk-mib {args.bulk_mib}" if args.bulk_mib else "")
+    cmd += (f" --pairs {args.pairs}" if args.pairs else "") + (
+        f" --phases {args.phases}" if args.phases else ""
+    )
     return "\n".join(
         [
             f"- date: {now}; total time {elapsed:.0f} s; load average before start {load}; "
@@ -773,6 +783,9 @@ def kept_link_tables(path: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(HERE))
+    from loadgen import PHASES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick",
@@ -801,6 +814,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pairs", default=None, help="comma-separated subset of pair names (default all)"
     )
+    parser.add_argument(
+        "--phases",
+        default=None,
+        help="comma-separated subset of the load generator's phases, e.g. concurrent,udp "
+        f"(default all: {','.join(PHASES)}); no results file unless --out is given",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument(
         "--plot",
@@ -817,7 +836,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.bulk_mib:
         params = Params(**{**params.__dict__, "bulk_bytes": args.bulk_mib << 20})
     args.runs = args.runs or (1 if args.quick else 3)
-    out_path = args.out or (None if args.quick else HERE / "results.md")
+    out_path = args.out or (None if args.quick or args.phases else HERE / "results.md")
+    if args.phases:
+        unknown = set(args.phases.split(",")) - set(PHASES)
+        if unknown:
+            parser.error(f"--phases: unknown {sorted(unknown)}; known: {list(PHASES)}")
+        params = Params(**{**params.__dict__, "phases": args.phases})
     pairs = PAIRS
     if args.pairs:
         wanted = set(args.pairs.split(","))
@@ -851,10 +875,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 result = run_pair(pair, params)
                 raw[name].append(result)
+                shown = [
+                    f"{label} {result[key]:{spec}}"
+                    for key, label, spec in (
+                        ("down_MBps", "down MB/s", ".0f"),
+                        ("up_MBps", "up MB/s", ".0f"),
+                        ("latency_p50_ms", "p50 ms", ".2f"),
+                        ("concurrent_s", "concurrent s", ".3f"),
+                        ("udp_p50_ms", "UDP p50 ms", ".3f"),
+                    )
+                    if key in result
+                ]
                 print(
                     f"run {run + 1}/{args.runs} {name}: {time.monotonic() - t0:.1f} s "
-                    f"(down {result['down_MBps']:.0f} MB/s, up {result['up_MBps']:.0f} MB/s,"
-                    f" p50 {result['latency_p50_ms']:.2f} ms)",
+                    f"({', '.join(shown)})",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -91,3 +91,47 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     keys = {m["key"] for m in table["metrics"]}
     for pair in table["pairs"]:
         assert set(table["medians"][pair]) >= keys - {"down2_server_busy_procs"}
+
+
+@pytest.mark.timeout(120)
+def test_benchmark_one_phase(tmp_path: Path) -> None:
+    """``--phases`` runs only the named load-generator phases; the table has their rows."""
+    out = tmp_path / "results.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--quick",
+            "--pairs",
+            "ours:ours",
+            "--phases",
+            "udp",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stderr}\n{proc.stdout}"
+    rows = _table(out.read_text())
+    assert rows[0][1:] == ["ours:ours"]
+    labels = [r[0] for r in rows[1:]]
+    assert labels and all("UDP" in label for label in labels), labels
+    assert "--phases udp" in out.read_text()
+    for row in rows[1:]:
+        assert CELL.match(row[1]), row
+
+
+def test_benchmark_refuses_an_unknown_phase() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), "--phases", "udp,warp-speed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 2 and "warp-speed" in proc.stderr
