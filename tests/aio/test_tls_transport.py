@@ -4,6 +4,7 @@ memory BIOs over a plain socket, so the test sees every TLS record the server se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import tracemalloc
@@ -356,3 +357,90 @@ async def test_no_receive_buffer_kept_per_connection(
     # (both ends of each connection are in this process; each holds well under 64 KiB)
     per_connection = (after - before) / sessions
     assert per_connection < 32 * 1024, per_connection
+
+
+class _MemoryTcp:
+    """Stands in for the TCP transport under a TlsServerTransport: keeps what it writes."""
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.out += chunk
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("tls12", "app_buffer"), [(False, 65536), (True, 65536), (False, 1000)])
+@async_test
+async def test_records_in_pieces_of_any_size(
+    cert_pair: tuple[Path, Path], tls12: bool, app_buffer: int
+) -> None:
+    """Ciphertext arriving cut anywhere (single bytes, a record's header alone, many
+    records in one read, reads larger than the feed size) decrypts to the same bytes in
+    order: the top-up of OpenSSL's buffer, the stop when all is read and the wait for the
+    rest of a cut record. TLS 1.2 records may be longer than TLS 1.3's; an application
+    buffer smaller than a record leaves decrypted bytes in OpenSSL that must still come."""
+    import random
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*map(str, cert_pair))
+    app = Recorder()
+    app.buf = bytearray(app_buffer)
+    server = TlsServerTransport(ctx, lambda: app)
+    tcp = _MemoryTcp()
+    server.connection_made(tcp)  # type: ignore[arg-type]
+    client_ctx = ssl.create_default_context()
+    client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE
+    if tls12:
+        client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    rng = random.Random(13)
+
+    def feed(data: bytes, max_piece: int) -> None:
+        pos = 0
+        while pos < len(data):
+            n = min(rng.randint(1, max_piece), len(server.get_buffer(-1)))
+            piece = data[pos : pos + n]
+            server.get_buffer(-1)[: len(piece)] = piece
+            server.buffer_updated(len(piece))
+            pos += len(piece)
+
+    for _ in range(6):  # the handshake, a flight at a time
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.do_handshake()
+        feed(outgoing.read(), 1 << 20)
+        incoming.write(bytes(tcp.out))
+        tcp.out.clear()
+    assert app.transport is not None, "handshake did not complete"
+
+    sent = bytearray()
+    for max_piece in (1, 7, 300, 20_000, 200_000):
+        sizes = (1, 100, 1500, 16384) if max_piece < 100 else (1, 100, 1500, 16384, 70_000)
+        stream = bytearray()
+        for _ in range(12 if max_piece < 100 else 40):
+            chunk = rng.randbytes(rng.choice(sizes))
+            client.write(chunk)
+            sent += chunk
+            stream += outgoing.read()
+        feed(bytes(stream), max_piece)
+        assert app.data == sent
+    assert not app.eof
