@@ -444,3 +444,56 @@ async def test_records_in_pieces_of_any_size(
         feed(bytes(stream), max_piece)
         assert app.data == sent
     assert not app.eof
+
+
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
+    # a record whose authentication tag does not match
+    "bad MAC": lambda record: record[:-1] + bytes([record[-1] ^ 1]),
+    # a record header announcing more than TLS allows, then junk
+    "oversized record": lambda record: b"\x17\x03\x03\xff\xff" + b"\x00" * 64,
+    # a record of a content type that does not exist
+    "unknown type": lambda record: b"\x63" + record[1:],
+    # a plaintext alert in the middle of the encrypted session
+    "plain alert": lambda record: b"\x15\x03\x03\x00\x02\x02\x28",
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+@async_test
+async def test_bad_records_close_the_connection_cleanly(
+    cert_pair: tuple[Path, Path], corruption: str
+) -> None:
+    """A damaged record after the handshake: the connection is closed, the application is
+    told (connection_lost), nothing reaches the event loop's exception handler, the data
+    before it was delivered, and the server goes on serving."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    apps: list[Recorder] = []
+
+    def app() -> Recorder:
+        apps.append(Recorder())
+        return apps[-1]
+
+    async with tls_server(cert_pair, app) as (port, _):
+        with await raw_connect(port) as sock:
+            client = RawTlsClient(sock)
+            await client.handshake()
+            client.tls.write(b"good")
+            good = client.outgoing.read()
+            client.tls.write(b"next")
+            damaged = CORRUPTIONS[corruption](client.outgoing.read())
+            await loop.sock_sendall(sock, good + damaged)
+            await wait_until(lambda: bool(apps) and apps[0].lost.done(), timeout=5)
+            assert apps[0].lost.done()
+            assert bytes(apps[0].data) == b"good"
+            # the TCP connection ends (after an alert, or at once)
+            while await asyncio.wait_for(loop.sock_recv(sock, 4096), 5):
+                pass
+        with await raw_connect(port) as sock:
+            client = RawTlsClient(sock)
+            await client.handshake()
+            await client.send(b"again")
+            await wait_until(lambda: len(apps) == 2 and apps[1].data == b"again")
+            assert apps[1].data == b"again"
+    assert errors == []
