@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import tracemalloc
@@ -461,11 +462,12 @@ CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 @async_test
 async def test_bad_records_close_the_connection_cleanly(
-    cert_pair: tuple[Path, Path], corruption: str
+    cert_pair: tuple[Path, Path], corruption: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A damaged record after the handshake: the connection is closed, the application is
     told (connection_lost), nothing reaches the event loop's exception handler, the data
     before it was delivered, and the server goes on serving."""
+    caplog.set_level(logging.DEBUG, logger="anytls.tls")
     loop = asyncio.get_running_loop()
     errors: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
@@ -487,6 +489,9 @@ async def test_bad_records_close_the_connection_cleanly(
             await wait_until(lambda: bool(apps) and apps[0].lost.done(), timeout=5)
             assert apps[0].lost.done()
             assert bytes(apps[0].data) == b"good"
+            # one line naming the peer and OpenSSL's reason
+            (line,) = [r.getMessage() for r in caplog.records if r.name == "anytls.tls"]
+            assert line.startswith(f"TLS error from 127.0.0.1:{sock.getsockname()[1]}, closing:")
             # the TCP connection ends (after an alert, or at once)
             while await asyncio.wait_for(loop.sock_recv(sock, 4096), 5):
                 pass

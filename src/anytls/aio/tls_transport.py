@@ -93,7 +93,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
     def eof_received(self) -> bool | None:
         self._incoming.write_eof()
         if self._state == _HANDSHAKE:
-            log.debug("TLS handshake: the peer closed the connection")
+            log.debug("TLS handshake with %s: the peer closed the connection", self._peer())
             self._abort_tcp()
             return False
         if not self._app_reading:
@@ -128,7 +128,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
             return
         except (ssl.SSLError, ValueError) as exc:
             self._flush_outgoing()  # the alert, if OpenSSL made one
-            log.debug("TLS handshake failed: %s", exc)
+            log.debug("TLS handshake with %s failed: %s", self._peer(), exc)
             self._close_tcp()
             return
         self._cancel_timer()
@@ -210,7 +210,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):  # close_notify, or TCP EOF
             self._eof_to_app()
         except ssl.SSLError as exc:
-            log.debug("TLS error: %s", exc)
+            log.debug("TLS error from %s, closing: %s", self._peer(), exc)
             self._abort_tcp()
             return
         if offset < end:  # the application paused reading: OpenSSL keeps the rest
@@ -234,8 +234,12 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._state == _HANDSHAKE:
-            log.debug("TLS handshake timed out")
+            log.debug("TLS handshake with %s timed out", self._peer())
             self._abort_tcp()
+
+    def _peer(self) -> str:
+        peer = self._tcp.get_extra_info("peername") if self._tcp is not None else None
+        return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -270,7 +274,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
                 out.append(self._outgoing.read())
             self._tcp.writelines(out)
         except ssl.SSLError as exc:
-            log.debug("TLS error while writing: %s", exc)
+            log.debug("TLS error writing to %s, closing: %s", self._peer(), exc)
             self._abort_tcp()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
@@ -292,7 +296,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
             if outgoing.pending:
                 out.append(outgoing.read())
         except ssl.SSLError as exc:
-            log.debug("TLS error while writing: %s", exc)
+            log.debug("TLS error writing to %s, closing: %s", self._peer(), exc)
             self._abort_tcp()
             return
         if out:
