@@ -117,35 +117,29 @@ class Socks5UdpRelay:
         if ip != self.client_ip or (self.client_port and port != self.client_port):
             return  # not from the associated client
         assoc = self.assoc
-        if assoc is not None:
-            # An IP target (the usual case): re-framed as it is, no Address built.
-            packet = socks_datagram_to_packet(data)
-            if packet is not None:
-                self.client_addr = addr
-                self.client_port = port
-                self.datagrams += 1
-                try:
-                    assoc.send_packet(packet)
-                except AnyTLSError:
-                    self.control.close()
+        # An IP target (the usual case) is re-framed as it is, no Address built.
+        packet = socks_datagram_to_packet(data) if assoc is not None else None
+        if packet is None:
+            try:
+                parsed = parse_udp_datagram(data)
+            except ProtocolError as exc:
+                log.debug("UDP ASSOCIATE: dropping a malformed datagram: %s", exc)
                 return
-        try:
-            parsed = parse_udp_datagram(data)
-        except ProtocolError as exc:
-            log.debug("UDP ASSOCIATE: dropping a malformed datagram: %s", exc)
-            return
-        if parsed is None:
-            return  # fragment
-        target, payload = parsed
+            if parsed is None:
+                return  # fragment
+            target, payload = parsed
         self.client_addr = addr
         self.client_port = port
         self.datagrams += 1
-        if self.assoc is None:
+        if assoc is None:
             if len(self.pending) < 256:
                 self.pending.append((payload, target))
             return
         try:
-            self.assoc.sendto(payload, target)
+            if packet is not None:
+                assoc.send_packet(packet)
+            else:
+                assoc.sendto(payload, target)
         except AnyTLSError:
             self.control.close()
 
