@@ -51,7 +51,6 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
         handshake_timeout: float | None = None,
     ) -> None:
         super().__init__()
-        self._context = context
         self._app_factory = app_factory
         self._handshake_timeout = handshake_timeout
         self._incoming = ssl.MemoryBIO()
@@ -104,10 +103,10 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        state, self._state = self._state, _CLOSED
+        self._state = _CLOSED
         self._cancel_timer()
         app, self._app = self._app, None
-        if app is not None and state != _HANDSHAKE:
+        if app is not None:  # (there is one only once the handshake is done)
             app.connection_lost(exc)
         self._tcp = None
 
@@ -134,8 +133,8 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
         self._cancel_timer()
         self._flush_outgoing()  # the rest of the server's flight and session tickets
         self._state = _OPEN
-        app = self._app = self._app_factory()
-        self._buffered_app = isinstance(app, asyncio.BufferedProtocol)
+        app = self._app_factory()
+        self.set_protocol(app)
         app.connection_made(self)
         if self._state == _OPEN and self._app_reading:
             self._deliver()  # the client's first data may have come with its Finished
@@ -164,7 +163,6 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
                 else:
                     size = FEED_SIZE
                 got = 0
-                drained = False
                 chunks: list[bytes] = []
                 try:
                     while got < size:
@@ -173,8 +171,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
                                 incoming.write(raw[offset : offset + FEED_SIZE])
                                 offset += FEED_SIZE
                         elif not incoming.pending and not sslobj.pending():
-                            drained = True  # all read: no SSLWantReadError to raise
-                            break
+                            break  # all read: no SSLWantReadError to raise
                         try:
                             if buffered:
                                 n = sslobj.read(size - got, view[got:] if got else view)
@@ -203,7 +200,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
                 if eof:
                     self._eof_to_app()
                     break
-                if got < size or drained:
+                if got < size:
                     break
         except ssl.SSLWantReadError:
             pass
@@ -256,26 +253,21 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
 
     # ------------------------------------------------------------ transport side
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._state != _OPEN or self._tcp is None:
+        if self._state != _OPEN or self._tcp is None or not data:
             return
-        size = len(data)
-        if not size:
+        if len(data) > ENCRYPT_SIZE:
+            self.writelines((data,))
             return
-        sslobj = self._fast
         try:
-            if size <= ENCRYPT_SIZE:
-                sslobj.write(data)
-                self._tcp.write(self._outgoing.read())
-                return
-            view = memoryview(data)
-            out = []
-            for offset in range(0, size, ENCRYPT_SIZE):
-                sslobj.write(view[offset : offset + ENCRYPT_SIZE])
-                out.append(self._outgoing.read())
-            self._tcp.writelines(out)
+            self._fast.write(data)
         except ssl.SSLError as exc:
-            log.debug("TLS error writing to %s, closing: %s", self._peer(), exc)
-            self._abort_tcp()
+            self._write_failed(exc)
+            return
+        self._tcp.write(self._outgoing.read())
+
+    def _write_failed(self, exc: ssl.SSLError) -> None:
+        log.debug("TLS error writing to %s, closing: %s", self._peer(), exc)
+        self._abort_tcp()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         if self._state != _OPEN or self._tcp is None:
@@ -296,8 +288,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
             if outgoing.pending:
                 out.append(outgoing.read())
         except ssl.SSLError as exc:
-            log.debug("TLS error writing to %s, closing: %s", self._peer(), exc)
-            self._abort_tcp()
+            self._write_failed(exc)
             return
         if out:
             self._tcp.writelines(out)
@@ -379,7 +370,7 @@ class TlsServerTransport(asyncio.BufferedProtocol, asyncio.Transport):
         if name == "ssl_object":
             return self._sslobj
         if name == "sslcontext":
-            return self._context
+            return self._sslobj.context  # (the one the SNI callback chose)
         if name == "peercert":
             return self._sslobj.getpeercert()
         if name == "cipher":
