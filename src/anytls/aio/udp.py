@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.address import Address, Buffer
 from ..core.uot import (
@@ -172,26 +172,23 @@ class UdpAssociation(asyncio.Protocol):
         self.set_datagram_handler(lambda payload, source: handler(encode_packet(source, payload)))
 
     def data_received(self, data: bytes) -> None:
-        if self._packet_handler is not None:
-            self._whole_packets(data, self._packet_handler)
-            return
+        whole = self._packet_handler
         try:
-            packets = self.decoder.feed(data)
+            packets = self.decoder.feed_whole(data) if whole else self.decoder.feed(data)
         except RemoteProtocolError as exc:
             log.info("malformed UoT data from the server: %s", exc)
             self.error = exc
             self.close()
             return
+        if whole is not None:
+            for packet in packets:
+                if not self._call(whole, packet):
+                    return
+            return
         handler = self._handler
         for address, payload in packets:
             if handler is not None:
-                try:
-                    handler(payload, address or self.connect)  # type: ignore[arg-type]
-                except Exception as exc:
-                    # Only this association ends, never the session that carries it.
-                    log.error("UDP association: datagram handler failed", exc_info=exc)
-                    self.error = exc
-                    self.close()
+                if not self._call(handler, payload, address or self.connect):
                     return
                 continue
             if self.queue.qsize() >= RECV_QUEUE_LIMIT:
@@ -199,23 +196,17 @@ class UdpAssociation(asyncio.Protocol):
                 continue
             self.queue.put_nowait((payload, address or self.connect))  # type: ignore[arg-type]
 
-    def _whole_packets(self, data: bytes, handler: Callable[[bytes], None]) -> None:
+    def _call(self, handler: Callable[..., None], *args: Any) -> bool:
+        """Run a datagram or packet handler; if it fails, only this association ends, never
+        the session that carries it."""
         try:
-            packets = self.decoder.feed_whole(data)
-        except RemoteProtocolError as exc:
-            log.info("malformed UoT data from the server: %s", exc)
+            handler(*args)
+        except Exception as exc:
+            log.error("UDP association: datagram handler failed", exc_info=exc)
             self.error = exc
             self.close()
-            return
-        for packet in packets:
-            try:
-                handler(packet)
-            except Exception as exc:
-                # Only this association ends, never the session that carries it.
-                log.error("UDP association: packet handler failed", exc_info=exc)
-                self.error = exc
-                self.close()
-                return
+            return False
+        return True
 
     def eof_received(self) -> bool:
         return False
