@@ -62,6 +62,18 @@ class Recorder(asyncio.BufferedProtocol):
             self.lost.set_result(exc)
 
 
+class Recorders(list[Recorder]):
+    """An application protocol factory that keeps every protocol it made."""
+
+    def __init__(self, echo: bool = False) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def __call__(self) -> Recorder:
+        self.append(Recorder(echo=self.echo))
+        return self[-1]
+
+
 class RawTlsClient:
     """A TLS client whose records the test can see."""
 
@@ -168,13 +180,9 @@ async def raw_connect(port: int) -> socket.socket:
 
 @async_test
 async def test_echo_and_one_record_per_chunk(cert_pair: tuple[Path, Path]) -> None:
-    apps: list[Recorder] = []
+    apps = Recorders()
 
-    def app() -> Recorder:
-        apps.append(Recorder())
-        return apps[-1]
-
-    async with tls_server(cert_pair, app) as (port, _):
+    async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
             client = RawTlsClient(sock)
             await client.handshake()
@@ -206,13 +214,9 @@ async def test_echo_and_one_record_per_chunk(cert_pair: tuple[Path, Path]) -> No
 async def test_first_data_with_the_finished_message(cert_pair: tuple[Path, Path]) -> None:
     """A client that sends application data in the flight with its Finished (as ours and
     sing-box's do) has it delivered as soon as the handshake completes."""
-    apps: list[Recorder] = []
+    apps = Recorders(echo=True)
 
-    def app() -> Recorder:
-        apps.append(Recorder(echo=True))
-        return apps[-1]
-
-    async with tls_server(cert_pair, app) as (port, _):
+    async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
             client = RawTlsClient(sock)
             loop = asyncio.get_running_loop()
@@ -234,13 +238,9 @@ async def test_first_data_with_the_finished_message(cert_pair: tuple[Path, Path]
 
 @async_test
 async def test_pause_reading_holds_data_until_resume(cert_pair: tuple[Path, Path]) -> None:
-    apps: list[Recorder] = []
+    apps = Recorders()
 
-    def app() -> Recorder:
-        apps.append(Recorder())
-        return apps[-1]
-
-    async with tls_server(cert_pair, app) as (port, _):
+    async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
             client = RawTlsClient(sock)
             await client.handshake()
@@ -265,13 +265,9 @@ async def test_pause_reading_holds_data_until_resume(cert_pair: tuple[Path, Path
 
 @async_test
 async def test_close_sends_close_notify(cert_pair: tuple[Path, Path]) -> None:
-    apps: list[Recorder] = []
+    apps = Recorders()
 
-    def app() -> Recorder:
-        apps.append(Recorder())
-        return apps[-1]
-
-    async with tls_server(cert_pair, app) as (port, _):
+    async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
             client = RawTlsClient(sock)
             await client.handshake()
@@ -289,14 +285,10 @@ async def test_close_sends_close_notify(cert_pair: tuple[Path, Path]) -> None:
 
 @async_test
 async def test_handshake_timeout_and_garbage(cert_pair: tuple[Path, Path]) -> None:
-    created: list[Recorder] = []
-
-    def app() -> Recorder:
-        created.append(Recorder())
-        return created[-1]
+    created = Recorders()
 
     loop = asyncio.get_running_loop()
-    async with tls_server(cert_pair, app, handshake_timeout=0.3) as (port, made):
+    async with tls_server(cert_pair, created, handshake_timeout=0.3) as (port, made):
         with await raw_connect(port) as silent:
             t0 = loop.time()
             assert await asyncio.wait_for(loop.sock_recv(silent, 100), 5) == b""
@@ -471,13 +463,9 @@ async def test_bad_records_close_the_connection_cleanly(
     loop = asyncio.get_running_loop()
     errors: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    apps: list[Recorder] = []
+    apps = Recorders()
 
-    def app() -> Recorder:
-        apps.append(Recorder())
-        return apps[-1]
-
-    async with tls_server(cert_pair, app) as (port, _):
+    async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
             client = RawTlsClient(sock)
             await client.handshake()
