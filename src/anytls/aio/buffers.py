@@ -15,12 +15,17 @@ READ_SIZE = 256 * 1024
 _local = threading.local()
 
 
+def _thread_buffer(name: str) -> memoryview:
+    view: memoryview | None = getattr(_local, name, None)
+    if view is None:
+        view = memoryview(bytearray(READ_SIZE))
+        setattr(_local, name, view)
+    return view
+
+
 def shared_buffer() -> memoryview:
     """Return this thread's receive buffer."""
-    view: memoryview | None = getattr(_local, "view", None)
-    if view is None:
-        view = _local.view = memoryview(bytearray(READ_SIZE))
-    return view
+    return _thread_buffer("view")
 
 
 def shared_raw_buffer() -> memoryview:
@@ -29,7 +34,4 @@ def shared_raw_buffer() -> memoryview:
     Separate from :func:`shared_buffer`: the TLS layer decrypts from this one into that
     one within the same callback.
     """
-    view: memoryview | None = getattr(_local, "raw_view", None)
-    if view is None:
-        view = _local.raw_view = memoryview(bytearray(READ_SIZE))
-    return view
+    return _thread_buffer("raw_view")
