@@ -19,7 +19,6 @@ import hashlib
 import os
 import random
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -28,32 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A free loopback TCP port, at random below the kernel's ephemeral range when it is
-    known: outgoing connections and ``bind(0)`` elsewhere on the machine (parallel tests,
-    other programs) cannot take it before our server or client binds it."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 0
-    for _ in range(100 if low > 11000 else 0):
-        port = random.SystemRandom().randrange(10000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def program(kind: str) -> list[str]:
-    script = Path(sys.executable).parent / f"anytls-{kind}"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "anytls", kind]
+# The benchmark's helpers: ports picked below the ephemeral range, our programs' argv.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from bench import free_port
+from bench import ours as program
 
 
 def rss_kib(pid: int) -> int:
