@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from anytls.aio import impersonate
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.impersonate import (
     check_fingerprint,
@@ -159,10 +161,14 @@ async def test_openssl_fingerprint_is_pythons_own_hello() -> None:
     assert 0x00FF in hello.ciphers  # the SCSV OpenSSL always sends
 
 
+@pytest.mark.parametrize("memstream", [True, False], ids=["trace-in-memory", "trace-callback"])
 @async_test(timeout=30)
-async def test_a_server_choosing_h2_is_refused(tmp_path: Path) -> None:
+async def test_a_server_choosing_h2_is_refused(
+    tmp_path: Path, memstream: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A browser offers h2; an AnyTLS server never picks it. One that does is refused
-    with a clear error, cut before curl's HTTP/2 preface or ours reaches it."""
+    with a clear error before anything of ours reaches it: at most curl's HTTP/2 preface,
+    what the browser itself would send there."""
     cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
     (tmp_path / "c.pem").write_bytes(cert_pem)
     (tmp_path / "k.pem").write_bytes(key_pem)
@@ -182,6 +188,8 @@ async def test_a_server_choosing_h2_is_refused(tmp_path: Path) -> None:
             done.set()
             writer.close()
 
+    if not memstream:  # a libc without open_memstream: curl's lines come one by one
+        monkeypatch.setattr(impersonate.library(), "libc", None)
     server = await asyncio.start_server(record, "127.0.0.1", 0, ssl=ctx)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -191,8 +199,12 @@ async def test_a_server_choosing_h2_is_refused(tmp_path: Path) -> None:
         await asyncio.wait_for(done.wait(), 5)
     finally:
         server.close()
-    # Not one application byte: neither curl's HTTP/2 preface nor our AnyTLS preface.
-    assert bytes(received) == b""
+    # Nothing of ours (the AnyTLS preface starts with the password's SHA-256); curl's
+    # HTTP/2 client preface and frames at most.
+    assert hashlib.sha256(b"pw").digest() not in received
+    assert received == b"" or received.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    if not memstream:  # line by line, the ALPN line cuts the socket before the preface
+        assert received == b""
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -233,6 +245,84 @@ async def test_certificate_checks_on_the_curl_path(tmp_path: Path) -> None:
                 await attempt(**kw)
     finally:
         await server.close()
+        echo.close()
+
+
+def _system_paths(cafile: Path | None, capath: Path) -> ssl.DefaultVerifyPaths:
+    return ssl.DefaultVerifyPaths(
+        str(cafile) if cafile else None, str(capath), "SSL_CERT_FILE", "", "SSL_CERT_DIR", ""
+    )
+
+
+def _hash_link(directory: Path, cert: Path) -> None:
+    """What ``openssl rehash`` makes: the certificate under its subject hash."""
+    subject_hash = subprocess.run(
+        ["openssl", "x509", "-hash", "-noout", "-in", str(cert)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (directory / f"{subject_hash}.0").symlink_to(cert)
+
+
+def test_the_system_store_is_its_hashed_directory_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory of hash links is read issuer by issuer; the bundle next to it (parsed
+    whole for every session) is left out unless SSL_CERT_FILE names it, or the directory
+    has no hash links (Fedora's /etc/pki/tls/certs)."""
+    bundle, hashed, plain = tmp_path / "bundle.pem", tmp_path / "hashed", tmp_path / "plain"
+    cert_pem, _ = generate_self_signed([NAME])
+    bundle.write_bytes(cert_pem)
+    hashed.mkdir()
+    plain.mkdir()
+    _hash_link(hashed, bundle)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: _system_paths(bundle, hashed))
+    assert impersonate._trust_store(None) == (None, str(hashed))
+    assert impersonate._trust_store("mine.pem") == ("mine.pem", None)
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    assert impersonate._trust_store(None) == (str(bundle), str(hashed))
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: _system_paths(bundle, plain))
+    assert impersonate._trust_store(None) == (str(bundle), str(plain))
+
+
+@async_test(timeout=30)
+async def test_a_system_directory_store_verifies_on_the_curl_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CA only in the hashed directory (no CA file at all, not even curl's built-in
+    bundle) verifies the server; a server it did not sign is refused."""
+    cert_pem, key_pem = generate_self_signed([NAME])
+    other_pem, other_key_pem = generate_self_signed([NAME])
+    files = {n: tmp_path / n for n in ("c.pem", "k.pem", "o.pem", "ok.pem")}
+    for name, pem in zip(files, (cert_pem, key_pem, other_pem, other_key_pem), strict=True):
+        files[name].write_bytes(pem)
+    hashed = tmp_path / "hashed"
+    hashed.mkdir()
+    _hash_link(hashed, files["c.pem"])
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: _system_paths(None, hashed))
+    echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    echo_port = echo.sockets[0].getsockname()[1]
+    servers = [
+        await serve(ServerConfig(users={"u": "pw"}), "127.0.0.1", 0, server_context(str(c), str(k)))
+        for c, k in ((files["c.pem"], files["k.pem"]), (files["o.pem"], files["ok.pem"]))
+    ]
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    try:
+        async with Client(ClientConfig("127.0.0.1", ports[0], "pw", sni=NAME)) as client:
+            reader, writer = await client.open_connection("127.0.0.1", echo_port)
+            writer.write(b"hashed")
+            assert await reader.readexactly(6) == b"hashed"
+            writer.close()
+        async with Client(ClientConfig("127.0.0.1", ports[1], "pw", sni=NAME)) as client:
+            with pytest.raises(SessionClosedError, match="failed verification"):
+                await client.open_stream(Address("127.0.0.1", echo_port))
+    finally:
+        for server in servers:
+            await server.close()
         echo.close()
 
 

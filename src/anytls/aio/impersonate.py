@@ -17,9 +17,10 @@ browser's exact TLS settings), so the connection is made by curl instead:
 Certificates are checked as on the ``ssl`` path: the CAs CPython would trust (or
 ``ca_file``), the name, or nothing (``insecure``, or a pin the caller checks against the
 leaf's DER from ``CURLINFO_CERTINFO`` before it sends a byte). A server that answers the
-browser's ALPN offer with ``h2`` would make curl write an HTTP/2 preface: the socket is
-shut for writing the moment curl reports that ALPN, and the connection refused with
-:class:`ImpersonationError`, so not one application byte reaches that server. The
+browser's ALPN offer with ``h2`` gets curl's HTTP/2 preface, as a browser's, and the
+connection is closed with :class:`ImpersonationError` before anything of ours (the
+password's hash) is sent. The handshake's details (version, cipher, ALPN) come from
+curl's trace, which curl writes into memory (:class:`_Trace`). The
 curl_cffi version is pinned in ``pyproject.toml`` because this module relies on those
 details (``tests/aio/test_impersonate.py`` checks them).
 """
@@ -31,9 +32,11 @@ import asyncio.trsock
 import base64
 import collections
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Iterable
@@ -58,7 +61,6 @@ _CURLE_PEER_FAILED_VERIFICATION = 60
 _CURLE_SSL_CACERT_BADFILE = 77
 _CURL_SOCKET_TIMEOUT = -1
 _CURLMSG_DONE = 1
-_CURL_HTTP_VERSION_2 = 3
 _CURLINFO_TEXT = 0
 _ALPN_ACCEPTED = "ALPN: server accepted "
 #: High and low write-buffer marks (bytes), asyncio's defaults.
@@ -96,12 +98,25 @@ class _Curl:
             int curl_easy_send(void *curl, const char *buffer, size_t buflen, size_t *n);
             int curl_easy_recv(void *curl, char *buffer, size_t buflen, size_t *n);
             int curl_easy_getinfo(void *curl, int info, ...);
+            int curl_easy_setopt(void *curl, int option, ...);
+            void *open_memstream(char **ptr, size_t *sizeloc);
+            int fflush(void *stream);
+            int fclose(void *stream);
+            void free(void *ptr);
             """
         )
         shared = own.dlopen(_wrapper.__file__)
         self.send = shared.curl_easy_send
         self.recv = shared.curl_easy_recv
         self.getinfo = shared.curl_easy_getinfo
+        self.setopt_pointer = shared.curl_easy_setopt
+        #: libc's stdio, for curl's trace written into memory (None: not available).
+        self.libc: Any = None
+        with contextlib.suppress(OSError, AttributeError):
+            libc = own.dlopen(None)
+            for name in ("open_memstream", "fflush", "fclose", "free"):
+                getattr(libc, name)
+            self.libc = libc
 
     def own_pointer(self, handle: Any) -> Any:
         """curl_cffi's ``CURL *`` as a pointer of the module's own cffi declarations."""
@@ -257,6 +272,70 @@ class _Handshake:
             self.connect_to = None
 
 
+class _Trace:
+    """What curl tells about the handshake (``CURLOPT_VERBOSE``), as text lines.
+
+    curl writes its lines into memory itself (``CURLOPT_STDERR`` on an
+    ``open_memstream`` stream): no call back into Python per line. A Python debug
+    callback per trace event cost about a fifth of the client's CPU when 200 sessions
+    were set up at once. Without libc's ``open_memstream`` the lines come through
+    ``CURLOPT_DEBUGFUNCTION``, whose ALPN line also cuts the connection at once (see
+    :func:`open_connection`).
+    """
+
+    def __init__(self, curl: _Curl, easy: Any, on_line: Any) -> None:
+        self._curl = curl
+        self._easy = easy
+        self._lines: list[str] = []
+        self._stream: Any = None
+        if curl.libc is None:
+            self._on_line = on_line
+            easy.setopt(curl.CurlOpt.DEBUGFUNCTION, self._debug)
+        else:
+            own = curl.own_ffi
+            self._ptr = own.new("char **")
+            self._size = own.new("size_t *")
+            stream = curl.libc.open_memstream(self._ptr, self._size)
+            if stream == own.NULL:
+                raise ImpersonationError("open_memstream failed: out of memory")
+            self._stream = stream
+            self._set_stderr(stream)
+        easy.setopt(curl.CurlOpt.VERBOSE, 1)
+
+    def _set_stderr(self, stream: Any) -> None:
+        curl = self._curl
+        handle = curl.own_pointer(self._easy._curl)
+        curl.setopt_pointer(handle, int(curl.CurlOpt.STDERR), curl.own_ffi.cast("void *", stream))
+
+    def _debug(self, kind: int, data: bytes) -> None:
+        if kind == _CURLINFO_TEXT:
+            text = data.decode("latin-1")
+            self._lines.append(text)
+            self._on_line(text)
+
+    def lines(self) -> list[str]:
+        """Every line so far."""
+        if self._stream is not None:
+            self._curl.libc.fflush(self._stream)
+            size = self._size[0]
+            if size:
+                text = self._curl.own_ffi.unpack(self._ptr[0], size).decode("latin-1")
+                # curl starts each of its own lines with "* " on a stream.
+                return [line.removeprefix("* ") for line in text.splitlines()]
+            return []
+        return self._lines
+
+    def close(self) -> None:
+        """Stop tracing (curl writes nothing more) and free the memory stream."""
+        self._easy.setopt(self._curl.CurlOpt.VERBOSE, 0)
+        if self._stream is not None:
+            self._set_stderr(self._curl.own_ffi.NULL)  # curl's default again, unused
+            libc = self._curl.libc
+            libc.fclose(self._stream)
+            libc.free(self._ptr[0])
+            self._stream = None
+
+
 class TLSInfo:
     """What the ``ssl_object`` extra info offers on the ``ssl`` path, for curl's TLS."""
 
@@ -353,21 +432,15 @@ async def open_connection(
     if not server_hostname and not _is_ip(host):
         name = "0.0.0.0"  # no SNI wanted for a named host: curl sends none for an IP
     url = f"https://{_url_host(name)}:{port}/"
-    events: list[str] = []
-    refused_alpn: list[str] = []
     handshake: _Handshake | None = None
+    trace: _Trace | None = None
 
-    def debug(kind: int, data: bytes) -> None:
-        if kind != _CURLINFO_TEXT:
-            return
-        text = data.decode("latin-1")
-        events.append(text)
-        if text.startswith(_ALPN_ACCEPTED):
-            alpn = text[len(_ALPN_ACCEPTED) :].strip()
-            if alpn != "http/1.1" and handshake is not None:
-                # curl is about to write an HTTP/2 preface: cut the connection first.
-                refused_alpn.append(alpn)
-                handshake.cut()
+    def on_line(text: str) -> None:
+        # Only without open_memstream: a line at a time, so an h2 answer can be cut
+        # before curl writes its HTTP/2 preface.
+        accepted = text.startswith(_ALPN_ACCEPTED) and text[len(_ALPN_ACCEPTED) :].strip()
+        if accepted and accepted != "http/1.1" and handshake is not None:
+            handshake.cut()
 
     try:
         code = easy.impersonate(target, default_headers=False)
@@ -377,10 +450,9 @@ async def open_connection(
         easy.setopt(opt.CONNECT_ONLY, 1)
         easy.setopt(opt.NOSIGNAL, 1)
         easy.setopt(opt.CONNECTTIMEOUT_MS, max(1, int(timeout * 1000)))
-        easy.setopt(opt.VERBOSE, 1)
         if tcp_fast_open:
             easy.setopt(opt.TCP_FASTOPEN, 1)
-        easy.setopt(opt.DEBUGFUNCTION, debug)
+        trace = _Trace(curl, easy, on_line)
         handshake = _Handshake(loop, curl, easy)
         if name != host:
             entry = f"{_url_host(name)}:{port}:{_url_host(host)}:{port}"
@@ -392,32 +464,34 @@ async def open_connection(
             cafile, capath = _trust_store(ca_file)
             if cafile:
                 easy.setopt(opt.CAINFO, cafile)
+            else:  # not even curl's built-in bundle: parsed again for every session
+                curl.lib._curl_easy_setopt(easy._curl, int(opt.CAINFO), curl.ffi.NULL)
             if capath:
                 easy.setopt(opt.CAPATH, capath)
         easy.setopt(opt.CERTINFO, 1)  # the leaf's DER, as getpeercert(binary_form=True)
         handshake.start()
         code = await asyncio.shield(handshake.done)
-        if refused_alpn or _info_int(easy, curl.CurlInfo.HTTP_VERSION) == _CURL_HTTP_VERSION_2:
-            chosen = refused_alpn[0] if refused_alpn else "h2"
+        lines = trace.lines()
+        trace.close()
+        version, cipher = "", ""
+        alpn: str | None = None
+        for text in lines:
+            found = _parse_connected(text)
+            if found is not None:
+                version, cipher = found
+            if text.startswith(_ALPN_ACCEPTED):
+                alpn = text[len(_ALPN_ACCEPTED) :].strip()
+        if alpn not in (None, "http/1.1"):
             raise ImpersonationError(
-                f"{host}:{port} chose ALPN {chosen} for the browser's offer: a web server, "
-                f"not an AnyTLS server, or one whose ALPN setting must not include {chosen} "
-                "(the connection was cut before anything was sent)"
+                f"{host}:{port} chose ALPN {alpn} for the browser's offer: a web server, "
+                f"not an AnyTLS server, or one whose ALPN setting must not include {alpn} "
+                "(the connection was closed before anything of ours was sent)"
             )
         if code != _CURLE_OK:
             raise _handshake_error(code, easy, host, port, ca_file)
         fd = _info_int(easy, curl.CurlInfo.ACTIVESOCKET)
         if fd < 0:
             raise ImpersonationError(f"curl kept no connection to {host}:{port}")
-        version, cipher = "", ""
-        alpn: str | None = None
-        for text in events:
-            found = _parse_connected(text)
-            if found is not None:
-                version, cipher = found
-            if text.startswith(_ALPN_ACCEPTED):
-                alpn = text[len(_ALPN_ACCEPTED) :].strip()
-        easy.setopt(opt.VERBOSE, 0)
         der = _leaf_der(curl, easy)
         info = TLSInfo(version, cipher, der, alpn)
         extra = {
@@ -431,6 +505,8 @@ async def open_connection(
         handshake = None  # the transport owns it now
         return transport, protocol
     finally:
+        if trace is not None:
+            trace.close()
         if handshake is not None:
             handshake.close()
 
@@ -438,15 +514,41 @@ async def open_connection(
 def _trust_store(ca_file: str | None) -> tuple[str | None, str | None]:
     """``(CAINFO, CAPATH)``: ``ca_file`` alone, else what CPython's ``ssl`` would trust
     (OpenSSL's default file and directory, ``SSL_CERT_FILE``/``SSL_CERT_DIR`` honoured),
-    else certifi's bundle as curl_cffi ships it."""
+    else certifi's bundle as curl_cffi ships it.
+
+    Every session is a handshake on a curl handle of its own, and curl parses a CA file
+    for each one (the system bundle: about 4 ms of CPU per session here). Where the
+    default directory holds OpenSSL's hash links (Debian, Ubuntu, Alpine...) and no
+    ``SSL_CERT_FILE`` asks for a file, the directory alone is used: only the issuer the
+    server's chain needs is read (about 0.4 ms), with the same roots as the bundle.
+    """
     if ca_file:
         return ca_file, None
     paths = ssl.get_default_verify_paths()
+    if (
+        paths.capath
+        and not os.environ.get(paths.openssl_cafile_env)
+        and _has_hash_links(paths.capath)
+    ):
+        return None, paths.capath
     if paths.cafile or paths.capath:
         return paths.cafile, paths.capath
     from curl_cffi.curl import DEFAULT_CACERT
 
     return DEFAULT_CACERT, None
+
+
+_HASH_LINK = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+
+@functools.lru_cache(maxsize=8)
+def _has_hash_links(directory: str) -> bool:
+    """True if ``directory`` holds ``<subject hash>.<n>`` certificates (``openssl rehash``)."""
+    try:
+        with os.scandir(directory) as entries:
+            return any(_HASH_LINK.fullmatch(entry.name) for entry in entries)
+    except OSError:
+        return False
 
 
 def _is_ip(name: str) -> bool:
