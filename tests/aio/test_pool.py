@@ -10,7 +10,7 @@ import pytest
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.core.address import Address
-from anytls.errors import StreamOpenError
+from anytls.errors import SessionClosedError, StreamOpenError
 from tests.helpers.aio import ClockLoop, run_async, wait_until
 from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
 
@@ -47,6 +47,44 @@ def test_sequential_streams_reuse_one_session() -> None:
             assert client.sessions_opened == 1
             assert server.sessions_accepted == 1
         await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server given by name: its sessions (one per busy stream) share one lookup by
+    the system's resolver, and curl gets the address (left to curl, each session waited
+    for DNS queries of its own). A failed connect forgets the lookup."""
+    from anytls.aio import outbound
+
+    lookups: list[str] = []
+    real_lookup = outbound.lookup
+
+    async def counting(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
+        lookups.append(host)
+        return await real_lookup(host, port, kind)
+
+    monkeypatch.setattr(outbound, "lookup", counting)
+
+    async def main() -> None:
+        server, port = await start()
+        config = ClientConfig("localhost", port, PASSWORD, insecure=True, reuse_sessions=False)
+        async with tcp_echo_server() as echo, Client(config) as client:
+            await asyncio.gather(*(ping(client, echo) for _ in range(5)))
+            await ping(client, echo)
+            assert client.sessions_opened == 6
+            assert lookups == ["localhost"]
+            peers = {c.get_extra_info("peername")[0] for c in client.sessions.values()}
+            assert peers <= {"127.0.0.1"}
+        await server.close()
+        # Nobody listens there any more: the failure drops the cached address.
+        async with Client(config) as client:
+            for _ in range(2):
+                with pytest.raises(SessionClosedError, match="Connection refused"):
+                    await ping(client, ("127.0.0.1", 9))
+        assert lookups == ["localhost"] * 3
 
     asyncio.run(main())
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
-from ..core.address import Address
+from ..core.address import Address, is_ip_literal
 from ..core.events import (
     AlertReceived,
     Event,
@@ -44,6 +44,7 @@ from ..errors import (
 )
 from .connection import SessionConnection
 from .diagnose import FailureLog
+from .outbound import DnsCache, pick_address
 from .stream import Stream
 
 log = logging.getLogger("anytls.client")
@@ -383,6 +384,8 @@ class Client:
         #: ``seq`` of the sessions that can take one more stream (the policy's rule, kept
         #: up to date as streams open and close, so picking one builds nothing per session).
         self._available: set[int] = set()
+        #: Lookups of the server's name (curl path), shared by its sessions.
+        self._server_dns = DnsCache()
         self.sessions_opened = 0
         self.streams_retried = 0
         self._seq = itertools.count(1)
@@ -461,20 +464,41 @@ class Client:
 
         config = self.config
         assert self.fingerprint is not None
-        _, conn = await open_connection(
-            lambda: ClientConnection(self, seq),
-            config.server_host,
-            config.server_port,
-            fingerprint=self.fingerprint,
-            server_hostname=server_hostname,
-            insecure=config.insecure,
-            ca_file=config.ca_file,
-            pinned=self.pin is not None,
-            timeout=config.connect_timeout,
-            tcp_fast_open=config.tcp_fast_open,
-        )
+        host = await self._server_address()
+        try:
+            _, conn = await open_connection(
+                lambda: ClientConnection(self, seq),
+                host,
+                config.server_port,
+                fingerprint=self.fingerprint,
+                server_hostname=server_hostname,
+                insecure=config.insecure,
+                ca_file=config.ca_file,
+                pinned=self.pin is not None,
+                timeout=config.connect_timeout,
+                tcp_fast_open=config.tcp_fast_open,
+            )
+        except (OSError, SessionClosedError):
+            self._server_dns.forget(config.server_host)  # the next session asks again
+            raise
         assert isinstance(conn, ClientConnection)
         return conn
+
+    async def _server_address(self) -> str:
+        """The server's address for curl: a name is looked up with the system's resolver
+        and kept for a minute. Left to curl, every session (one per busy stream) would
+        wait for its own DNS queries: curl's DNS cache lives in the handle, and each
+        session has handles of its own."""
+        host = self.config.server_host
+        if is_ip_literal(host):
+            return host
+        try:
+            address = pick_address(await self._server_dns.resolve(host))
+        except OSError as exc:
+            raise SessionClosedError(f"cannot resolve the server's name {host}: {exc}") from exc
+        if address is None:
+            raise SessionClosedError(f"the server's name {host} has no address")
+        return address
 
     async def _target(self) -> dict[str, Any]:
         """Where ``create_connection`` connects: host and port, or a socket already

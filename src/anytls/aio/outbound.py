@@ -103,10 +103,12 @@ DNS_CACHE_TTL = 60.0
 
 
 class DnsCache:
-    """A small per-owner cache of name lookups for datagrams (TTL 60 s, 256 names)."""
+    """A small per-owner cache of name lookups (TTL 60 s, 256 names): for datagrams, and
+    the client's server name. Concurrent lookups of one name share one resolver call."""
 
     def __init__(self) -> None:
         self._entries: OrderedDict[str, tuple[float, list[tuple[int, str]]]] = OrderedDict()
+        self._pending: dict[str, asyncio.Task[list[tuple[int, str]]]] = {}
 
     def cached(self, host: str) -> str | None:
         """The preferred address of ``host`` if a fresh lookup is cached, else None."""
@@ -116,16 +118,38 @@ class DnsCache:
         return pick_address(hit[1])
 
     async def resolve(self, host: str) -> list[tuple[int, str]]:
-        now = time.monotonic()
+        """``(family, ip)`` pairs of ``host``, from the cache or the system's resolver."""
         hit = self._entries.get(host)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        result = await lookup(host, None, socket.SOCK_DGRAM)
-        self._entries[host] = (now + DNS_CACHE_TTL, result)
+        task = self._pending.get(host)
+        if task is None:
+            # A task of its own: a caller given up (cancelled) does not fail the others.
+            task = asyncio.get_running_loop().create_task(self._lookup(host))
+            task.add_done_callback(_retrieve)
+            self._pending[host] = task
+        return await asyncio.shield(task)
+
+    async def _lookup(self, host: str) -> list[tuple[int, str]]:
+        try:
+            result = await lookup(host, None, socket.SOCK_DGRAM)
+        finally:
+            del self._pending[host]
+        self._entries[host] = (time.monotonic() + DNS_CACHE_TTL, result)
         self._entries.move_to_end(host)
         while len(self._entries) > DNS_CACHE_SIZE:
             self._entries.popitem(last=False)
         return result
+
+    def forget(self, host: str) -> None:
+        """Drop ``host``'s cached lookup (its address did not answer)."""
+        self._entries.pop(host, None)
+
+
+def _retrieve(task: asyncio.Task[list[tuple[int, str]]]) -> None:
+    # Its callers may all have been cancelled: nobody else would look at its error.
+    if not task.cancelled():
+        task.exception()
 
 
 def pick_address(infos: list[tuple[int, str]]) -> str | None:
