@@ -164,6 +164,7 @@ def check_fingerprint(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=64)
 def resolve_target(name: str) -> str:
     """The concrete curl-impersonate target of ``name`` (``chrome`` → e.g. ``chrome152``).
 
@@ -382,16 +383,21 @@ def _leaf_der(curl: _Curl, easy: Any) -> bytes | None:
         return None
     item = out[0].certinfo[0]
     while item != own.NULL:
-        entry = own.string(item.data).decode("latin-1")
-        if entry.startswith("Cert:"):
-            body = "".join(
-                line for line in entry[5:].splitlines() if line and not line.startswith("-----")
-            )
-            return base64.b64decode(body)
+        entry = own.string(item.data)
+        if entry.startswith(b"Cert:"):
+            return _pem_der(entry[5:])
         item = item.next
     return None
 
 
+@functools.lru_cache(maxsize=16)
+def _pem_der(pem: bytes) -> bytes:
+    """The DER of one PEM block (cached: every session to a server shows the same one)."""
+    body = b"".join(line for line in pem.splitlines() if line and not line.startswith(b"-----"))
+    return base64.b64decode(body)
+
+
+@functools.lru_cache(maxsize=64)
 def _url_host(name: str) -> str:
     try:
         ip = ipaddress.ip_address(name)
@@ -551,6 +557,7 @@ def _has_hash_links(directory: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=64)
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
