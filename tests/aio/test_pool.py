@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -55,36 +57,51 @@ def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The server given by name: its sessions (one per busy stream) share one lookup by
-    the system's resolver, and curl gets the address (left to curl, each session waited
-    for DNS queries of its own). A failed connect forgets the lookup."""
-    from anytls.aio import outbound
+    the system's resolver, and curl gets an address (left to curl, each session waited
+    for DNS queries of its own), IPv4 first. After a failed connect the name is looked up
+    again and its other addresses are tried first."""
+    from anytls.aio import impersonate, outbound
 
+    names = {
+        "both.test": [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")],
+        "dead-first.test": [(socket.AF_INET, "127.0.0.2"), (socket.AF_INET, "127.0.0.1")],
+    }
     lookups: list[str] = []
-    real_lookup = outbound.lookup
 
-    async def counting(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
+    async def resolver(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
         lookups.append(host)
-        return await real_lookup(host, port, kind)
+        return names[host]
 
-    monkeypatch.setattr(outbound, "lookup", counting)
+    monkeypatch.setattr(outbound, "lookup", resolver)
+    dialled: list[str] = []
+    real_open = impersonate.open_connection
+
+    async def recording(factory: object, host: str, *args: object, **kwargs: object) -> object:
+        dialled.append(host)
+        return await real_open(factory, host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(impersonate, "open_connection", recording)
 
     async def main() -> None:
         server, port = await start()
-        config = ClientConfig("localhost", port, PASSWORD, insecure=True, reuse_sessions=False)
-        async with tcp_echo_server() as echo, Client(config) as client:
-            await asyncio.gather(*(ping(client, echo) for _ in range(5)))
-            await ping(client, echo)
-            assert client.sessions_opened == 6
-            assert lookups == ["localhost"]
-            peers = {c.get_extra_info("peername")[0] for c in client.sessions.values()}
-            assert peers <= {"127.0.0.1"}
+        async with tcp_echo_server() as echo:
+            config = ClientConfig("both.test", port, PASSWORD, insecure=True, reuse_sessions=False)
+            async with Client(config) as client:
+                await asyncio.gather(*(ping(client, echo) for _ in range(5)))
+                await ping(client, echo)
+                assert client.sessions_opened == 6
+            assert lookups == ["both.test"]
+            assert dialled == ["127.0.0.1"] * 6
+            lookups.clear()
+            dialled.clear()
+            config = replace(config, server_host="dead-first.test")
+            async with Client(config) as client:
+                with pytest.raises(SessionClosedError, match="refused"):
+                    await ping(client, echo)  # nobody listens on 127.0.0.2
+                await ping(client, echo)
+            assert lookups == ["dead-first.test"] * 2
+            assert dialled == ["127.0.0.2", "127.0.0.1"]
         await server.close()
-        # Nobody listens there any more: the failure drops the cached address.
-        async with Client(config) as client:
-            for _ in range(2):
-                with pytest.raises(SessionClosedError, match="Connection refused"):
-                    await ping(client, ("127.0.0.1", 9))
-        assert lookups == ["localhost"] * 3
 
     asyncio.run(main())
 

@@ -15,7 +15,9 @@ import asyncio
 import functools
 import itertools
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +46,16 @@ from ..errors import (
 )
 from .connection import SessionConnection
 from .diagnose import FailureLog
-from .outbound import DnsCache, pick_address
+from .outbound import DnsCache
 from .stream import Stream
 
 log = logging.getLogger("anytls.client")
 
 CLIENT_NAME = f"anytls-py/{__version__}"
+
+
+#: How long a server address whose connect failed is tried after the name's others.
+_FAILED_ADDRESS_SECONDS = 60.0
 
 
 @dataclass
@@ -386,6 +392,8 @@ class Client:
         self._available: set[int] = set()
         #: Lookups of the server's name (curl path), shared by its sessions.
         self._server_dns = DnsCache()
+        #: Server addresses whose connect failed, until when they are tried last.
+        self._server_failed: dict[str, float] = {}
         self.sessions_opened = 0
         self.streams_retried = 0
         self._seq = itertools.count(1)
@@ -478,8 +486,12 @@ class Client:
                 timeout=config.connect_timeout,
                 tcp_fast_open=config.tcp_fast_open,
             )
-        except (OSError, SessionClosedError):
-            self._server_dns.forget(config.server_host)  # the next session asks again
+        except (OSError, SessionClosedError, asyncio.CancelledError):
+            # Timed out (cancelled by the connect timeout) or failed: the next session
+            # asks the resolver again and tries another of the name's addresses first.
+            if host != config.server_host:
+                self._server_dns.forget(config.server_host)
+                self._server_failed[host] = time.monotonic() + _FAILED_ADDRESS_SECONDS
             raise
         assert isinstance(conn, ClientConnection)
         return conn
@@ -493,12 +505,20 @@ class Client:
         if is_ip_literal(host):
             return host
         try:
-            address = pick_address(await self._server_dns.resolve(host))
+            found = await self._server_dns.resolve(host)
         except OSError as exc:
             raise SessionClosedError(f"cannot resolve the server's name {host}: {exc}") from exc
-        if address is None:
+        if not found:
             raise SessionClosedError(f"the server's name {host} has no address")
-        return address
+        # IPv4 first (as for datagrams), in the resolver's order; an address whose connect
+        # failed in the last minute only when all have.
+        now = time.monotonic()
+        failed = self._server_failed
+        _, ip = min(
+            found,
+            key=lambda entry: (failed.get(entry[1], 0.0) > now, entry[0] != socket.AF_INET),
+        )
+        return ip
 
     async def _target(self) -> dict[str, Any]:
         """Where ``create_connection`` connects: host and port, or a socket already
