@@ -219,8 +219,21 @@ async def test_renewal_while_a_stream_is_open_then_a_failed_renewal(tmp_path: Pa
             assert "proxy.test: tls-alpn-01 failed: Failed to connect to 127.0.0.2" in line
             assert "(urn:ietf:params:acme:error:" in line
             assert "keeping the current certificate" in line
+            installs = len(srv.log_lines(INSTALLED))
             third = await served_certificate(port, root)
-            assert third.serial_number == second.serial_number
+            if installs == 2:
+                assert third.serial_number == second.serial_number, srv.log_text()
+            else:
+                # On a loaded machine issuing the second certificate can take so long that
+                # its renewal is already due when it is installed, and that renewal may
+                # succeed before the domain moves: the failed one is the next.
+                assert third.serial_number not in (first.serial_number, second.serial_number), (
+                    srv.log_text()
+                )
+            # Kept, not replaced: still the one served, nothing installed since the failure.
+            await asyncio.sleep(0.5)  # a window for a wrong install to show, not a state wait
+            assert (await served_certificate(port, root)).serial_number == third.serial_number
+            assert len(srv.log_lines(INSTALLED)) == installs
             stop.set()
             await pumping
             # No stall either: each issuance holds the CA's answers for over a second
