@@ -53,14 +53,15 @@ def test_sequential_streams_reuse_one_session() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("fingerprint", ["chrome", "openssl"])
 def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, fingerprint: str
 ) -> None:
     """The server given by name: its sessions (one per busy stream) share one lookup by
-    the system's resolver, and curl gets an address (left to curl, each session waited
+    the system's resolver and connect to an address (left to curl, each session waited
     for DNS queries of its own), IPv4 first. After a failed connect the name is looked up
     again and its other addresses are tried first."""
-    from anytls.aio import impersonate, outbound
+    from anytls.aio import outbound
 
     names = {
         "both.test": [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")],
@@ -74,29 +75,39 @@ def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
 
     monkeypatch.setattr(outbound, "lookup", resolver)
     dialled: list[str] = []
-    real_open = impersonate.open_connection
+    real_address = Client._server_address
 
-    async def recording(factory: object, host: str, *args: object, **kwargs: object) -> object:
-        dialled.append(host)
-        return await real_open(factory, host, *args, **kwargs)  # type: ignore[arg-type]
+    async def recording(self: Client) -> str:
+        address = await real_address(self)
+        dialled.append(address)
+        return address
 
-    monkeypatch.setattr(impersonate, "open_connection", recording)
+    monkeypatch.setattr(Client, "_server_address", recording)
 
     async def main() -> None:
         server, port = await start()
         async with tcp_echo_server() as echo:
-            config = ClientConfig("both.test", port, PASSWORD, insecure=True, reuse_sessions=False)
+            config = ClientConfig(
+                "both.test",
+                port,
+                PASSWORD,
+                insecure=True,
+                reuse_sessions=False,
+                fingerprint=fingerprint,
+            )
             async with Client(config) as client:
                 await asyncio.gather(*(ping(client, echo) for _ in range(5)))
                 await ping(client, echo)
                 assert client.sessions_opened == 6
+                peers = {c.get_extra_info("peername")[0] for c in client.sessions.values()}
+                assert peers <= {"127.0.0.1"}
             assert lookups == ["both.test"]
             assert dialled == ["127.0.0.1"] * 6
             lookups.clear()
             dialled.clear()
             config = replace(config, server_host="dead-first.test")
             async with Client(config) as client:
-                with pytest.raises(SessionClosedError, match="refused"):
+                with pytest.raises(SessionClosedError, match=r"refused|Connect call failed"):
                     await ping(client, echo)  # nobody listens on 127.0.0.2
                 await ping(client, echo)
             assert lookups == ["dead-first.test"] * 2

@@ -419,17 +419,24 @@ class Client:
         where = f"{config.server_host}:{config.server_port}"
         try:
             async with asyncio.timeout(config.connect_timeout):
-                if self.fingerprint is not None:
-                    conn = await self._connect_impersonated(seq, server_hostname or None)
-                else:
-                    target = await self._target()
-                    _, conn = await loop.create_connection(
-                        lambda: ClientConnection(self, seq),
-                        **target,
-                        ssl=self.ssl_context,
-                        server_hostname=server_hostname or None,
-                        ssl_handshake_timeout=config.connect_timeout,
-                    )
+                address = await self._server_address()
+                try:
+                    if self.fingerprint is not None:
+                        conn = await self._connect_impersonated(
+                            seq, address, server_hostname or None
+                        )
+                    else:
+                        target = await self._target(address)
+                        _, conn = await loop.create_connection(
+                            lambda: ClientConnection(self, seq),
+                            **target,
+                            ssl=self.ssl_context,
+                            server_hostname=server_hostname or None,
+                            ssl_handshake_timeout=config.connect_timeout,
+                        )
+                except BaseException:  # failed, timed out (cancelled) or given up
+                    self._address_failed(address)
+                    raise
         except TimeoutError as exc:
             raise SessionClosedError(
                 f"connecting to {where} timed out after {config.connect_timeout:g} s",
@@ -465,42 +472,41 @@ class Client:
         return conn
 
     async def _connect_impersonated(
-        self, seq: int, server_hostname: str | None
+        self, seq: int, address: str, server_hostname: str | None
     ) -> ClientConnection:
         """The TLS connection made by curl-impersonate with :attr:`fingerprint`'s hello."""
         from .impersonate import open_connection
 
         config = self.config
         assert self.fingerprint is not None
-        host = await self._server_address()
-        try:
-            _, conn = await open_connection(
-                lambda: ClientConnection(self, seq),
-                host,
-                config.server_port,
-                fingerprint=self.fingerprint,
-                server_hostname=server_hostname,
-                insecure=config.insecure,
-                ca_file=config.ca_file,
-                pinned=self.pin is not None,
-                timeout=config.connect_timeout,
-                tcp_fast_open=config.tcp_fast_open,
-            )
-        except (OSError, SessionClosedError, asyncio.CancelledError):
-            # Timed out (cancelled by the connect timeout) or failed: the next session
-            # asks the resolver again and tries another of the name's addresses first.
-            if host != config.server_host:
-                self._server_dns.forget(config.server_host)
-                self._server_failed[host] = time.monotonic() + _FAILED_ADDRESS_SECONDS
-            raise
+        _, conn = await open_connection(
+            lambda: ClientConnection(self, seq),
+            address,
+            config.server_port,
+            fingerprint=self.fingerprint,
+            server_hostname=server_hostname,
+            insecure=config.insecure,
+            ca_file=config.ca_file,
+            pinned=self.pin is not None,
+            timeout=config.connect_timeout,
+            tcp_fast_open=config.tcp_fast_open,
+        )
         assert isinstance(conn, ClientConnection)
         return conn
 
+    def _address_failed(self, address: str) -> None:
+        """The next session asks the resolver again and tries the name's other addresses
+        before ``address`` for a minute."""
+        config = self.config
+        if address != config.server_host:
+            self._server_dns.forget(config.server_host)
+            self._server_failed[address] = time.monotonic() + _FAILED_ADDRESS_SECONDS
+
     async def _server_address(self) -> str:
-        """The server's address for curl: a name is looked up with the system's resolver
-        and kept for a minute. Left to curl, every session (one per busy stream) would
-        wait for its own DNS queries: curl's DNS cache lives in the handle, and each
-        session has handles of its own."""
+        """The address a new session connects to: a name is looked up with the system's
+        resolver and kept for a minute, for all sessions. Left to curl, every session (one
+        per busy stream) would wait for DNS queries of its own: curl's DNS cache lives in
+        the handle, and each session has handles of its own."""
         host = self.config.server_host
         if is_ip_literal(host):
             return host
@@ -520,15 +526,15 @@ class Client:
         )
         return ip
 
-    async def _target(self) -> dict[str, Any]:
-        """Where ``create_connection`` connects: host and port, or a socket already
-        connected with the options the config asks for (TCP Fast Open)."""
+    async def _target(self, address: str) -> dict[str, Any]:
+        """Where ``create_connection`` connects: ``address`` and the port, or a socket
+        already connected with the options the config asks for (TCP Fast Open)."""
         config = self.config
         if config.tcp_fast_open:
             from .tfo import connect
 
-            return {"sock": await connect(config.server_host, config.server_port)}
-        return {"host": config.server_host, "port": config.server_port}
+            return {"sock": await connect(address, config.server_port)}
+        return {"host": address, "port": config.server_port}
 
     def _check_pin(self, conn: ClientConnection, where: str) -> None:
         """Close ``conn`` and raise unless its certificate is the pinned one."""
