@@ -248,9 +248,13 @@ async def test_certificate_checks_on_the_curl_path(tmp_path: Path) -> None:
         echo.close()
 
 
-def _system_paths(cafile: Path | None, capath: Path) -> ssl.DefaultVerifyPaths:
+def _system_paths(default_file: Path, default_dir: Path) -> ssl.DefaultVerifyPaths:
+    """What CPython reports with OpenSSL's defaults ``default_file``/``default_dir``,
+    SSL_CERT_FILE and SSL_CERT_DIR taken from the environment as it does."""
+    cafile = os.environ.get("SSL_CERT_FILE", str(default_file))
+    capath = os.environ.get("SSL_CERT_DIR", str(default_dir))
     return ssl.DefaultVerifyPaths(
-        str(cafile) if cafile else None, str(capath), "SSL_CERT_FILE", "", "SSL_CERT_DIR", ""
+        cafile, capath, "SSL_CERT_FILE", str(default_file), "SSL_CERT_DIR", str(default_dir)
     )
 
 
@@ -268,22 +272,38 @@ def _hash_link(directory: Path, cert: Path) -> None:
 def test_the_system_store_is_its_hashed_directory_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A directory of hash links is read issuer by issuer; the bundle next to it (parsed
-    whole for every session) is left out unless SSL_CERT_FILE names it, or the directory
-    has no hash links (Fedora's /etc/pki/tls/certs)."""
+    """OpenSSL's default directory with a hash link for every certificate of the default
+    bundle is read issuer by issuer (SSL_CERT_DIR's directory too); the bundle, parsed
+    whole for every session, is left out. A file of other certificates keeps the file:
+    SSL_CERT_FILE naming another one, a bundle with certificates the directory lacks, a
+    directory without hash links (Fedora's /etc/pki/tls/certs)."""
     bundle, hashed, plain = tmp_path / "bundle.pem", tmp_path / "hashed", tmp_path / "plain"
-    cert_pem, _ = generate_self_signed([NAME])
-    bundle.write_bytes(cert_pem)
+    one, _ = generate_self_signed([NAME])
+    two, _ = generate_self_signed(["other.test"])
+    bundle.write_bytes(one)
     hashed.mkdir()
     plain.mkdir()
     _hash_link(hashed, bundle)
+    other = tmp_path / "other.pem"
+    other.write_bytes(two)
+    extra = tmp_path / "extra"
+    extra.mkdir()
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: _system_paths(bundle, hashed))
     assert impersonate._trust_store(None) == (None, str(hashed))
     assert impersonate._trust_store("mine.pem") == ("mine.pem", None)
-    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
-    assert impersonate._trust_store(None) == (str(bundle), str(hashed))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))  # the default file named again
+    assert impersonate._trust_store(None) == (None, str(hashed))
+    monkeypatch.setenv("SSL_CERT_DIR", str(extra))  # trusted as well, as by CPython
+    assert impersonate._trust_store(None) == (None, f"{extra}:{hashed}")
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))  # another file: it is used
+    assert impersonate._trust_store(None) == (str(other), str(extra))
     monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.delenv("SSL_CERT_DIR")
+    bundle.write_bytes(one + two)  # a certificate added to the bundle by hand
+    assert impersonate._trust_store(None) == (str(bundle), str(hashed))
+    bundle.write_bytes(one)
     monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: _system_paths(bundle, plain))
     assert impersonate._trust_store(None) == (str(bundle), str(plain))
 
@@ -292,8 +312,8 @@ def test_the_system_store_is_its_hashed_directory_alone(
 async def test_a_system_directory_store_verifies_on_the_curl_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The CA only in the hashed directory (no CA file at all, not even curl's built-in
-    bundle) verifies the server; a server it did not sign is refused."""
+    """Through the hashed directory alone (no CA file given to curl, not even its
+    built-in bundle) the CA verifies the server; a server it did not sign is refused."""
     cert_pem, key_pem = generate_self_signed([NAME])
     other_pem, other_key_pem = generate_self_signed([NAME])
     files = {n: tmp_path / n for n in ("c.pem", "k.pem", "o.pem", "ok.pem")}
@@ -303,7 +323,10 @@ async def test_a_system_directory_store_verifies_on_the_curl_path(
     hashed.mkdir()
     _hash_link(hashed, files["c.pem"])
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: _system_paths(None, hashed))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    paths = _system_paths(files["c.pem"], hashed)
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: paths)
+    assert impersonate._trust_store(None) == (None, str(hashed))
     echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
     echo_port = echo.sockets[0].getsockname()[1]
     servers = [

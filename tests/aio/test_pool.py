@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -59,8 +60,8 @@ def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
 ) -> None:
     """The server given by name: its sessions (one per busy stream) share one lookup by
     the system's resolver and connect to an address (left to curl, each session waited
-    for DNS queries of its own), IPv4 first. After a failed connect the name is looked up
-    again and its other addresses are tried first."""
+    for DNS queries of its own), IPv4 first. An address that does not answer: the session
+    goes on to the next one, and later sessions look the name up again and try it last."""
     from anytls.aio import outbound
 
     names = {
@@ -75,14 +76,13 @@ def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
 
     monkeypatch.setattr(outbound, "lookup", resolver)
     dialled: list[str] = []
-    real_address = Client._server_address
+    real_connect = Client._connect
 
-    async def recording(self: Client) -> str:
-        address = await real_address(self)
+    async def recording(self: Client, seq: int, address: str, *args: Any) -> Any:
         dialled.append(address)
-        return address
+        return await real_connect(self, seq, address, *args)
 
-    monkeypatch.setattr(Client, "_server_address", recording)
+    monkeypatch.setattr(Client, "_connect", recording)
 
     async def main() -> None:
         server, port = await start()
@@ -107,12 +107,26 @@ def test_a_server_name_is_looked_up_once_for_its_concurrent_sessions(
             dialled.clear()
             config = replace(config, server_host="dead-first.test")
             async with Client(config) as client:
-                with pytest.raises(SessionClosedError, match=r"refused|Connect call failed"):
-                    await ping(client, echo)  # nobody listens on 127.0.0.2
-                await ping(client, echo)
+                await ping(client, echo)  # nobody listens on 127.0.0.2: the next one
+                assert lookups == ["dead-first.test"]
+                assert dialled == ["127.0.0.2", "127.0.0.1"]
+                await ping(client, echo)  # looked up again, 127.0.0.2 now last
             assert lookups == ["dead-first.test"] * 2
-            assert dialled == ["127.0.0.2", "127.0.0.1"]
+            assert dialled == ["127.0.0.2", "127.0.0.1", "127.0.0.1"]
         await server.close()
+
+    asyncio.run(main())
+
+
+def test_an_invalid_server_name_is_a_session_error() -> None:
+    """A name the resolver cannot even encode (a label over 63 characters) fails the
+    session with the reason, like a name that does not resolve."""
+
+    async def main() -> None:
+        config = ClientConfig("a" * 64 + ".test", 443, PASSWORD, insecure=True)
+        async with Client(config) as client:
+            with pytest.raises(SessionClosedError, match="cannot resolve the server's name"):
+                await client.open_stream(Address("127.0.0.1", 9))
 
     asyncio.run(main())
 

@@ -412,31 +412,13 @@ class Client:
 
     # ---------------------------------------------------------------- sessions
     async def _new_session(self) -> ClientConnection:
-        loop = asyncio.get_running_loop()
         config = self.config
         server_hostname = config.sni if config.sni is not None else config.server_host
         seq = next(self._seq)
         where = f"{config.server_host}:{config.server_port}"
         try:
             async with asyncio.timeout(config.connect_timeout):
-                address = await self._server_address()
-                try:
-                    if self.fingerprint is not None:
-                        conn = await self._connect_impersonated(
-                            seq, address, server_hostname or None
-                        )
-                    else:
-                        target = await self._target(address)
-                        _, conn = await loop.create_connection(
-                            lambda: ClientConnection(self, seq),
-                            **target,
-                            ssl=self.ssl_context,
-                            server_hostname=server_hostname or None,
-                            ssl_handshake_timeout=config.connect_timeout,
-                        )
-                except BaseException:  # failed, timed out (cancelled) or given up
-                    self._address_failed(address)
-                    raise
+                conn = await self._connect_first(seq, server_hostname or None)
         except TimeoutError as exc:
             raise SessionClosedError(
                 f"connecting to {where} timed out after {config.connect_timeout:g} s",
@@ -471,26 +453,75 @@ class Client:
         self._arm_reaper()
         return conn
 
-    async def _connect_impersonated(
-        self, seq: int, address: str, server_hostname: str | None
-    ) -> ClientConnection:
-        """The TLS connection made by curl-impersonate with :attr:`fingerprint`'s hello."""
-        from .impersonate import open_connection
-
+    async def _connect_first(self, seq: int, server_hostname: str | None) -> ClientConnection:
+        """The TLS connection to the first of the server's addresses that answers; each
+        address but the last gets an equal share of the connect timeout. An address that
+        does not answer (refused, unreachable, timed out; not a TLS failure) is tried
+        after the others for a minute."""
         config = self.config
-        assert self.fingerprint is not None
-        _, conn = await open_connection(
-            lambda: ClientConnection(self, seq),
-            address,
-            config.server_port,
-            fingerprint=self.fingerprint,
-            server_hostname=server_hostname,
-            insecure=config.insecure,
-            ca_file=config.ca_file,
-            pinned=self.pin is not None,
-            timeout=config.connect_timeout,
-            tcp_fast_open=config.tcp_fast_open,
-        )
+        addresses = await self._server_addresses()
+        share = config.connect_timeout / len(addresses)
+        for index, address in enumerate(addresses):
+            last = index == len(addresses) - 1
+            try:
+                if last:
+                    return await self._connect(
+                        seq, address, server_hostname, config.connect_timeout
+                    )
+                async with asyncio.timeout(share):
+                    return await self._connect(seq, address, server_hostname, share)
+            except asyncio.CancelledError:
+                self._address_failed(address)  # the whole connect timeout ran out
+                raise
+            except OSError as exc:
+                if isinstance(exc, ssl.SSLError):
+                    raise  # it answered in TLS: the address works
+                self._address_failed(address)
+                if last:
+                    raise
+                log.info(
+                    "server %s: %s did not answer (%s); trying %s",
+                    config.server_host,
+                    address,
+                    exc or type(exc).__name__,
+                    addresses[index + 1],
+                )
+        raise AssertionError("the server has no address")  # (_server_addresses raises)
+
+    async def _connect(
+        self,
+        seq: int,
+        address: str,
+        server_hostname: str | None,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ClientConnection:
+        """One TLS connection to ``address`` (curl's browser hello, or Python's ``ssl``)."""
+        config = self.config
+        if self.fingerprint is not None:
+            from .impersonate import open_connection
+
+            _, conn = await open_connection(
+                lambda: ClientConnection(self, seq),
+                address,
+                config.server_port,
+                fingerprint=self.fingerprint,
+                server_hostname=server_hostname,
+                insecure=config.insecure,
+                ca_file=config.ca_file,
+                pinned=self.pin is not None,
+                timeout=timeout,
+                tcp_fast_open=config.tcp_fast_open,
+                display=config.server_host,
+            )
+        else:
+            target = await self._target(address)
+            _, conn = await asyncio.get_running_loop().create_connection(
+                lambda: ClientConnection(self, seq),
+                **target,
+                ssl=self.ssl_context,
+                server_hostname=server_hostname,
+                ssl_handshake_timeout=timeout,
+            )
         assert isinstance(conn, ClientConnection)
         return conn
 
@@ -500,31 +531,34 @@ class Client:
         config = self.config
         if address != config.server_host:
             self._server_dns.forget(config.server_host)
-            self._server_failed[address] = time.monotonic() + _FAILED_ADDRESS_SECONDS
+            now = time.monotonic()
+            failed = self._server_failed
+            for stale in [ip for ip, until in failed.items() if until <= now]:
+                del failed[stale]
+            failed[address] = now + _FAILED_ADDRESS_SECONDS
 
-    async def _server_address(self) -> str:
-        """The address a new session connects to: a name is looked up with the system's
-        resolver and kept for a minute, for all sessions. Left to curl, every session (one
-        per busy stream) would wait for DNS queries of its own: curl's DNS cache lives in
-        the handle, and each session has handles of its own."""
+    async def _server_addresses(self) -> list[str]:
+        """The addresses to try, in order. A name is looked up with the system's resolver
+        and kept for a minute, for all sessions; IPv4 first, in the resolver's order, and
+        addresses that did not answer in the last minute last. Left to curl, every session
+        (one per busy stream) would wait for DNS queries of its own: curl's DNS cache
+        lives in the handle, and each session has handles of its own."""
         host = self.config.server_host
         if is_ip_literal(host):
-            return host
+            return [host]
         try:
             found = await self._server_dns.resolve(host)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # (UnicodeError: an invalid name)
             raise SessionClosedError(f"cannot resolve the server's name {host}: {exc}") from exc
         if not found:
+            self._server_dns.forget(host)
             raise SessionClosedError(f"the server's name {host} has no address")
-        # IPv4 first (as for datagrams), in the resolver's order; an address whose connect
-        # failed in the last minute only when all have.
         now = time.monotonic()
         failed = self._server_failed
-        _, ip = min(
-            found,
-            key=lambda entry: (failed.get(entry[1], 0.0) > now, entry[0] != socket.AF_INET),
+        ordered = sorted(
+            found, key=lambda entry: (failed.get(entry[1], 0.0) > now, entry[0] != socket.AF_INET)
         )
-        return ip
+        return [ip for _, ip in ordered]
 
     async def _target(self, address: str) -> dict[str, Any]:
         """Where ``create_connection`` connects: ``address`` and the port, or a socket

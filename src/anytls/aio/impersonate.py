@@ -422,6 +422,7 @@ async def open_connection(
     pinned: bool = False,
     timeout: float = 10.0,  # noqa: ASYNC109 (curl's own connect timeout, not asyncio's)
     tcp_fast_open: bool = False,
+    display: str | None = None,
 ) -> tuple[CurlTransport, Any]:
     """Connect to ``host:port`` with ``fingerprint``'s ClientHello, like
     :meth:`asyncio.loop.create_connection` with ``ssl=``.
@@ -430,7 +431,8 @@ async def open_connection(
     ``insecure`` skips verification, and so does ``pinned`` (the caller then checks the
     leaf's DER, ``get_extra_info("ssl_object").getpeercert(True)``, against its pin).
     ``tcp_fast_open``: the ClientHello rides in the SYN when the kernel has a cookie
-    (curl's ``CURLOPT_TCP_FASTOPEN``).
+    (curl's ``CURLOPT_TCP_FASTOPEN``). ``display`` names the server in error messages
+    (e.g. the name ``host`` was resolved from).
     """
     loop = asyncio.get_running_loop()
     curl = library()
@@ -493,15 +495,15 @@ async def open_connection(
                 alpn = text[len(_ALPN_ACCEPTED) :].strip()
         if alpn not in (None, "http/1.1"):
             raise ImpersonationError(
-                f"{host}:{port} chose ALPN {alpn} for the browser's offer: a web server, "
-                f"not an AnyTLS server, or one whose ALPN setting must not include {alpn} "
+                f"{display or host}:{port} chose ALPN {alpn} for the browser's offer: a web "
+                f"server, not an AnyTLS server, or one whose ALPN setting must not include {alpn} "
                 "(the connection was closed before anything of ours was sent)"
             )
         if code != _CURLE_OK:
-            raise _handshake_error(code, easy, host, port, ca_file)
+            raise _handshake_error(code, easy, display or host, port, ca_file)
         fd = _info_int(easy, curl.CurlInfo.ACTIVESOCKET)
         if fd < 0:
-            raise ImpersonationError(f"curl kept no connection to {host}:{port}")
+            raise ImpersonationError(f"curl kept no connection to {display or host}:{port}")
         der = _leaf_der(curl, easy)
         info = TLSInfo(version, cipher, der, alpn)
         extra = {
@@ -527,20 +529,23 @@ def _trust_store(ca_file: str | None) -> tuple[str | None, str | None]:
     else certifi's bundle as curl_cffi ships it.
 
     Every session is a handshake on a curl handle of its own, and curl parses a CA file
-    for each one (the system bundle: about 4 ms of CPU per session here). Where the
-    default directory holds OpenSSL's hash links (Debian, Ubuntu, Alpine...) and no
-    ``SSL_CERT_FILE`` asks for a file, the directory alone is used: only the issuer the
-    server's chain needs is read (about 0.4 ms), with the same roots as the bundle.
+    for each one (the system bundle: about 4 ms of CPU per session here). Where OpenSSL's
+    default directory holds a hash link for every certificate of the bundle (Debian,
+    Ubuntu, Alpine...), the directories alone are given (``SSL_CERT_DIR``'s too): only the
+    issuer the server's chain needs is read (about 0.4 ms), with the same roots. A file
+    of other certificates (``SSL_CERT_FILE`` naming another one, a bundle with more
+    certificates than the directory has links) keeps the file.
     """
     if ca_file:
         return ca_file, None
     paths = ssl.get_default_verify_paths()
-    if (
-        paths.capath
-        and not os.environ.get(paths.openssl_cafile_env)
-        and _has_hash_links(paths.capath)
-    ):
-        return None, paths.capath
+    env_file = os.environ.get(paths.openssl_cafile_env)
+    default_file, default_dir = paths.openssl_cafile, paths.openssl_capath
+    same_file = not env_file or _same_file(env_file, default_file)
+    if same_file and default_dir and _directory_covers(default_dir, default_file):
+        dirs = [d for d in (os.environ.get(paths.openssl_capath_env), default_dir) if d]
+        unique = list(dict.fromkeys(os.path.realpath(d) for d in dirs))
+        return None, ":".join(unique)
     if paths.cafile or paths.capath:
         return paths.cafile, paths.capath
     from curl_cffi.curl import DEFAULT_CACERT
@@ -548,17 +553,37 @@ def _trust_store(ca_file: str | None) -> tuple[str | None, str | None]:
     return DEFAULT_CACERT, None
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 _HASH_LINK = re.compile(r"[0-9a-f]{8}\.[0-9]+")
 
 
-@functools.lru_cache(maxsize=8)
-def _has_hash_links(directory: str) -> bool:
-    """True if ``directory`` holds ``<subject hash>.<n>`` certificates (``openssl rehash``)."""
+def _directory_covers(directory: str, bundle: str) -> bool:
+    """True if ``directory`` holds OpenSSL hash links (``openssl rehash``) at least as
+    many as ``bundle`` has certificates (checked again when either changes)."""
     try:
-        with os.scandir(directory) as entries:
-            return any(_HASH_LINK.fullmatch(entry.name) for entry in entries)
+        info = os.stat(bundle)
+        stamp = (os.stat(directory).st_mtime_ns, info.st_mtime_ns, info.st_size)
     except OSError:
         return False
+    return _covers(directory, bundle, stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _covers(directory: str, bundle: str, _stamp: tuple[int, int, int]) -> bool:
+    try:
+        with os.scandir(directory) as entries:
+            links = sum(1 for entry in entries if _HASH_LINK.fullmatch(entry.name))
+        with open(bundle, "rb") as file:
+            certificates = file.read().count(b"-----BEGIN CERTIFICATE-----")
+    except OSError:
+        return False
+    return links > 0 and links >= certificates
 
 
 @functools.lru_cache(maxsize=64)
