@@ -98,7 +98,6 @@ class _Curl:
             int curl_easy_send(void *curl, const char *buffer, size_t buflen, size_t *n);
             int curl_easy_recv(void *curl, char *buffer, size_t buflen, size_t *n);
             int curl_easy_getinfo(void *curl, int info, ...);
-            int curl_easy_setopt(void *curl, int option, ...);
             void *open_memstream(char **ptr, size_t *sizeloc);
             int fflush(void *stream);
             int fclose(void *stream);
@@ -109,7 +108,6 @@ class _Curl:
         self.send = shared.curl_easy_send
         self.recv = shared.curl_easy_recv
         self.getinfo = shared.curl_easy_getinfo
-        self.setopt_pointer = shared.curl_easy_setopt
         #: libc's stdio, for curl's trace written into memory (None: not available).
         self.libc: Any = None
         with contextlib.suppress(OSError, AttributeError):
@@ -306,8 +304,8 @@ class _Trace:
 
     def _set_stderr(self, stream: Any) -> None:
         curl = self._curl
-        handle = curl.own_pointer(self._easy._curl)
-        curl.setopt_pointer(handle, int(curl.CurlOpt.STDERR), curl.own_ffi.cast("void *", stream))
+        pointer = curl.ffi.cast("void *", int(curl.own_ffi.cast("uintptr_t", stream)))
+        curl.lib._curl_easy_setopt(self._easy._curl, int(curl.CurlOpt.STDERR), pointer)
 
     def _debug(self, kind: int, data: bytes) -> None:
         if kind == _CURLINFO_TEXT:
@@ -377,6 +375,11 @@ def _parse_connected(text: str) -> tuple[str, str] | None:
     if len(parts) < 2:
         return None
     return parts[0], parts[1]
+
+
+def _accepted_alpn(line: str) -> str | None:
+    """The protocol of curl's "ALPN: server accepted ..." line, else None."""
+    return line[len(_ALPN_ACCEPTED) :].strip() if line.startswith(_ALPN_ACCEPTED) else None
 
 
 def _leaf_der(curl: _Curl, easy: Any) -> bytes | None:
@@ -450,8 +453,8 @@ async def open_connection(
     def on_line(text: str) -> None:
         # Only without open_memstream: a line at a time, so an h2 answer can be cut
         # before curl writes its HTTP/2 preface.
-        accepted = text.startswith(_ALPN_ACCEPTED) and text[len(_ALPN_ACCEPTED) :].strip()
-        if accepted and accepted != "http/1.1" and handshake is not None:
+        accepted = _accepted_alpn(text)
+        if accepted not in (None, "http/1.1") and handshake is not None:
             handshake.cut()
 
     try:
@@ -491,8 +494,7 @@ async def open_connection(
             found = _parse_connected(text)
             if found is not None:
                 version, cipher = found
-            if text.startswith(_ALPN_ACCEPTED):
-                alpn = text[len(_ALPN_ACCEPTED) :].strip()
+            alpn = _accepted_alpn(text) or alpn
         if alpn not in (None, "http/1.1"):
             raise ImpersonationError(
                 f"{display or host}:{port} chose ALPN {alpn} for the browser's offer: a web "
