@@ -15,7 +15,6 @@ import asyncio
 import functools
 import itertools
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -46,7 +45,7 @@ from ..errors import (
 )
 from .connection import SessionConnection
 from .diagnose import FailureLog
-from .outbound import DnsCache
+from .outbound import DnsCache, ordered_addresses
 from .stream import Stream
 
 log = logging.getLogger("anytls.client")
@@ -390,7 +389,7 @@ class Client:
         #: ``seq`` of the sessions that can take one more stream (the policy's rule, kept
         #: up to date as streams open and close, so picking one builds nothing per session).
         self._available: set[int] = set()
-        #: Lookups of the server's name (curl path), shared by its sessions.
+        #: Lookups of the server's name, shared by its sessions.
         self._server_dns = DnsCache()
         #: Server addresses whose connect failed, until when they are tried last.
         self._server_failed: dict[str, float] = {}
@@ -461,32 +460,21 @@ class Client:
         config = self.config
         addresses = await self._server_addresses()
         share = config.connect_timeout / len(addresses)
-        for index, address in enumerate(addresses):
-            last = index == len(addresses) - 1
+        for address, following in itertools.pairwise(addresses):
             try:
-                if last:
-                    return await self._connect(
-                        seq, address, server_hostname, config.connect_timeout
-                    )
                 async with asyncio.timeout(share):
                     return await self._connect(seq, address, server_hostname, share)
-            except asyncio.CancelledError:
-                self._address_failed(address)  # the whole connect timeout ran out
-                raise
             except OSError as exc:
                 if isinstance(exc, ssl.SSLError):
                     raise  # it answered in TLS: the address works
-                self._address_failed(address)
-                if last:
-                    raise
                 log.info(
                     "server %s: %s did not answer (%s); trying %s",
                     config.server_host,
                     address,
                     exc or type(exc).__name__,
-                    addresses[index + 1],
+                    following,
                 )
-        raise AssertionError("the server has no address")  # (_server_addresses raises)
+        return await self._connect(seq, addresses[-1], server_hostname, config.connect_timeout)
 
     async def _connect(
         self,
@@ -495,7 +483,23 @@ class Client:
         server_hostname: str | None,
         timeout: float,  # noqa: ASYNC109
     ) -> ClientConnection:
-        """One TLS connection to ``address`` (curl's browser hello, or Python's ``ssl``)."""
+        """One TLS connection to ``address`` (curl's browser hello, or Python's ``ssl``);
+        if the address does not answer (or the time runs out), it is tried last for a
+        minute."""
+        try:
+            return await self._connect_once(seq, address, server_hostname, timeout)
+        except (OSError, asyncio.CancelledError) as exc:
+            if not isinstance(exc, ssl.SSLError):
+                self._address_failed(address)
+            raise
+
+    async def _connect_once(
+        self,
+        seq: int,
+        address: str,
+        server_hostname: str | None,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ClientConnection:
         config = self.config
         if self.fingerprint is not None:
             from .impersonate import open_connection
@@ -555,10 +559,7 @@ class Client:
             raise SessionClosedError(f"the server's name {host} has no address")
         now = time.monotonic()
         failed = self._server_failed
-        ordered = sorted(
-            found, key=lambda entry: (failed.get(entry[1], 0.0) > now, entry[0] != socket.AF_INET)
-        )
-        return [ip for _, ip in ordered]
+        return ordered_addresses(found, last=lambda ip: failed.get(ip, 0.0) > now)
 
     async def _target(self, address: str) -> dict[str, Any]:
         """Where ``create_connection`` connects: ``address`` and the port, or a socket

@@ -15,6 +15,7 @@ import ipaddress
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from ..core.address import Address
 
@@ -152,9 +153,16 @@ def _retrieve(task: asyncio.Task[list[tuple[int, str]]]) -> None:
         task.exception()
 
 
+def ordered_addresses(
+    infos: list[tuple[int, str]], last: Callable[[str], bool] = lambda ip: False
+) -> list[str]:
+    """The addresses of a lookup result to try in turn: IPv4 first, in the resolver's
+    order, and those for which ``last(ip)`` is true after all the others."""
+    ranked = sorted(infos, key=lambda info: (last(info[1]), info[0] != socket.AF_INET))
+    return [ip for _, ip in ranked]
+
+
 def pick_address(infos: list[tuple[int, str]]) -> str | None:
     """The first IPv4 address of a lookup result, else its first address."""
-    for family, ip in infos:
-        if family == socket.AF_INET:
-            return ip
-    return infos[0][1] if infos else None
+    ordered = ordered_addresses(infos)
+    return ordered[0] if ordered else None
