@@ -236,17 +236,25 @@ async def test_first_data_with_the_finished_message(cert_pair: tuple[Path, Path]
             assert bytes(client.plaintext) == b"preface"
 
 
+async def handshaken(
+    sock: socket.socket, apps: Recorders
+) -> tuple[RawTlsClient, asyncio.Transport]:
+    """A finished handshake on ``sock`` and the server's transport for its application."""
+    client = RawTlsClient(sock)
+    await client.handshake()
+    await wait_until(lambda: bool(apps))
+    transport = apps[0].transport
+    assert transport is not None
+    return client, transport
+
+
 @async_test
 async def test_pause_reading_holds_data_until_resume(cert_pair: tuple[Path, Path]) -> None:
     apps = Recorders()
 
     async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
-            client = RawTlsClient(sock)
-            await client.handshake()
-            await wait_until(lambda: bool(apps))
-            transport = apps[0].transport
-            assert transport is not None
+            client, transport = await handshaken(sock, apps)
             transport.pause_reading()
             payload = bytes(range(256)) * 4096  # 1 MiB
             await client.send(payload)
@@ -269,11 +277,7 @@ async def test_close_sends_close_notify(cert_pair: tuple[Path, Path]) -> None:
 
     async with tls_server(cert_pair, apps) as (port, _):
         with await raw_connect(port) as sock:
-            client = RawTlsClient(sock)
-            await client.handshake()
-            await wait_until(lambda: bool(apps))
-            transport = apps[0].transport
-            assert transport is not None
+            client, transport = await handshaken(sock, apps)
             transport.write(b"bye")
             transport.close()
             assert transport.is_closing()
