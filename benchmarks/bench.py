@@ -674,20 +674,23 @@ in this order, on freshly started client and server processes for every pair and
   (upload); timed from the request to the last byte counted (upload: to the sink's
   acknowledgement of all bytes). CPU-s/GB: utime+stime from /proc/<pid>/stat of the
   client and server processes before/after, per 10^9 bytes moved.
-- 2 concurrent downloads: two streams (so two sessions: neither client multiplexes a busy
-  session) downloading half the bulk size each at the same time; total MB/s. The next row
+- 2 concurrent downloads: two streams (so two sessions: neither client puts a new stream
+  on a busy session) downloading half the bulk size each at the same time; total MB/s. The next row
   counts the server processes that used at least a quarter of the server's CPU meanwhile.
 - stream open + first byte: sequential SOCKS5 handshake + CONNECT to an echo target, write
   1 byte, read it back, close (10 warm-up iterations not counted).
 - concurrent: all streams opened at once, each writes and reads back its bytes; wall time.
+  sing-box's client opens a session (TCP + TLS handshake) per stream; ours sets up at
+  most 6 sessions at a time (`--max-handshakes`, default 6) and the streams arriving
+  meanwhile share those, as a browser shares its few connections to one host.
 - UDP: SOCKS5 UDP ASSOCIATE through the client's mixed port to a UDP echo target; p50 of
   sequential pings, then datagrams/s with 32 datagrams in flight.
-- RSS: VmRSS of client and server with N idle streams open (opened 50 at a time, each
-  confirmed by a byte from the idle target), minus VmRSS 2.5 s before opening them (so
-  after all other phases); the baseline rows are that VmRSS before opening them. "Idle
-  sessions": the same N streams closed, so the N sessions that carried them (both clients
-  open one session per busy stream) sit idle in the pools; VmRSS 2.5 s later minus that
-  baseline (0 when a process gave back more heap than the sessions hold). "After the
+- RSS: VmRSS of client and server with N idle streams open (opened 4 at a time, each
+  confirmed by a byte from the idle target, so that each has a session of its own), minus
+  VmRSS 2.5 s before opening them (so after all other phases); the baseline rows are that
+  VmRSS before opening them. "Idle sessions": the same N streams closed, so the N sessions
+  that carried them sit idle in the pools; VmRSS 2.5 s later minus that baseline (0 when a
+  process gave back more heap than the sessions hold). "After the
   bulk phases": VmRSS 2.5 s after the upload and two-download phases (every program gets
   the same quiet time to hand memory back).
 - many small requests: 6 workers fetch 1 KiB HTTP responses from a local origin; via

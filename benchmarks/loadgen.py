@@ -452,6 +452,11 @@ async def phase_new_sessions(
     return {"sessions_per_s": count / wall, "server_ms_per_session": cpu / count * 1000}
 
 
+#: Idle streams opened at a time by the idle-rss phase (below our client's default
+#: --max-handshakes).
+IDLE_OPEN_AT_ONCE = 4
+
+
 async def phase_idle_rss(
     proxy: tuple[str, int],
     port: int,
@@ -465,7 +470,10 @@ async def phase_idle_rss(
     await asyncio.sleep(quiet)  # the baseline after the same quiet time as the readings
     base_c, base_s = rss_mib(client_pid), rss_mib(server_pid)
     socks: list[socket.socket] = []
-    sem = asyncio.Semaphore(50)
+    # A few at a time, so that every stream gets a session of its own in both clients (ours
+    # shares the sessions being set up once --max-handshakes of them are): the second
+    # reading is then that of ``count`` idle sessions.
+    sem = asyncio.Semaphore(IDLE_OPEN_AT_ONCE)
 
     async def one() -> None:
         async with sem:

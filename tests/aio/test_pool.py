@@ -213,14 +213,54 @@ def test_many_streams_share_sessions_with_a_cap() -> None:
         server, port = await start()
         async with tcp_echo_server() as echo:
             results = {}
-            for cap in (1, 50):
-                async with client_for(port, max_streams_per_session=cap) as client:
+            modes: dict[str, dict[str, int]] = {
+                "go": {"max_handshakes": 0},  # one session per busy stream
+                "default": {},  # at most 6 handshakes at a time, then shared
+                "cap": {"max_handshakes": 0, "max_streams_per_session": 50},
+            }
+            for name, kwargs in modes.items():
+                async with client_for(port, **kwargs) as client:
                     started = time.monotonic()
                     await asyncio.gather(*(ping(client, echo, b"x" * 1000) for _ in range(200)))
-                    results[cap] = (client.sessions_opened, time.monotonic() - started)
-            assert results[1][0] >= 100  # Go behaviour: about one session per stream
-            assert results[50][0] <= 8
+                    results[name] = (client.sessions_opened, time.monotonic() - started)
+            assert results["go"][0] >= 100  # Go behaviour: about one session per stream
+            # All 200 arrive before a handshake ends: they share the first 6 sessions.
+            assert results["default"][0] == 6
+            assert results["cap"][0] <= 8
             print(f"200 parallel streams: {results}")
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_handshake_cap_shares_only_while_the_cap_is_reached() -> None:
+    """Below the cap every busy stream gets a session of its own; at the cap streams
+    wait for the session being set up with the fewest waiting, and each stream's bytes
+    stay its own."""
+
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port, max_handshakes=3) as client:
+            # Three at once: under the cap, three sessions, as the Go clients.
+            first = await asyncio.gather(
+                *(client.open_connection(echo[0], echo[1]) for _ in range(3))
+            )
+            assert client.sessions_opened == 3
+            assert sorted(len(c.streams) for c in client.sessions.values()) == [1, 1, 1]
+            # Three busy sessions, none being set up: the next burst starts three
+            # more, then shares them: 9 streams spread 3/3/3 over the new sessions.
+            burst = await asyncio.gather(
+                *(client.open_connection(echo[0], echo[1]) for _ in range(9))
+            )
+            assert client.sessions_opened == 6
+            assert sorted(len(c.streams) for c in client.sessions.values()) == [
+                1, 1, 1, 3, 3, 3,
+            ]  # fmt: skip
+            for n, (_, writer) in enumerate(first + burst):
+                writer.write(b"stream %d" % n)
+            for n, (reader, writer) in enumerate(first + burst):
+                assert await reader.readexactly(len(b"stream %d" % n)) == b"stream %d" % n
+                writer.close()
         await server.close()
 
     asyncio.run(main())

@@ -84,6 +84,7 @@ CLIENT_SAMPLES: dict[str, Any] = {
     "idle_session_check_interval": 10,
     "disable_session_reuse": True,
     "max_streams_per_session": 4,
+    "max_handshakes": 3,
     "synack_timeout": 1.5,
     "wait_for_synack": True,
     "tcp_fast_open": True,

@@ -59,3 +59,45 @@ def test_expire_never_drops_below_min_idle(items: list[tuple[int, float]], min_i
     # closed sessions are always older than every kept expired one
     if close and refresh:
         assert max(close) < min(refresh)
+
+
+def test_join_go_style_never_shares_a_handshake() -> None:
+    policy = PoolPolicy(max_handshakes=0)
+    assert policy.join([], 0) is None
+    assert policy.join([1, 1, 1], 3) is None
+    assert policy.join([1] * 500, 500) is None
+
+
+def test_join_within_stream_cap_takes_newest_handshake_with_room() -> None:
+    policy = PoolPolicy(max_streams=3, max_handshakes=0)
+    assert policy.join([1, 2], 2) == 1
+    assert policy.join([2, 3], 2) == 0
+    assert policy.join([3, 3], 2) is None
+
+
+def test_join_below_the_handshake_cap_starts_a_session() -> None:
+    policy = PoolPolicy(max_handshakes=4)
+    assert policy.join([1, 1, 1], 3) is None
+    # Fresh retries count as handshakes but cannot be joined.
+    assert policy.join([], 4) is None
+
+
+def test_join_at_the_handshake_cap_takes_fewest_waiting_oldest_first() -> None:
+    policy = PoolPolicy(max_handshakes=3)
+    assert policy.join([1, 1, 1], 3) == 0
+    assert policy.join([2, 1, 1], 3) == 1
+    assert policy.join([2, 2, 1], 3) == 2
+    assert policy.join([5, 9, 2], 4) == 2  # (a fresh retry among the three in flight)
+
+
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=20), st.integers(1, 8))
+def test_join_spreads_a_burst_evenly(claims: list[int], cap: int) -> None:
+    """Streams joining one at a time at the cap keep the waiting counts within one."""
+    policy = PoolPolicy(max_handshakes=cap)
+    waiting = [1] * len(claims)
+    for _ in claims:
+        index = policy.join(waiting, max(cap, len(waiting)))
+        assert index is not None
+        assert waiting[index] == min(waiting)
+        waiting[index] += 1
+    assert max(waiting) - min(waiting) <= 1

@@ -12,6 +12,7 @@ a refused destination is an exception, not a silently closed socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import logging
@@ -100,6 +101,11 @@ class ClientConfig:
     min_idle_session: int = 0
     max_streams_per_session: int = 1
     """Concurrent streams one session may carry; 1 is the Go clients' behaviour."""
+    max_handshakes: int = 6
+    """Sessions set up (TCP + TLS) at a time. A stream that finds no usable session while
+    this many are being set up waits for one of them and shares it (see
+    :meth:`~anytls.core.pool_policy.PoolPolicy.join`); 0 = no limit, one new session per
+    busy stream, as the Go clients."""
     reuse_sessions: bool = True
     tcp_fast_open: bool = False
     """Connect to the server with TCP Fast Open, so a reconnect carries the ClientHello in
@@ -131,6 +137,7 @@ class ClientConfig:
             check_interval=normalise_interval(self.idle_session_check_interval),
             min_idle=max(0, self.min_idle_session),
             max_streams=max(1, self.max_streams_per_session),
+            max_handshakes=max(0, self.max_handshakes),
         )
 
 
@@ -341,6 +348,16 @@ class PendingOpen:
             self.task.cancel()
 
 
+class _Handshake:
+    """A session being set up, and how many streams wait for it."""
+
+    __slots__ = ("claims", "task")
+
+    def __init__(self, task: asyncio.Task[ClientConnection]) -> None:
+        self.task = task
+        self.claims = 1
+
+
 def remote_error(error: str) -> StreamOpenError:
     """The error for a stream the server refused with ``error`` in its SYNACK."""
     return StreamOpenError(f"remote: {error}", FailureReason.from_remote_text(error))
@@ -397,8 +414,10 @@ class Client:
         self.streams_retried = 0
         self._seq = itertools.count(1)
         self._reaper: asyncio.TimerHandle | None = None
-        self._pending: asyncio.Task[ClientConnection] | None = None
-        self._pending_claims = 0
+        #: Sessions being set up that new streams may share, oldest first.
+        self._joinable: list[_Handshake] = []
+        #: All sessions being set up (those for a fresh retry too).
+        self._handshakes = 0
         self._closed = False
 
     @property
@@ -597,22 +616,30 @@ class Client:
     async def _acquire(self, fresh: bool = False) -> ClientConnection:
         if self._closed:
             raise SessionClosedError("the client is closed")
-        if not fresh and self.config.reuse_sessions:
+        shared = not fresh and self.config.reuse_sessions
+        if shared:
             conn = self._choose()
             if conn is not None:
                 return conn
-            # Several streams may share one session: join a handshake already under way.
-            if self._pending is not None and self._pending_claims < self.policy.max_streams:
-                self._pending_claims += 1
-                return await asyncio.shield(self._pending)
+            # Join a handshake already under way (PoolPolicy.join says which, if any).
+            joinable = self._joinable
+            index = self.policy.join([h.claims for h in joinable], self._handshakes)
+            if index is not None:
+                handshake = joinable[index]
+                handshake.claims += 1
+                return await asyncio.shield(handshake.task)
         task = asyncio.get_running_loop().create_task(self._new_session())
-        if self.policy.max_streams > 1 and not fresh:
-            self._pending, self._pending_claims = task, 1
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if self._pending is task:
-                self._pending = None
+        handshake = _Handshake(task)
+        self._handshakes += 1
+        if shared:
+            self._joinable.append(handshake)
+        task.add_done_callback(lambda _: self._handshake_done(handshake))
+        return await asyncio.shield(task)
+
+    def _handshake_done(self, handshake: _Handshake) -> None:
+        self._handshakes -= 1
+        with contextlib.suppress(ValueError):  # (a fresh one was never joinable)
+            self._joinable.remove(handshake)
 
     def _can_take(self, conn: ClientConnection) -> bool:
         return not conn.is_closed and self.policy.can_take(len(conn.streams))

@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Go clients; more means fewer TLS handshakes)",
     )
     option(
+        "--max-handshakes",
+        metavar="N",
+        help="sessions set up at a time; a connection that finds no idle session while N "
+        "are being set up shares one of them, as a browser shares its few connections to "
+        "one host (default {default}; 0 = one new session per busy connection, as the Go "
+        "clients)",
+    )
+    option(
         "--synack-timeout",
         metavar="SECONDS",
         help="close a reused v2 session whose new stream gets no SYNACK in "
@@ -319,6 +327,7 @@ def config_from_args(args: argparse.Namespace) -> ClientConfig:
         min_idle_session=max(0, args.min_idle_session),
         reuse_sessions=not args.dr,
         max_streams_per_session=max(1, args.max_streams_per_session),
+        max_handshakes=max(0, args.max_handshakes),
         synack_timeout=max(0.0, args.synack_timeout),
         wait_for_synack=args.wait_for_synack,
         tcp_fast_open=args.tcp_fast_open,

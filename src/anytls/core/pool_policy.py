@@ -6,6 +6,11 @@ anytls-go/sing-anytls, plus one extension:
 * a new stream takes the **newest** usable session (highest ``seq``); the Go clients only
   use idle ones (one active stream per session), which is ``max_streams=1`` here, and a
   larger cap lets one session carry several concurrent streams;
+* with no usable session, a stream starts a new one, unless ``max_handshakes`` sessions
+  are already being set up (TCP + TLS): it then waits for the one of those with the fewest
+  streams waiting and shares it (:meth:`PoolPolicy.join`). A burst of streams (a page
+  load) thus opens a few sessions, as a browser opens a few connections to one host,
+  instead of one TLS handshake per stream; the Go clients have no such cap (``0``);
 * every ``check_interval`` the idle sessions are walked newest → oldest: those idle for
   less than ``idle_timeout`` are kept; an expired one is still kept (and its idle clock
   restarted) while fewer than ``min_idle`` have been kept; the rest are closed;
@@ -49,6 +54,8 @@ class PoolPolicy:
     min_idle: int = 0
     max_streams: int = 1
     """Concurrent streams one session may carry (1 = the Go clients' behaviour)."""
+    max_handshakes: int = 0
+    """Sessions set up at a time before new streams share them (0 = no limit)."""
 
     def can_take(self, streams: int) -> bool:
         """Whether a usable session with ``streams`` open streams may take one more."""
@@ -61,6 +68,24 @@ class PoolPolicy:
             if info.usable and self.can_take(info.streams) and (best is None or info.seq > best):
                 best = info.seq
         return best
+
+    def join(self, claims: Sequence[int], handshakes: int) -> int | None:
+        """Which session being set up a new stream should wait for, or None to start one.
+
+        ``claims``: for each session being set up that streams may share, oldest first,
+        the streams already waiting for it; ``handshakes``: all sessions being set up.
+        Returns an index into ``claims``. Below ``max_handshakes`` a stream shares only
+        within ``max_streams`` (the newest such session); at the cap it shares the one
+        with the fewest streams waiting (the oldest of those, which is done first).
+        """
+        if not claims:
+            return None
+        if self.max_handshakes and handshakes >= self.max_handshakes:
+            return min(range(len(claims)), key=claims.__getitem__)
+        for index in range(len(claims) - 1, -1, -1):
+            if claims[index] < self.max_streams:
+                return index
+        return None
 
     def expire(self, sessions: Sequence[SessionInfo], now: float) -> tuple[list[int], list[int]]:
         """Walk idle sessions; return ``(to_close, to_refresh)`` lists of ``seq``.
