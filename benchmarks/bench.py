@@ -681,8 +681,8 @@ in this order, on freshly started client and server processes for every pair and
   1 byte, read it back, close (10 warm-up iterations not counted).
 - concurrent: all streams opened at once, each writes and reads back its bytes; wall time.
   sing-box's client opens a session (TCP + TLS handshake) per stream; ours sets up at
-  most 6 sessions at a time (`--max-handshakes`, default 6) and the streams arriving
-  meanwhile share those, as a browser shares its few connections to one host.
+  most 16 sessions at a time (`--max-handshakes`, default 16) and the streams arriving
+  meanwhile share those.
 - UDP: SOCKS5 UDP ASSOCIATE through the client's mixed port to a UDP echo target; p50 of
   sequential pings, then datagrams/s with 32 datagrams in flight.
 - RSS: VmRSS of client and server with N idle streams open (opened 4 at a time, each

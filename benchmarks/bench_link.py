@@ -311,8 +311,9 @@ namespace; fresh proxy processes for every pair, run and link profile), in this 
   2 for a client that waits for the SYNACK.
 - sequential streams: open + 1-byte echo + close, to the cold request's destination
   (recently reached, so our client's optimistic open applies).
-- parallel downloads: all started at once (each on its own session: neither client puts a
-  second stream on a busy session); wall time until the last byte of the last one.
+- parallel downloads: all started at once; wall time until the last byte of the last one.
+  sing-box's client opens a session per download; ours sets up at most 16 at a time
+  (`--max-handshakes`) and the rest share those.
 - UDP echo p50: SOCKS5 UDP ASSOCIATE, sequential 512-byte pings (5 warm-up).
 - bulk download: one stream, bytes received in a fixed time from the request on (time-
   bounded because loss makes a fixed size take anything from seconds to minutes). It is a

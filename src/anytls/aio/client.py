@@ -101,7 +101,7 @@ class ClientConfig:
     min_idle_session: int = 0
     max_streams_per_session: int = 1
     """Concurrent streams one session may carry; 1 is the Go clients' behaviour."""
-    max_handshakes: int = 6
+    max_handshakes: int = 16
     """Sessions set up (TCP + TLS) at a time. A stream that finds no usable session while
     this many are being set up waits for one of them and shares it (see
     :meth:`~anytls.core.pool_policy.PoolPolicy.join`); 0 = no limit, one new session per

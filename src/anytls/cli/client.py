@@ -135,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-handshakes",
         metavar="N",
         help="sessions set up at a time; a connection that finds no idle session while N "
-        "are being set up shares one of them, as a browser shares its few connections to "
-        "one host (default {default}; 0 = one new session per busy connection, as the Go "
-        "clients)",
+        "are being set up shares one of them, so a burst of connections is not a burst of "
+        "TLS handshakes (default {default}; 0 = one new session per busy connection, as "
+        "the Go clients)",
     )
     option(
         "--synack-timeout",
