@@ -102,6 +102,31 @@ def test_our_client_pools_against_singbox_server(
     asyncio.run(main())
 
 
+def test_our_client_burst_shares_sessions_on_singbox_server(
+    tmp_path: Path, cert_pair: tuple[Path, Path]
+) -> None:
+    """40 streams at once with --max-handshakes 4: 4 sessions carry 10 streams each, and
+    sing-box keeps every stream's bytes apart (distinct payloads, echoed both ways)."""
+
+    async def main() -> None:
+        sb, port = _singbox_server(tmp_path, cert_pair)
+        async with tcp_echo_server() as echo, sb:
+            config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, max_handshakes=4)
+            async with Client(config) as client:
+                pairs = await asyncio.gather(*(client.open_connection(*echo) for _ in range(40)))
+                assert client.sessions_opened == 4
+                assert sorted(len(c.streams) for c in client.sessions.values()) == [10] * 4
+                payloads = [bytes([n]) * (1000 + 997 * n) for n in range(40)]
+                for (_, writer), payload in zip(pairs, payloads, strict=True):
+                    writer.write(payload)
+                for (reader, writer), payload in zip(pairs, payloads, strict=True):
+                    got = await asyncio.wait_for(reader.readexactly(len(payload)), 10)
+                    assert got == payload
+                    writer.close()
+
+    asyncio.run(main())
+
+
 def test_our_v1_client_against_singbox_server(tmp_path: Path, cert_pair: tuple[Path, Path]) -> None:
     async def main() -> None:
         sb, port = _singbox_server(tmp_path, cert_pair)
