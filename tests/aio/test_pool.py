@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from dataclasses import replace
@@ -262,6 +263,71 @@ def test_handshake_cap_shares_only_while_the_cap_is_reached() -> None:
                 assert await reader.readexactly(len(b"stream %d" % n)) == b"stream %d" % n
                 writer.close()
         await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_burst_costs_only_the_capped_handshakes() -> None:
+    """A wrong password: the streams that shared a new session fail with it, and are not
+    retried on fresh sessions as streams of a stale pooled session would be."""
+
+    async def main() -> None:
+        server, port = await start()
+        config = ClientConfig("127.0.0.1", port, "wrong-password", insecure=True)
+        async with Client(replace(config, max_handshakes=3)) as client:
+            results = await asyncio.gather(
+                *(client.open_connection("127.0.0.1", 9) for _ in range(12)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(r, SessionClosedError) for r in results), results
+            assert client.sessions_opened == 3
+            assert client.streams_retried == 0
+            assert client._joinable == []
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_streams_that_give_up_stop_counting_for_a_handshake() -> None:
+    """Cancelled waiters leave the handshake's count; one nobody waits for any more is
+    still joined, and its failure, when all gave up, is not reported as unretrieved."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: unhandled.append(context))
+        hole = blackhole()
+        config = ClientConfig("127.0.0.1", hole.port, PASSWORD, insecure=True, connect_timeout=0.5)
+        try:
+            async with Client(replace(config, max_handshakes=1)) as client:
+                waiters = [loop.create_task(client.acquire_session()) for _ in range(4)]
+                await asyncio.sleep(0.05)
+                (handshake,) = client._joinable
+                assert handshake.claims == 4
+                for task in waiters[1:3]:
+                    task.cancel()
+                await asyncio.sleep(0)
+                assert handshake.claims == 2
+                for task in (waiters[0], waiters[3]):
+                    task.cancel()
+                await asyncio.sleep(0)
+                assert handshake.claims == 0
+                # Still under way, with nobody waiting: the next stream joins it.
+                late = loop.create_task(client.acquire_session())
+                await asyncio.sleep(0)
+                assert client._joinable == [handshake]
+                assert handshake.claims == 1
+                late.cancel()
+                await asyncio.sleep(0.8)  # the handshake times out, with nobody waiting
+                assert handshake.task.done()
+                assert client._joinable == []
+                assert client.sessions_opened == 0
+                del handshake, waiters, late
+            gc.collect()
+            await asyncio.sleep(0)
+            assert unhandled == []
+        finally:
+            hole.close()
 
     asyncio.run(main())
 

@@ -12,7 +12,6 @@ a refused destination is an exception, not a silently closed socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -100,12 +99,14 @@ class ClientConfig:
     idle_session_check_interval: float = 30.0
     min_idle_session: int = 0
     max_streams_per_session: int = 1
-    """Concurrent streams one session may carry; 1 is the Go clients' behaviour."""
+    """A pooled session takes a new stream while it carries fewer (1: only idle ones, as
+    the Go clients); a burst at ``max_handshakes`` may put more on a new session."""
     max_handshakes: int = 16
-    """Sessions set up (TCP + TLS) at a time. A stream that finds no usable session while
-    this many are being set up waits for one of them and shares it (see
-    :meth:`~anytls.core.pool_policy.PoolPolicy.join`); 0 = no limit, one new session per
-    busy stream, as the Go clients."""
+    """Sessions set up (TCP + TLS) for new streams at a time. A stream that finds no
+    usable session while this many are being set up waits for one of them and shares it
+    (see :meth:`~anytls.core.pool_policy.PoolPolicy.join`); 0 = no limit, one new session
+    per busy stream, as the Go clients. Fresh sessions for retried streams and sessions
+    with ``reuse_sessions=False`` are not shared nor counted."""
     reuse_sessions: bool = True
     tcp_fast_open: bool = False
     """Connect to the server with TCP Fast Open, so a reconnect carries the ClientHello in
@@ -169,8 +170,10 @@ class ClientConnection(SessionConnection):
         if self.is_closed:  # e.g. the server refused the preface before the first stream
             reason = self._close_reason or "closed"
             raise SessionClosedError(f"session with {self.peer} ended: {reason}")
+        answered = self.version_known.done()
         stream_id = self.core.open_stream(destination.encode(), self.loop.time())
         stream = self.add_stream(stream_id)
+        stream.on_answered_session = answered
         if early:
             stream.write(early)
         self.idle_since = None
@@ -355,7 +358,7 @@ class _Handshake:
 
     def __init__(self, task: asyncio.Task[ClientConnection]) -> None:
         self.task = task
-        self.claims = 1
+        self.claims = 0
 
 
 def remote_error(error: str) -> StreamOpenError:
@@ -416,8 +419,6 @@ class Client:
         self._reaper: asyncio.TimerHandle | None = None
         #: Sessions being set up that new streams may share, oldest first.
         self._joinable: list[_Handshake] = []
-        #: All sessions being set up (those for a fresh retry too).
-        self._handshakes = 0
         self._closed = False
 
     @property
@@ -622,24 +623,30 @@ class Client:
             if conn is not None:
                 return conn
             # Join a handshake already under way (PoolPolicy.join says which, if any).
-            joinable = self._joinable
-            index = self.policy.join([h.claims for h in joinable], self._handshakes)
+            joinable = [h for h in self._joinable if not h.task.done()]
+            index = self.policy.join([h.claims for h in joinable])
             if index is not None:
-                handshake = joinable[index]
-                handshake.claims += 1
-                return await asyncio.shield(handshake.task)
+                return await self._wait_for(joinable[index])
         task = asyncio.get_running_loop().create_task(self._new_session())
+        if not shared:  # (a fresh retry, or no reuse: nobody else may wait for it)
+            return await asyncio.shield(task)
         handshake = _Handshake(task)
-        self._handshakes += 1
-        if shared:
-            self._joinable.append(handshake)
+        self._joinable.append(handshake)
         task.add_done_callback(lambda _: self._handshake_done(handshake))
-        return await asyncio.shield(task)
+        return await self._wait_for(handshake)
+
+    async def _wait_for(self, handshake: _Handshake) -> ClientConnection:
+        """Wait for a session being set up, counted among the streams waiting for it."""
+        handshake.claims += 1
+        try:
+            return await asyncio.shield(handshake.task)
+        finally:
+            handshake.claims -= 1
 
     def _handshake_done(self, handshake: _Handshake) -> None:
-        self._handshakes -= 1
-        with contextlib.suppress(ValueError):  # (a fresh one was never joinable)
-            self._joinable.remove(handshake)
+        # (Its failure needs no retrieving here: asyncio.shield retrieves it for a
+        # waiter that gave up.)
+        self._joinable.remove(handshake)
 
     def _can_take(self, conn: ClientConnection) -> bool:
         return not conn.is_closed and self.policy.can_take(len(conn.streams))
@@ -771,7 +778,7 @@ class Client:
         return (
             isinstance(exc, SessionClosedError)
             and not fresh
-            and stream.stream_id >= 2  # the first stream of a session opened it afresh
+            and stream.on_answered_session  # not a new session (its first streams)
             and self.config.retry_dead_session
             and not stream.bytes_received
         )

@@ -145,7 +145,7 @@ class EarlyRelay:
     def _may_retry(self, stream: Stream) -> bool:
         return (
             not self.fresh
-            and stream.stream_id >= 2  # the first stream of a session opened it afresh
+            and stream.on_answered_session  # not a new session (its first streams)
             and self.client.config.retry_dead_session
         )
 

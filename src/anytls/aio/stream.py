@@ -49,6 +49,11 @@ class Stream(asyncio.Transport):
         self._pending_eof: Exception | bool | None = False
         self.bytes_sent = 0
         self.bytes_received = 0
+        #: Client side: opened on a session the server had already answered on (a pooled
+        #: one), so the session's death before the SYNACK means it was stale, and the
+        #: stream may be retried on a fresh session. False for the first stream of a new
+        #: session and for the streams that waited for that session with it.
+        self.on_answered_session = False
         #: Client side: resolved when the server acknowledges the stream (SYNACK).
         self.acknowledged: asyncio.Future[str | None] = connection.loop.create_future()
 

@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     option(
         "--max-streams-per-session",
         metavar="N",
-        help="concurrent streams one session may carry (default {default}, as the "
-        "Go clients; more means fewer TLS handshakes)",
+        help="a pooled session takes a new connection while it carries fewer than N "
+        "(default {default}: only idle ones, as the Go clients; more means fewer TLS "
+        "handshakes)",
     )
     option(
         "--max-handshakes",

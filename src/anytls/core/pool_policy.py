@@ -69,18 +69,18 @@ class PoolPolicy:
                 best = info.seq
         return best
 
-    def join(self, claims: Sequence[int], handshakes: int) -> int | None:
+    def join(self, claims: Sequence[int]) -> int | None:
         """Which session being set up a new stream should wait for, or None to start one.
 
-        ``claims``: for each session being set up that streams may share, oldest first,
-        the streams already waiting for it; ``handshakes``: all sessions being set up.
-        Returns an index into ``claims``. Below ``max_handshakes`` a stream shares only
-        within ``max_streams`` (the newest such session); at the cap it shares the one
-        with the fewest streams waiting (the oldest of those, which is done first).
+        ``claims``: for each session being set up that streams may share (not a fresh
+        retry's), oldest first, the streams waiting for it. Returns an index into
+        ``claims``. Below ``max_handshakes`` such sessions a stream shares only within
+        ``max_streams`` (the newest session with room); at the cap it shares the one with
+        the fewest streams waiting (the oldest of those, which is done first).
         """
         if not claims:
             return None
-        if self.max_handshakes and handshakes >= self.max_handshakes:
+        if self.max_handshakes and len(claims) >= self.max_handshakes:
             return min(range(len(claims)), key=claims.__getitem__)
         for index in range(len(claims) - 1, -1, -1):
             if claims[index] < self.max_streams:
