@@ -440,6 +440,49 @@ async def test_transport_write_buffer_read_and_eof(tmp_path: Path) -> None:
 
 
 @async_test(timeout=30)
+async def test_a_handshake_parses_no_c_declarations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cffi parses a C type string with pycparser the first time it is used (3-4 ms for
+    ours): a freshly loaded library has done that at load, so not even the first session
+    pays it (the cold first byte after the client starts)."""
+    import pycparser
+
+    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(impersonate, "_library", None)  # a new cffi FFI: nothing parsed yet
+    library()
+    parsed: list[str] = []
+    real_parse = pycparser.CParser.parse
+
+    def parse(self: Any, text: str, *args: Any, **kwargs: Any) -> Any:
+        parsed.append(text)
+        return real_parse(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(pycparser.CParser, "parse", parse)
+    try:
+        transport, protocol = await impersonate.open_connection(
+            _Recorder, "127.0.0.1", port, fingerprint="chrome", server_hostname=None, insecure=True
+        )
+        assert transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        transport.write(b"ping")
+        for _ in range(500):
+            if bytes(protocol.data) == b"ping":
+                break
+            await asyncio.sleep(0.01)
+        assert bytes(protocol.data) == b"ping"
+        transport.close()
+    finally:
+        server.close()
+    assert parsed == []
+
+
+@async_test(timeout=30)
 async def test_a_silent_server_times_out_and_frees_the_handshake() -> None:
     """A server that accepts TCP and never answers the hello: the connect timeout ends
     the handshake (curl's transfer removed, its socket closed, nothing left watched)."""

@@ -104,6 +104,10 @@ class _Curl:
             void free(void *ptr);
             """
         )
+        # cffi parses a type string (with pycparser) the first time it is used, 3-4 ms
+        # for these: done at load rather than during the first session's handshake.
+        for ctype in ("void *", "char **", "size_t *", "uintptr_t", "struct curl_certinfo **"):
+            own.typeof(ctype)
         shared = own.dlopen(_wrapper.__file__)
         self.send = shared.curl_easy_send
         self.recv = shared.curl_easy_recv
