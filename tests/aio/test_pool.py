@@ -13,6 +13,7 @@ import pytest
 
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
+from anytls.aio.udp import open_udp
 from anytls.core.address import Address
 from anytls.errors import SessionClosedError, StreamOpenError
 from tests.helpers.aio import ClockLoop, run_async, wait_until
@@ -328,6 +329,40 @@ def test_streams_that_give_up_stop_counting_for_a_handshake() -> None:
             assert unhandled == []
         finally:
             hole.close()
+
+    asyncio.run(main())
+
+
+def test_a_udp_association_never_shares_a_session_being_set_up() -> None:
+    """At the handshake cap a TCP stream shares the session being set up; a UDP
+    association waits for none and nobody waits for its own, but it takes an idle
+    pooled session."""
+
+    async def main() -> None:
+        server, port = await start()
+        async with tcp_echo_server() as echo, client_for(port, max_handshakes=1) as client:
+            # TCP first: the association does not join the TCP stream's handshake.
+            tcp, udp = await asyncio.gather(
+                client.open_connection(echo[0], echo[1]), open_udp(client)
+            )
+            assert client.sessions_opened == 2
+            assert udp.stream.connection is not tcp[1].transport.connection
+            # UDP first: the TCP stream does not join the association's handshake.
+            udp2, tcp2 = await asyncio.gather(
+                open_udp(client), client.open_connection(echo[0], echo[1])
+            )
+            assert client.sessions_opened == 4
+            assert sorted(len(c.streams) for c in client.sessions.values()) == [1, 1, 1, 1]
+            for assoc in (udp, udp2):
+                assoc.close()
+            for _, writer in (tcp, tcp2):
+                writer.close()
+            # Idle sessions in the pool: an association takes one, no handshake.
+            await wait_until(lambda: all(not c.streams for c in client.sessions.values()))
+            again = await open_udp(client)
+            assert client.sessions_opened == 4
+            again.close()
+        await server.close()
 
     asyncio.run(main())
 

@@ -614,21 +614,23 @@ class Client:
         """A session for one more stream: pooled, or a new one (``fresh``: always new)."""
         return await self._acquire(fresh)
 
-    async def _acquire(self, fresh: bool = False) -> ClientConnection:
+    async def _acquire(self, fresh: bool = False, alone: bool = False) -> ClientConnection:
+        """``alone``: a pooled session, else a new one that no other stream waits for."""
         if self._closed:
             raise SessionClosedError("the client is closed")
-        shared = not fresh and self.config.reuse_sessions
-        if shared:
+        pooled = not fresh and self.config.reuse_sessions
+        if pooled:
             conn = self._choose()
             if conn is not None:
                 return conn
+        if pooled and not alone:
             # Join a handshake already under way (PoolPolicy.join says which, if any).
             joinable = [h for h in self._joinable if not h.task.done()]
             index = self.policy.join([h.claims for h in joinable])
             if index is not None:
                 return await self._wait_for(joinable[index])
         task = asyncio.get_running_loop().create_task(self._new_session())
-        if not shared:  # (a fresh retry, or no reuse: nobody else may wait for it)
+        if not pooled or alone:  # (a fresh retry, no reuse, or a UDP association)
             return await asyncio.shield(task)
         handshake = _Handshake(task)
         self._joinable.append(handshake)
@@ -701,12 +703,17 @@ class Client:
             self._arm_reaper()
 
     # ---------------------------------------------------------------- streams
-    async def open_stream(self, destination: Address, *, fresh: bool = False) -> Stream:
+    async def open_stream(
+        self, destination: Address, *, fresh: bool = False, alone: bool = False
+    ) -> Stream:
         """Open a stream to ``destination`` without waiting for the server.
 
-        ``fresh`` forces a new session instead of a pooled one.
+        ``fresh`` forces a new session instead of a pooled one. ``alone``: never wait for
+        a session being set up for other streams, nor let them wait for this one (a UDP
+        association should not queue behind a burst's downloads); an idle pooled session
+        is still taken.
         """
-        conn = await self._acquire(fresh)
+        conn = await self._acquire(fresh, alone)
         return conn.open_stream(destination)
 
     async def wait_acknowledged(self, stream: Stream) -> None:

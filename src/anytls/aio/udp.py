@@ -247,5 +247,7 @@ async def open_udp(
     """
     if connect is not None and not isinstance(connect, Address):
         connect = Address(connect[0], connect[1])
-    stream = await client.open_stream(Address(UOT_V2_MAGIC, 0))
+    # A session of its own unless an idle one is pooled: datagrams must not wait behind
+    # the bulk streams of a burst that shares the sessions being set up.
+    stream = await client.open_stream(Address(UOT_V2_MAGIC, 0), alone=True)
     return UdpAssociation(stream, connect, resolve_domains)
