@@ -506,46 +506,37 @@ class Client:
         """One TLS connection to ``address`` (curl's browser hello, or Python's ``ssl``);
         if the address does not answer (or the time runs out), it is tried last for a
         minute."""
+        config = self.config
         try:
-            return await self._connect_once(seq, address, server_hostname, timeout)
+            if self.fingerprint is not None:
+                from .impersonate import open_connection
+
+                _, conn = await open_connection(
+                    lambda: ClientConnection(self, seq),
+                    address,
+                    config.server_port,
+                    fingerprint=self.fingerprint,
+                    server_hostname=server_hostname,
+                    insecure=config.insecure,
+                    ca_file=config.ca_file,
+                    pinned=self.pin is not None,
+                    timeout=timeout,
+                    tcp_fast_open=config.tcp_fast_open,
+                    display=config.server_host,
+                )
+            else:
+                target = await self._target(address)
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    lambda: ClientConnection(self, seq),
+                    **target,
+                    ssl=self.ssl_context,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=timeout,
+                )
         except (OSError, asyncio.CancelledError) as exc:
             if not isinstance(exc, ssl.SSLError):
                 self._address_failed(address)
             raise
-
-    async def _connect_once(
-        self,
-        seq: int,
-        address: str,
-        server_hostname: str | None,
-        timeout: float,  # noqa: ASYNC109
-    ) -> ClientConnection:
-        config = self.config
-        if self.fingerprint is not None:
-            from .impersonate import open_connection
-
-            _, conn = await open_connection(
-                lambda: ClientConnection(self, seq),
-                address,
-                config.server_port,
-                fingerprint=self.fingerprint,
-                server_hostname=server_hostname,
-                insecure=config.insecure,
-                ca_file=config.ca_file,
-                pinned=self.pin is not None,
-                timeout=timeout,
-                tcp_fast_open=config.tcp_fast_open,
-                display=config.server_host,
-            )
-        else:
-            target = await self._target(address)
-            _, conn = await asyncio.get_running_loop().create_connection(
-                lambda: ClientConnection(self, seq),
-                **target,
-                ssl=self.ssl_context,
-                server_hostname=server_hostname,
-                ssl_handshake_timeout=timeout,
-            )
         assert isinstance(conn, ClientConnection)
         return conn
 
@@ -623,14 +614,16 @@ class Client:
             conn = self._choose()
             if conn is not None:
                 return conn
-        if pooled and not alone:
+        # Not shared: a fresh retry's session, any without reuse, a UDP association's.
+        shared = pooled and not alone
+        if shared:
             # Join a handshake already under way (PoolPolicy.join says which, if any).
             joinable = [h for h in self._joinable if not h.task.done()]
             index = self.policy.join([h.claims for h in joinable])
             if index is not None:
                 return await self._wait_for(joinable[index])
         task = asyncio.get_running_loop().create_task(self._new_session())
-        if not pooled or alone:  # (a fresh retry, no reuse, or a UDP association)
+        if not shared:
             return await asyncio.shield(task)
         handshake = _Handshake(task)
         self._joinable.append(handshake)
