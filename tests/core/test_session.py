@@ -252,6 +252,30 @@ def test_every_split_gives_same_events(cuts: list[int]) -> None:
     assert merge_data(events) == EXPECTED
 
 
+def _frame_boundaries(stream: bytes) -> list[int]:
+    """Offsets where the preface and each frame of ``stream`` end."""
+    pos = 32 + 2 + int.from_bytes(stream[32:34], "big")  # sha256, padding length, padding
+    points = [pos]
+    while pos < len(stream):
+        pos += 7 + HEADER.unpack_from(stream, pos)[2]
+        points.append(pos)
+    return points
+
+
+def test_frame_at_a_time_gives_same_events() -> None:
+    """Every frame in a read of its own (a PSH frame alone takes the short way)."""
+    server = Session.server({"alice": "pw"})
+    events: list = []
+    prev = 0
+    for point in _frame_boundaries(STREAM):
+        events += server.receive_data(STREAM[prev:point])
+        prev = point
+    assert merge_data(events) == EXPECTED
+    # Data for a stream that has ended, alone in a read, is dropped as in any other read.
+    stream_id = next(e.stream_id for e in EXPECTED if isinstance(e, StreamEnded))
+    assert server.receive_data(encode_frame(Command.PSH, stream_id, b"late")) == []
+
+
 def test_byte_at_a_time() -> None:
     server = Session.server({"alice": "pw"})
     events: list = []

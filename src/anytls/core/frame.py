@@ -41,6 +41,19 @@ class FrameDecoder:
         self.psh_stream = 0
         self.psh_left = 0
 
+    def whole_data_frame(self, view: memoryview) -> int:
+        """The stream id if ``view`` is exactly one whole PSH frame and no frame is in
+        progress (the usual small read: a request, a datagram), else 0. Its data is then
+        ``view[HEADER_SIZE:]``, consumed; otherwise nothing is, and :meth:`decode` takes it.
+        """
+        if self.psh_left or len(view) <= HEADER_SIZE or view[0] != _PSH:
+            return 0
+        _, stream_id, length = _unpack_from(view)
+        if length != len(view) - HEADER_SIZE or not stream_id:
+            return 0
+        self.frames += 1
+        return stream_id  # type: ignore[no-any-return]
+
     def decode(self, view: memoryview, on_data: DataHandler, on_frame: FrameHandler) -> int:
         """Decode what ``view`` holds; return how many bytes were consumed.
 

@@ -34,7 +34,7 @@ from ..errors import (
     StreamClosedError,
 )
 from .auth import PrefaceReader, build_preface
-from .constants import MAX_FRAME_DATA, PROTOCOL_VERSION, Command, Role
+from .constants import HEADER_SIZE, MAX_FRAME_DATA, PROTOCOL_VERSION, Command, Role
 from .events import (
     AlertReceived,
     Authenticated,
@@ -411,8 +411,19 @@ class Session:
             if not data:
                 return events
         rbuf = self._rbuf
+        decoder = self._decoder
+        if not rbuf:
+            with memoryview(data) as view:
+                stream_id = decoder.whole_data_frame(view)
+                if stream_id:
+                    if stream_id in self._streams:
+                        events.append(StreamDataReceived(stream_id, bytes(view[HEADER_SIZE:])))
+                    if not self._version_reported:
+                        self._version_reported = True
+                        events.append(PeerVersionKnown(self.peer_version or 1))
+                    return events
         self._events = events
-        decode = self._decoder.decode
+        decode = decoder.decode
         if rbuf:
             rbuf += data
             with memoryview(rbuf) as view:
