@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from anytls.aio import uot_server
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import ServerConfig, serve
 from anytls.aio.udp import open_udp
@@ -136,15 +137,22 @@ def test_idle_timeout_closes_stream() -> None:
     asyncio.run(main())
 
 
-def test_garbage_closes_only_that_stream(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"\x07garbage",  # an invalid UoT address type
+        b"\x02\x03a\x00b\x00\x35\x00\x01x",  # a whole packet to a domain name with a NUL
+    ],
+)
+def test_garbage_closes_only_that_stream(caplog: pytest.LogCaptureFixture, packet: bytes) -> None:
     caplog.set_level(logging.INFO, logger="anytls")
 
     async def main() -> None:
         async with Env() as env, udp_echo_server() as echo:
             good = await open_udp(env.client)
             stream = await env.client.open_stream(Address(UOT_V2_MAGIC, 0))
-            # request: non-connect, then a packet with an invalid UoT address type 0x07
-            stream.write(b"\x00\x01\x7f\x00\x00\x01\x00\x35" + b"\x07garbage")
+            # request: non-connect, then the bad packet
+            stream.write(b"\x00\x01\x7f\x00\x00\x01\x00\x35" + packet)
             await wait_until(stream.is_closing, timeout=3)
             assert stream.is_closing()
             # the other association on the same client still works
@@ -175,12 +183,35 @@ def test_udp_socket_count_is_bounded() -> None:
     asyncio.run(main())
 
 
+def test_remembered_targets_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Targets are kept checked per encoded address, a bounded number of them."""
+    monkeypatch.setattr(uot_server, "TARGET_CACHE_SIZE", 4)
+
+    async def main() -> None:
+        async with Env() as env, udp_echo_server() as a, udp_echo_server() as b:
+            assoc = await open_udp(env.client)
+            for round_ in range(3):
+                for i in range(10):
+                    # ports 1..10 of 127.0.0.2 (nobody answers) between the echo targets
+                    assoc.sendto(b"%d-%d" % (round_, i), (a[0], a[1]) if i % 2 else (b[0], b[1]))
+                    assoc.sendto(b"nobody", ("127.0.0.2", 1 + i))
+            async with asyncio.timeout(5):
+                got = sorted([(await assoc.recvfrom())[0] for _ in range(30)])
+            assert got == sorted(b"%d-%d" % (r, i) for r in range(3) for i in range(10))
+            (conn,) = env.server.connections
+            (relay,) = [s.get_protocol() for s in conn.streams.values()]
+            assert 0 < len(relay._targets) <= 4
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("policy", [{"allow_private": False}, {"deny_private": True}])
 def test_deny_private_applies_to_udp(policy: dict[str, bool]) -> None:
     async def main() -> None:
         async with Env(**policy) as env, udp_echo_server() as echo:
             assoc = await open_udp(env.client)
             assoc.sendto(b"to loopback", (echo[0], echo[1]))
+            assoc.sendto(b"again", (echo[0], echo[1]))  # a refusal is never remembered
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await assoc.recvfrom()

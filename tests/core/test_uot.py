@@ -324,3 +324,24 @@ def test_feed_whole_returns_the_packets_as_sent(
         got += decoder.feed_whole(chunk)
     assert got == encoded
     assert decoder.buffered == 0
+
+
+@FAST
+@given(st.lists(st.tuples(addresses, payloads), max_size=6), st.data())
+def test_feed_split_keeps_each_address_encoded(
+    packets: list[tuple[Address, bytes]], data: st.DataObject
+) -> None:
+    stream = b"".join(encode_packet(a, p) for a, p in packets)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=10))
+    decoder = UotPacketDecoder(connect=False)
+    got = []
+    for chunk in _split(stream, cuts):
+        got += decoder.feed_split(chunk)
+    assert got == [(a.encode(UOT_CODES), p) for a, p in packets]
+    assert decoder.buffered == 0
+
+
+def test_feed_split_in_connect_format_has_no_address() -> None:
+    decoder = UotPacketDecoder(connect=True)
+    stream = encode_connect_packet(b"one") + encode_connect_packet(b"")
+    assert decoder.feed_split(stream) == [(b"", b"one"), (b"", b"")]

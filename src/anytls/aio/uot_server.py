@@ -15,7 +15,7 @@ import socket
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
-from ..core.address import Address
+from ..core.address import Address, decode_address
 from ..core.uot import (
     UOT_CODES,
     UotPacketDecoder,
@@ -36,6 +36,8 @@ UDP_IDLE_TIMEOUT = 60.0
 RECV_QUEUE_LIMIT = 1024
 #: Reply sources whose encoded address a relay keeps (the table is emptied when full).
 SOURCE_CACHE_SIZE = 256
+#: Targets a relay keeps already checked, per encoded address (emptied when full).
+TARGET_CACHE_SIZE = 256
 
 
 class UotHost(Protocol):
@@ -86,7 +88,12 @@ class UotServerRelay(asyncio.Protocol):
         self.connect_target: tuple[str, int] | None = None
         self.sockets: dict[int, _UdpSocket] = {}
         self.socket_lock = asyncio.Lock()
-        self.queue: list[tuple[Address | None, bytes]] = []
+        #: Packets (encoded address, payload) that came before the sockets were ready.
+        self.queue: list[tuple[bytes, bytes]] = []
+        #: Encoded address → (socket, target) of IP targets already sent to (allowed, their
+        #: socket open): later datagrams to them skip decoding and checks. Connect format
+        #: keeps its one target under b"".
+        self._targets: dict[bytes, tuple[_UdpSocket, tuple[str, int]]] = {}
         #: Datagrams (port, payload) waiting for a name lookup or a socket, per host, so
         #: datagrams to one target keep their order.
         self.waiting: dict[str, list[tuple[int, bytes]]] = {}
@@ -133,18 +140,45 @@ class UotServerRelay(asyncio.Protocol):
                 data = self.request.leftover
                 self._start(*request)
             assert self.decoder is not None
-            packets = self.decoder.feed(data) if data else []
+            packets = self.decoder.feed_split(data) if data else []
         except ProtocolError as exc:
-            log.info("%s: malformed UoT data, closing the stream: %s", self.label, exc)
-            self.close()
+            self._malformed(exc)
             return
         if not packets:
             return
-        if self.ready:
-            for address, payload in packets:
-                self._send(address, payload)
-        else:
+        if not self.ready:
             self.queue.extend(packets)
+            return
+        targets = self._targets
+        for header, payload in packets:
+            known = targets.get(header)
+            if known is None:
+                if not self._send_new(header, payload):
+                    return
+                continue
+            transport = known[0].transport
+            if transport is not None:
+                self.datagrams_out += 1
+                transport.sendto(payload, known[1])
+
+    def _malformed(self, exc: ProtocolError) -> None:
+        log.info("%s: malformed UoT data, closing the stream: %s", self.label, exc)
+        self.close()
+
+    def _send_new(self, header: bytes, payload: bytes) -> bool:
+        """Send a packet whose address is not in :attr:`_targets`; False if the stream
+        was closed because the address is malformed."""
+        if not header:
+            self._send(None, payload, header)
+            return True
+        try:
+            result = decode_address(header, 0, UOT_CODES)
+        except ProtocolError as exc:
+            self._malformed(exc)
+            return False
+        assert result is not None  # the decoder returns whole addresses only
+        self._send(result[0], payload, header)
+        return True
 
     def _start(self, is_connect: bool, destination: Address) -> None:
         self.decoder = UotPacketDecoder(connect=is_connect)
@@ -175,8 +209,9 @@ class UotServerRelay(asyncio.Protocol):
         self.ready = True
         self._arm_timer()
         queue, self.queue = self.queue, []
-        for address, payload in queue:
-            self._send(address, payload)
+        for header, payload in queue:
+            if not self._send_new(header, payload):
+                return
 
     async def _resolve(self, host: str) -> tuple[int, str]:
         if ":" in host:
@@ -205,12 +240,13 @@ class UotServerRelay(asyncio.Protocol):
                     sock.transport.close()
         return sock
 
-    def _send(self, address: Address | None, payload: bytes) -> None:
+    def _send(self, address: Address | None, payload: bytes, header: bytes) -> None:
         if address is None:
             assert self.connect_target is not None
             host, port = self.connect_target
             family = family_of(host)
-            self._sendto(family, host, port, payload)
+            if self._sendto(family, host, port, payload):
+                self._remember(header, family, host, port)
             return
         key = address.host
         waiting = self.waiting.get(key)
@@ -223,7 +259,9 @@ class UotServerRelay(asyncio.Protocol):
         if known is not None:
             family = family_of(known)
             if family in self.sockets:
-                self._sendto(family, known, address.port, payload)
+                sent = self._sendto(family, known, address.port, payload)
+                if sent and address.is_ip:  # (a name's address may change: not kept)
+                    self._remember(header, family, known, address.port)
                 return
         self.waiting[key] = [(address.port, payload)]
         self.connection.start_task(self._send_slow(address))
@@ -245,16 +283,25 @@ class UotServerRelay(asyncio.Protocol):
         for port, payload in self.waiting.pop(key, []):
             self._sendto(family, host, port, payload)
 
-    def _sendto(self, family: int, host: str, port: int, payload: bytes) -> None:
+    def _sendto(self, family: int, host: str, port: int, payload: bytes) -> bool:
+        """Send if allowed and the family's socket is open; return whether it was sent."""
         sock = self.sockets.get(family)
         if sock is None or sock.transport is None or self.closed:
-            return
+            return False
         if self._denied(host):
             log.debug("%s: dropping a datagram to private address %s", self.label, host)
-            return
+            return False
         self.datagrams_out += 1
         self.last_activity = self.loop.time()
         sock.transport.sendto(payload, (host, port))
+        return True
+
+    def _remember(self, header: bytes, family: int, host: str, port: int) -> None:
+        """Keep an allowed target under its encoded address (the table is bounded)."""
+        targets = self._targets
+        if len(targets) >= TARGET_CACHE_SIZE:
+            targets.clear()
+        targets[header] = (self.sockets[family], (host, port))
 
     def _denied(self, ip: str) -> bool:
         return self.deny_private and is_private(ip)
@@ -327,6 +374,7 @@ class UotServerRelay(asyncio.Protocol):
             if sock.transport is not None:
                 sock.transport.close()
         self.sockets.clear()
+        self._targets.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
 

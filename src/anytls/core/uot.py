@@ -245,6 +245,18 @@ class UotPacketDecoder:
         """Add ``data``; return the packets it completed, in order."""
         return self._feed(data, self._packet)
 
+    def feed_split(self, data: Buffer) -> list[tuple[bytes, bytes]]:
+        """Like :meth:`feed`, but each packet's address stays encoded: ``(address bytes,
+        payload)``, the address as sent (code, address, port; empty in connect format),
+        for relays that keep what they decoded once per address."""
+        return self._feed(data, self._split)
+
+    def _split(self, buf: Buffer, pos: int, end: int) -> tuple[bytes, bytes]:
+        if self.connect:
+            return b"", bytes(buf[pos + 2 : end])
+        header = _header_size(buf, pos, end - pos)
+        return bytes(buf[pos : pos + header - 2]), bytes(buf[pos + header : end])
+
     def feed_whole(self, data: Buffer) -> list[bytes]:
         """Like :meth:`feed`, but each completed packet is returned whole (header
         included) and undecoded, e.g. for :func:`packet_to_socks_datagram`."""
