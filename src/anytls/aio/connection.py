@@ -41,6 +41,8 @@ class SessionConnection(asyncio.BufferedProtocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self._flush_scheduled = False
+        #: A write was flushed at once in this loop iteration (the next ones coalesce).
+        self._flushed_at_once = False
         #: Stream bytes queued in the core since the last flush.
         self._unflushed = 0
         self._read_pauses = 0
@@ -143,9 +145,11 @@ class SessionConnection(asyncio.BufferedProtocol):
         return stream
 
     def send_stream_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:
-        """Queue stream bytes and schedule a flush.
+        """Queue stream bytes and flush them now or at the end of the loop iteration.
 
-        Small writes are coalesced until the end of the loop iteration; past
+        The first write of an iteration, with nothing else queued, goes out at once (a
+        request or a datagram leaves before the loop reads its sockets again); writes
+        after it are coalesced until the end of the iteration. Past
         :data:`FLUSH_THRESHOLD` unflushed bytes they go to the transport at once, so its
         write-buffer limits (``pause_writing``, and so ``drain()``) also bound a writer
         that never yields to the loop.
@@ -154,8 +158,15 @@ class SessionConnection(asyncio.BufferedProtocol):
         self._unflushed += len(data)
         if self._unflushed >= FLUSH_THRESHOLD:
             self.flush()
-        else:
+        elif self._flush_scheduled or self._flushed_at_once:
             self.schedule_flush()
+        else:
+            self._flushed_at_once = True
+            self.loop.call_soon(self._next_iteration)
+            self.flush()
+
+    def _next_iteration(self) -> None:
+        self._flushed_at_once = False
 
     def send_synack(self, stream_id: int, error: str | None = None) -> None:
         """Server: answer ``stream_id``'s SYN (v2 clients only), ``error`` if it failed.
