@@ -29,7 +29,7 @@ from anytls.aio.server import ServerConfig, serve
 from anytls.aio.tls import generate_self_signed, server_context
 from anytls.core.address import Address
 from anytls.errors import ConfigError, ImpersonationError, SessionClosedError
-from tests.helpers.aio import async_test
+from tests.helpers.aio import async_test, wait_until
 from tests.helpers.ja4 import ClientHello, HelloCapture, is_grease, ja4
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -435,6 +435,63 @@ async def test_transport_write_buffer_read_and_eof(tmp_path: Path) -> None:
         assert bytes(protocol.data) == b"bye"
         assert await asyncio.wait_for(protocol.lost, 5) is None
         assert transport.is_closing()
+    finally:
+        server.close()
+
+
+@async_test(timeout=30)
+async def test_a_lone_short_record_is_delivered_before_the_next_receive(tmp_path: Path) -> None:
+    """A small message (one short TLS record) reaches the protocol straight after the
+    receive that decrypted it, not after one more receive that finds nothing; what
+    follows in the same read event is still read and delivered, in order."""
+    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    go = asyncio.Event()
+    bulk = bytes(range(256)) * 1024
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await go.wait()
+        writer.write(b"ping")
+        await writer.drain()
+        await reader.read(1)  # the test saw the ping
+        writer.write(bulk)
+        await writer.drain()
+        await reader.read(1)
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    from anytls.aio.impersonate import open_connection
+
+    log: list[str] = []
+
+    class Logged(_Recorder):
+        def buffer_updated(self, nbytes: int) -> None:
+            log.append(f"delivered {nbytes}")
+            super().buffer_updated(nbytes)
+
+    try:
+        transport, protocol = await open_connection(
+            Logged, "127.0.0.1", port, fingerprint="chrome", server_hostname=None, insecure=True
+        )
+        recv = transport._recv  # type: ignore[attr-defined]
+
+        def logged_recv(handle: object, ptr: object, size: int, n: Any) -> int:
+            code: int = recv(handle, ptr, size, n)
+            log.append(f"recv {n[0]}" if code == 0 else f"recv code {code}")
+            return code
+
+        transport._recv = logged_recv  # type: ignore[attr-defined]
+        go.set()
+        await wait_until(lambda: protocol.data == b"ping", timeout=10)
+        assert protocol.data == b"ping"
+        assert log[:2] == ["recv 4", "delivered 4"], log
+        transport.write(b"k")
+        await wait_until(lambda: len(protocol.data) >= 4 + len(bulk), timeout=10)
+        assert bytes(protocol.data) == b"ping" + bulk
+        transport.close()
     finally:
         server.close()
 
