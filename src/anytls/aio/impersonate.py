@@ -707,44 +707,40 @@ class CurlTransport(asyncio.Transport):
 
     def _read_ready(self) -> None:
         protocol = self._protocol
-        recv, handle, n = self._recv, self._handle, self._n
         try:
-            while True:
-                buf: Any = protocol.get_buffer(-1)
-                # A fresh pointer per buffer (not per record): a cached one would hold
-                # the protocol's buffer exported for as long as the connection lives.
-                ptr = self._from_buffer(buf, require_writable=True)
-                size = len(buf)
-                filled = 0
-                eof = first_short = False
-                while filled < size:
-                    code = recv(handle, ptr + filled, size - filled, n)
-                    if code == _CURLE_OK:
-                        got = n[0]
-                        if got == 0:
-                            eof = True
-                            break
-                        filled += got
-                        if filled == got < _RECORD_DATA and got < size:
-                            # A lone short record (a request, a datagram) goes on before
-                            # the next receive, which usually finds nothing: one system
-                            # call less ahead of the reply.
-                            first_short = True
-                            break
-                    elif code == _CURLE_AGAIN:
-                        break
-                    elif code == _CURLE_RECV_ERROR:
-                        # The peer's TCP side is gone (FIN without close_notify, or a
-                        # reset): what asyncio's ssl transport reports as EOF.
+            buf: Any = protocol.get_buffer(-1)
+            # A fresh pointer per read event (not per record): a cached one would hold
+            # the protocol's buffer exported for as long as the connection lives.
+            ptr = self._from_buffer(buf, require_writable=True)
+            size = len(buf)
+            recv, handle, n = self._recv, self._handle, self._n
+            filled = 0
+            eof = False
+            while filled < size:
+                code = recv(handle, ptr + filled, size - filled, n)
+                if code == _CURLE_OK:
+                    got = n[0]
+                    if got == 0:
                         eof = True
                         break
-                    else:
-                        self._fatal(ConnectionResetError(f"TLS receive failed (curl error {code})"))
-                        return
-                if filled:
-                    protocol.buffer_updated(filled)
-                if not first_short or not self._reading or self._closing:
+                    filled += got
+                    if filled == got < _RECORD_DATA:
+                        # A lone short record (a request, a datagram) goes on at once:
+                        # the next receive would usually find nothing, and if more has
+                        # come the socket stays readable (epoll is level-triggered).
+                        break
+                elif code == _CURLE_AGAIN:
                     break
+                elif code == _CURLE_RECV_ERROR:
+                    # The peer's TCP side is gone (FIN without close_notify, or a reset):
+                    # what asyncio's ssl transport reports as EOF.
+                    eof = True
+                    break
+                else:
+                    self._fatal(ConnectionResetError(f"TLS receive failed (curl error {code})"))
+                    return
+            if filled:
+                protocol.buffer_updated(filled)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
