@@ -83,6 +83,22 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def cpu_ns(pid: int) -> int:
+    """On-CPU time of a process tree (every thread of ``pid`` and its descendants) in
+    nanoseconds, from ``/proc/<tid>/schedstat``: fine enough for a few hundred pings,
+    where utime/stime count in 10 ms ticks."""
+    total = 0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with (
+                    contextlib.suppress(OSError, ValueError, IndexError),
+                    open(f"/proc/{p}/task/{tid}/schedstat") as f,
+                ):
+                    total += int(f.read().split()[0])
+    return total
+
+
 def busy_processes(before: dict[int, float], after: dict[int, float]) -> int:
     """How many processes used at least a quarter of the tree's CPU between two samples."""
     used = {p: after[p] - before.get(p, 0.0) for p in after}
@@ -674,9 +690,15 @@ class _Flood:
 
 
 async def phase_udp(
-    proxy: tuple[str, int], port: int, pings: int, datagrams: int, window: int
+    proxy: tuple[str, int],
+    port: int,
+    pings: int,
+    datagrams: int,
+    window: int,
+    pids: tuple[int, int] = (0, 0),
 ) -> dict[str, float]:
-    """SOCKS5 UDP ASSOCIATE: sequential ping p50, then windowed echo throughput."""
+    """SOCKS5 UDP ASSOCIATE: sequential ping p50, then windowed echo throughput; with
+    ``pids`` (client, server) also their CPU per ping."""
     loop = asyncio.get_running_loop()
     header = b"\x00\x00\x00\x01" + socket.inet_aton(HOST) + struct.pack("!H", port)
     pad = PAYLOAD[: UDP_SIZE - 8]
@@ -703,7 +725,10 @@ async def phase_udp(
         proto.handler = on_ping
         samples: list[float] = []
         lost = 0
+        cpu0 = [0, 0]
         for i in range(pings + 5):  # the first 5 are warm-up (the UoT stream opens)
+            if i == 5 and all(pids):
+                cpu0 = [cpu_ns(p) for p in pids]
             seq = (1 << 40) + i
             fut: asyncio.Future[float] = loop.create_future()
             pending[seq] = fut
@@ -719,6 +744,9 @@ async def phase_udp(
                 continue
             if i >= 5:
                 samples.append((t1 - t0) * 1000)
+        cpu_us = []
+        if all(pids):
+            cpu_us = [(cpu_ns(p) - c) / 1000 / pings for p, c in zip(pids, cpu0, strict=True)]
 
         flood = _Flood(send, datagrams, window)
         proto.handler = flood.on_datagram
@@ -729,7 +757,9 @@ async def phase_udp(
             ctrl.close()
     if got < datagrams // 2:
         raise ConnectionError(f"UDP flood: only {got} of {datagrams} echoed")
+    per_ping = {"udp_cpu_client_us": cpu_us[0], "udp_cpu_server_us": cpu_us[1]} if cpu_us else {}
     return {
+        **per_ping,
         "udp_p50_ms": percentile(samples, 50),
         "udp_dps": got / elapsed if elapsed > 0 else 0.0,
         "udp_loss": 1 - got / datagrams,
@@ -804,7 +834,14 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         )
         await phase(
             "udp",
-            phase_udp(proxy, targets.udp_echo, args.udp_pings, args.udp_datagrams, 32),
+            phase_udp(
+                proxy,
+                targets.udp_echo,
+                args.udp_pings,
+                args.udp_datagrams,
+                32,
+                (args.client_pid, args.server_pid),
+            ),
             180,
         )
         await phase(

@@ -120,6 +120,9 @@ def test_benchmark_one_phase(tmp_path: Path) -> None:
     assert rows[0][1:] == ["ours:ours"]
     labels = [r[0] for r in rows[1:]]
     assert labels and all("UDP" in label for label in labels), labels
+    # ... with the client's and server's CPU per ping (schedstat, so never a 0 of coarse ticks)
+    cpu_rows = [r for r in rows[1:] if "CPU µs per UDP ping" in r[0]]
+    assert len(cpu_rows) == 2 and all(float(r[1].split()[0]) > 0 for r in cpu_rows), cpu_rows
     assert "--phases udp" in out.read_text()
     for row in rows[1:]:
         assert CELL.match(row[1]), row
