@@ -169,11 +169,7 @@ async def test_a_server_choosing_h2_is_refused(
     """A browser offers h2; an AnyTLS server never picks it. One that does is refused
     with a clear error before anything of ours reaches it: at most curl's HTTP/2 preface,
     what the browser itself would send there."""
-    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
-    (tmp_path / "c.pem").write_bytes(cert_pem)
-    (tmp_path / "k.pem").write_bytes(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    ctx = _server_context(tmp_path)
     ctx.set_alpn_protocols(["h2"])
     received = bytearray()
     done = asyncio.Event()
@@ -360,6 +356,16 @@ async def test_an_ip_server_name_sends_no_sni() -> None:
     assert 0x0000 not in capture.hellos[0].extensions
 
 
+def _server_context(tmp_path: Path) -> ssl.SSLContext:
+    """A plain TLS server context with a fresh self-signed certificate for 127.0.0.1."""
+    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    return ctx
+
+
 class _Recorder(asyncio.BufferedProtocol):
     """A protocol that records what the transport tells it."""
 
@@ -395,11 +401,7 @@ async def test_transport_write_buffer_read_and_eof(tmp_path: Path) -> None:
     """CurlTransport: a peer that does not read makes writes buffer past the high-water
     mark (pause_writing), reading again drains them in order (resume_writing); the peer's
     bytes reach the protocol; the peer's close is EOF, then connection_lost."""
-    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
-    (tmp_path / "c.pem").write_bytes(cert_pem)
-    (tmp_path / "k.pem").write_bytes(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    ctx = _server_context(tmp_path)
     start_reading = asyncio.Event()
     total = 16 << 20
     got = bytearray()
@@ -444,11 +446,7 @@ async def test_a_lone_short_record_is_delivered_before_the_next_receive(tmp_path
     """A small message (one short TLS record) reaches the protocol straight after the
     receive that decrypted it, with no further receive that would find nothing; what
     comes next is read when the socket is readable again, all of it, in order."""
-    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
-    (tmp_path / "c.pem").write_bytes(cert_pem)
-    (tmp_path / "k.pem").write_bytes(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    ctx = _server_context(tmp_path)
     go = asyncio.Event()
     bulk = bytes(range(256)) * 1024
 
@@ -507,11 +505,7 @@ async def test_a_handshake_parses_no_c_declarations(
     pays it (the cold first byte after the client starts)."""
     import pycparser
 
-    cert_pem, key_pem = generate_self_signed(["127.0.0.1"])
-    (tmp_path / "c.pem").write_bytes(cert_pem)
-    (tmp_path / "k.pem").write_bytes(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    ctx = _server_context(tmp_path)
     server = await asyncio.start_server(_echo, "127.0.0.1", 0, ssl=ctx)
     port = server.sockets[0].getsockname()[1]
     monkeypatch.setattr(impersonate, "_library", None)  # a new cffi FFI: nothing parsed yet
