@@ -52,8 +52,6 @@ OPENSSL = "openssl"
 DEFAULT_FINGERPRINT = "chrome"
 
 _CURLE_OK = 0
-#: The most plaintext one TLS record carries: a read that returns less got a short record.
-_RECORD_DATA = 16384
 _CURLE_AGAIN = 81
 _CURLE_COULDNT_CONNECT = 7
 _CURLE_OPERATION_TIMEDOUT = 28
@@ -68,6 +66,8 @@ _ALPN_ACCEPTED = "ALPN: server accepted "
 #: High and low write-buffer marks (bytes), asyncio's defaults.
 _HIGH_WATER = 64 * 1024
 _LOW_WATER = 16 * 1024
+#: The most plaintext one TLS record carries: a read that returns less got a short record.
+_RECORD_DATA = 16384
 
 
 # ---------------------------------------------------------------------- the library
