@@ -63,3 +63,46 @@ def test_first_write_of_an_iteration_goes_out_at_once_the_rest_coalesce() -> Non
         }
 
     asyncio.run(main())
+
+
+class FlowRecorder(asyncio.Protocol):
+    """Records pause_writing / resume_writing calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
+
+
+def test_a_protocol_attached_to_a_congested_session_is_paused_at_once() -> None:
+    """A stream written to (and so flushed) before its protocol is attached, on a session
+    whose TLS transport is congested by then, still stops its producer: the protocol hears
+    ``pause_writing`` when attached, once, and ``resume_writing`` when the session drains."""
+
+    async def main() -> None:
+        core = Session.client("pw")
+        core.initiate()
+        conn = SessionConnection(core)
+        conn.connection_made(RecordingTransport())
+        early = conn.add_stream(core.open_stream(DEST))
+        early.write(b"first bytes")  # flushed at once...
+        conn.pause_writing()  # ... and the transport says it is full
+        attached = FlowRecorder()
+        early.set_protocol(attached)
+        assert attached.calls == ["pause"]
+        conn.pause_writing()  # told once per congestion, not twice
+        await asyncio.sleep(0)
+        assert attached.calls == ["pause"]
+        conn.resume_writing()
+        assert attached.calls == ["pause", "resume"]
+        later = conn.add_stream(core.open_stream(DEST))
+        fresh = FlowRecorder()
+        later.set_protocol(fresh)  # a drained session: nothing to say
+        await asyncio.sleep(0)
+        assert fresh.calls == []
+
+    asyncio.run(main())

@@ -92,6 +92,11 @@ class SessionConnection(asyncio.BufferedProtocol):
             self.closed.set_result(None)
         self.session_closed(reason)
 
+    @property
+    def writing_paused(self) -> bool:
+        """True while the TLS transport is congested (its producers are paused)."""
+        return self._write_paused
+
     def pause_writing(self) -> None:
         self._write_paused = True
         for stream in list(self.streams.values()):
@@ -139,9 +144,7 @@ class SessionConnection(asyncio.BufferedProtocol):
     def add_stream(self, stream_id: int) -> Stream:
         """Create and register the :class:`Stream` for ``stream_id``."""
         stream = Stream(self, stream_id)
-        self.streams[stream_id] = stream
-        if self._write_paused:
-            self.loop.call_soon(stream.session_writing, True)
+        self.streams[stream_id] = stream  # (its protocol learns a pause when attached)
         return stream
 
     def send_stream_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> None:

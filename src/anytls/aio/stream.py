@@ -28,6 +28,8 @@ class StreamOwner(Protocol):
     def stream_reading_paused(self, paused: bool) -> None: ...
     def get_write_buffer_size(self) -> int: ...
     def get_write_buffer_limits(self) -> tuple[int, int]: ...
+    @property
+    def writing_paused(self) -> bool: ...
 
 
 class Stream(asyncio.Transport):
@@ -42,6 +44,8 @@ class Stream(asyncio.Transport):
         self.connection = connection
         self.stream_id = stream_id
         self._protocol: asyncio.BaseProtocol | None = None
+        #: What the protocol was last told: ``pause_writing`` (True) or nothing / resumed.
+        self._protocol_paused = False
         self._closing = False
         self._lost = False
         self._reading_paused = False
@@ -65,8 +69,12 @@ class Stream(asyncio.Transport):
         return self.connection.get_extra_info(name, default)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        """Attach ``protocol``; data that arrived before it is delivered now."""
+        """Attach ``protocol``; data that arrived before it is delivered now, and a
+        congested session is reported to it at once (``pause_writing``)."""
         self._protocol = protocol
+        self._protocol_paused = False
+        if self.connection.writing_paused:
+            self.session_writing(True)
         if self._pending or self._pending_eof is not False:
             self.connection.loop.call_soon(self._drain_pending)
 
@@ -214,8 +222,9 @@ class Stream(asyncio.Transport):
     def session_writing(self, paused: bool) -> None:
         """The session's TLS transport is congested (``True``) or drained again."""
         protocol = self._protocol
-        if protocol is None or self._lost:
+        if protocol is None or self._lost or paused == self._protocol_paused:
             return
+        self._protocol_paused = paused
         if paused:
             protocol.pause_writing()
         else:
