@@ -345,3 +345,11 @@ def test_feed_split_in_connect_format_has_no_address() -> None:
     decoder = UotPacketDecoder(connect=True)
     stream = encode_connect_packet(b"one") + encode_connect_packet(b"")
     assert decoder.feed_split(stream) == [(b"", b"one"), (b"", b"")]
+
+
+@pytest.mark.parametrize("name", [b"a\x00b", b"\xff\xfe"])
+def test_feed_split_refuses_a_malformed_name_as_feed_does(name: bytes) -> None:
+    packet = b"\x02" + bytes((len(name),)) + name + b"\x00\x35" + b"\x00\x01x"
+    for feed in (UotPacketDecoder(connect=False).feed, UotPacketDecoder(connect=False).feed_split):
+        with pytest.raises(RemoteProtocolError):
+            feed(packet)

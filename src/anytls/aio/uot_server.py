@@ -142,7 +142,8 @@ class UotServerRelay(asyncio.Protocol):
             assert self.decoder is not None
             packets = self.decoder.feed_split(data) if data else []
         except ProtocolError as exc:
-            self._malformed(exc)
+            log.info("%s: malformed UoT data, closing the stream: %s", self.label, exc)
+            self.close()
             return
         if not packets:
             return
@@ -153,32 +154,22 @@ class UotServerRelay(asyncio.Protocol):
         for header, payload in packets:
             known = targets.get(header)
             if known is None:
-                if not self._send_new(header, payload):
-                    return
+                self._send_new(header, payload)
                 continue
             transport = known[0].transport
             if transport is not None:
                 self.datagrams_out += 1
                 transport.sendto(payload, known[1])
 
-    def _malformed(self, exc: ProtocolError) -> None:
-        log.info("%s: malformed UoT data, closing the stream: %s", self.label, exc)
-        self.close()
-
-    def _send_new(self, header: bytes, payload: bytes) -> bool:
-        """Send a packet whose address is not in :attr:`_targets`; False if the stream
-        was closed because the address is malformed."""
+    def _send_new(self, header: bytes, payload: bytes) -> None:
+        """Send a packet whose address is not in :attr:`_targets` (connect format: b"")."""
         if not header:
             self._send(None, payload, header)
-            return True
-        try:
-            result = decode_address(header, 0, UOT_CODES)
-        except ProtocolError as exc:
-            self._malformed(exc)
-            return False
-        assert result is not None  # the decoder returns whole addresses only
+            return
+        # feed_split checked the address: whole, and a valid name if it is one
+        result = decode_address(header, 0, UOT_CODES)
+        assert result is not None
         self._send(result[0], payload, header)
-        return True
 
     def _start(self, is_connect: bool, destination: Address) -> None:
         self.decoder = UotPacketDecoder(connect=is_connect)
@@ -210,8 +201,7 @@ class UotServerRelay(asyncio.Protocol):
         self._arm_timer()
         queue, self.queue = self.queue, []
         for header, payload in queue:
-            if not self._send_new(header, payload):
-                return
+            self._send_new(header, payload)
 
     async def _resolve(self, host: str) -> tuple[int, str]:
         if ":" in host:

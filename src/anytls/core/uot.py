@@ -255,6 +255,8 @@ class UotPacketDecoder:
         if self.connect:
             return b"", bytes(buf[pos + 2 : end])
         header = _header_size(buf, pos, end - pos)
+        if buf[pos] == UOT_CODES.domain:
+            decode_address(buf, pos, UOT_CODES)  # a malformed name raises, as in feed()
         return bytes(buf[pos : pos + header - 2]), bytes(buf[pos + header : end])
 
     def feed_whole(self, data: Buffer) -> list[bytes]:
