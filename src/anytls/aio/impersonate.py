@@ -444,6 +444,7 @@ async def open_connection(
     (e.g. the name ``host`` was resolved from).
     """
     loop = asyncio.get_running_loop()
+    where = f"{display or host}:{port}"  # (for error messages)
     curl = library()
     target = resolve_target(fingerprint)
     easy = curl.Curl()
@@ -503,15 +504,15 @@ async def open_connection(
             alpn = _accepted_alpn(text) or alpn
         if alpn not in (None, "http/1.1"):
             raise ImpersonationError(
-                f"{display or host}:{port} chose ALPN {alpn} for the browser's offer: a web "
-                f"server, not an AnyTLS server, or one whose ALPN setting must not include {alpn} "
+                f"{where} chose ALPN {alpn} for the browser's offer: a web server, not an "
+                f"AnyTLS server, or one whose ALPN setting must not include {alpn} "
                 "(the connection was closed before anything of ours was sent)"
             )
         if code != _CURLE_OK:
             raise _handshake_error(code, easy, display or host, port, ca_file)
         fd = _info_int(easy, curl.CurlInfo.ACTIVESOCKET)
         if fd < 0:
-            raise ImpersonationError(f"curl kept no connection to {display or host}:{port}")
+            raise ImpersonationError(f"curl kept no connection to {where}")
         der = _leaf_der(curl, easy)
         info = TLSInfo(version, cipher, der, alpn)
         extra = {

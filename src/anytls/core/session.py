@@ -411,19 +411,8 @@ class Session:
             if not data:
                 return events
         rbuf = self._rbuf
-        decoder = self._decoder
-        if not rbuf:
-            with memoryview(data) as view:
-                stream_id = decoder.whole_data_frame(view)
-                if stream_id:
-                    if stream_id in self._streams:
-                        events.append(StreamDataReceived(stream_id, bytes(view[HEADER_SIZE:])))
-                    if not self._version_reported:
-                        self._version_reported = True
-                        events.append(PeerVersionKnown(self.peer_version or 1))
-                    return events
         self._events = events
-        decode = decoder.decode
+        decode = self._decoder.decode
         if rbuf:
             rbuf += data
             with memoryview(rbuf) as view:
@@ -431,9 +420,14 @@ class Session:
             del rbuf[:consumed]
         else:
             with memoryview(data) as view:
-                consumed = decode(view, self._on_data, self._on_frame)
-                if consumed < len(view) and not self.closed:
-                    rbuf += view[consumed:]
+                # The usual small read (a request, a datagram): one whole PSH frame.
+                stream_id = self._decoder.whole_data_frame(view)
+                if stream_id:
+                    self._on_data(stream_id, view[HEADER_SIZE:])
+                else:
+                    consumed = decode(view, self._on_data, self._on_frame)
+                    if consumed < len(view) and not self.closed:
+                        rbuf += view[consumed:]
         if not self._version_reported and self._decoder.frames:
             self._version_reported = True
             events.append(PeerVersionKnown(self.peer_version or 1))
