@@ -143,6 +143,7 @@ METRICS = [
     Metric("latency_p99_ms", "stream open+first byte p99 ms", "lower"),
     Metric("concurrent_s", "{concurrent}×{concurrent_kib} KiB echo streams, wall s", "lower"),
     Metric("udp_p50_ms", "UDP echo p50 ms", "lower"),
+    Metric("udp_p50_one_cpu_ms", "UDP echo p50 ms, all processes on one CPU", "lower"),
     Metric("udp_cpu_client_us", "client CPU µs per UDP ping", "lower"),
     Metric("udp_cpu_server_us", "server CPU µs per UDP ping", "lower"),
     Metric("udp_dps", "UDP echo datagrams/s ({udp_size} B, window 32)", "higher"),
@@ -687,7 +688,11 @@ in this order, on freshly started client and server processes for every pair and
   meanwhile share those.
 - UDP: SOCKS5 UDP ASSOCIATE through the client's mixed port to a UDP echo target; p50 of
   sequential pings, and the client's and server's CPU per ping over them (on-CPU time of
-  all their threads, from /proc/<tid>/schedstat); then datagrams/s with 32 in flight.
+  all their threads, from /proc/<tid>/schedstat); then as many pings again with every
+  thread of the client, the server and the load generator on one CPU (sched_setaffinity,
+  undone after): each wake-up then stays on that CPU, so the p50 is the three processes'
+  work per ping, without the cross-CPU wake-ups that the scheduler's placement of the
+  processes adds or not from one run to the next; then datagrams/s with 32 in flight.
 - RSS: VmRSS of client and server with N idle streams open (opened 4 at a time, each
   confirmed by a byte from the idle target, so that each has a session of its own), minus
   VmRSS 2.5 s before opening them (so after all other phases); the baseline rows are that

@@ -99,6 +99,28 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def pin_threads(pids: list[int], cpus: set[int] | None) -> dict[int, set[int]]:
+    """Set the CPU affinity of every thread of the process trees of ``pids`` to ``cpus``
+    (``None``: leave it); return each thread's mask from before, to restore it with
+    :func:`restore_threads`."""
+    before: dict[int, set[int]] = {}
+    for p in {q for pid in pids for q in process_tree(pid)}:
+        with contextlib.suppress(OSError):
+            for tid in map(int, os.listdir(f"/proc/{p}/task")):
+                with contextlib.suppress(OSError):
+                    before[tid] = os.sched_getaffinity(tid)
+                    if cpus is not None:
+                        os.sched_setaffinity(tid, cpus)
+    return before
+
+
+def restore_threads(masks: dict[int, set[int]]) -> None:
+    """Undo :func:`pin_threads` (threads gone since are skipped)."""
+    for tid, mask in masks.items():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, mask)
+
+
 def busy_processes(before: dict[int, float], after: dict[int, float]) -> int:
     """How many processes used at least a quarter of the tree's CPU between two samples."""
     used = {p: after[p] - before.get(p, 0.0) for p in after}
@@ -696,9 +718,13 @@ async def phase_udp(
     datagrams: int,
     window: int,
     pids: tuple[int, int] = (0, 0),
+    one_cpu_pings: int = 0,
 ) -> dict[str, float]:
     """SOCKS5 UDP ASSOCIATE: sequential ping p50, then windowed echo throughput; with
-    ``pids`` (client, server) also their CPU per ping."""
+    ``pids`` (client, server) also their CPU per ping, and with ``one_cpu_pings`` the p50
+    of that many more pings with every thread of the client, the server and this process
+    on one CPU (no cross-CPU wake-ups: the pings then cost the three processes' work
+    alone, whichever CPUs the scheduler happened to give them)."""
     loop = asyncio.get_running_loop()
     header = b"\x00\x00\x00\x01" + socket.inet_aton(HOST) + struct.pack("!H", port)
     pad = PAYLOAD[: UDP_SIZE - 8]
@@ -723,30 +749,41 @@ async def phase_udp(
                 fut.set_result(time.perf_counter())
 
         proto.handler = on_ping
-        samples: list[float] = []
         lost = 0
-        cpu0 = [0, 0]
-        for i in range(pings + 5):  # the first 5 are warm-up (the UoT stream opens)
-            if i == 5 and all(pids):
-                cpu0 = [cpu_ns(p) for p in pids]
-            seq = (1 << 40) + i
-            fut: asyncio.Future[float] = loop.create_future()
-            pending[seq] = fut
-            t0 = time.perf_counter()
-            send(seq)
-            try:
-                t1 = await asyncio.wait_for(fut, 2.0)
-            except TimeoutError:
-                pending.pop(seq, None)
-                lost += 1
-                if lost > max(5, pings // 10):
-                    raise ConnectionError(f"UDP: {lost} pings lost") from None
-                continue
-            if i >= 5:
+        next_seq = 1 << 40
+
+        async def ping_p50(count: int) -> float:
+            nonlocal lost, next_seq
+            samples: list[float] = []
+            for _ in range(count):
+                seq, next_seq = next_seq, next_seq + 1
+                fut: asyncio.Future[float] = loop.create_future()
+                pending[seq] = fut
+                t0 = time.perf_counter()
+                send(seq)
+                try:
+                    t1 = await asyncio.wait_for(fut, 2.0)
+                except TimeoutError:
+                    pending.pop(seq, None)
+                    lost += 1
+                    if lost > max(5, pings // 10):
+                        raise ConnectionError(f"UDP: {lost} pings lost") from None
+                    continue
                 samples.append((t1 - t0) * 1000)
-        cpu_us = []
-        if all(pids):
-            cpu_us = [(cpu_ns(p) - c) / 1000 / pings for p, c in zip(pids, cpu0, strict=True)]
+            return percentile(samples, 50) if samples else float("nan")
+
+        await ping_p50(5)  # warm-up (the UoT stream opens)
+        cpu0 = [cpu_ns(p) for p in pids] if all(pids) else []
+        p50 = await ping_p50(pings)
+        cpu_us = [(cpu_ns(p) - c) / 1000 / pings for p, c in zip(pids, cpu0, strict=False)]
+        one_cpu: dict[str, float] = {}
+        if one_cpu_pings and all(pids):
+            masks = pin_threads([*pids, os.getpid()], {min(os.sched_getaffinity(0))})
+            try:
+                await ping_p50(5)
+                one_cpu["udp_p50_one_cpu_ms"] = await ping_p50(one_cpu_pings)
+            finally:
+                restore_threads(masks)
 
         flood = _Flood(send, datagrams, window)
         proto.handler = flood.on_datagram
@@ -760,7 +797,8 @@ async def phase_udp(
     per_ping = {"udp_cpu_client_us": cpu_us[0], "udp_cpu_server_us": cpu_us[1]} if cpu_us else {}
     return {
         **per_ping,
-        "udp_p50_ms": percentile(samples, 50),
+        **one_cpu,
+        "udp_p50_ms": p50,
         "udp_dps": got / elapsed if elapsed > 0 else 0.0,
         "udp_loss": 1 - got / datagrams,
     }
@@ -841,6 +879,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 args.udp_datagrams,
                 32,
                 (args.client_pid, args.server_pid),
+                args.udp_pings,
             ),
             180,
         )

@@ -123,6 +123,9 @@ def test_benchmark_one_phase(tmp_path: Path) -> None:
     # ... with the client's and server's CPU per ping (schedstat, so never a 0 of coarse ticks)
     cpu_rows = [r for r in rows[1:] if "CPU µs per UDP ping" in r[0]]
     assert len(cpu_rows) == 2 and all(float(r[1].split()[0]) > 0 for r in cpu_rows), cpu_rows
+    # ... and the p50 again with every thread of the three processes on one CPU
+    (one_cpu,) = [r for r in rows[1:] if r[0].startswith("UDP echo p50 ms, all processes on one")]
+    assert float(one_cpu[1].split()[0]) > 0, one_cpu
     assert "--phases udp" in out.read_text()
     for row in rows[1:]:
         assert CELL.match(row[1]), row
