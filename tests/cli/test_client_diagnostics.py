@@ -64,7 +64,8 @@ async def test_check_names_an_https_site_that_is_not_anytls() -> None:
 
 async def _http_get_via(proxy_port: int, url: str) -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
-    writer.write(f"GET {url} HTTP/1.1\r\nHost: example.com\r\n\r\n".encode())
+    # One request, read to the end: it asks to close (the proxy keeps connections alive).
+    writer.write(f"GET {url} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n".encode())
     data = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     return data

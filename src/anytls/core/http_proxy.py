@@ -6,10 +6,11 @@ Two request shapes are accepted, parsed with :mod:`h11`::
     GET http://host[:port]/path HTTP/1.1 → forward; rewritten to origin form
                                             "GET /path HTTP/1.1" with Host from the URI
 
-For forwarded requests ``Proxy-*`` headers are dropped and ``Connection: close`` is set
-(unless the client asks for an Upgrade), because the tunnel is bound to one origin and a
-later request on the same client connection could name another host. Anything after the
-head (request body, tunnelled bytes) is returned untouched as ``leftover``. Heads are
+``forward_head`` is a forwarded request's head on its own: ``Proxy-*`` headers dropped and
+``Connection: close`` set (unless the client asks for an Upgrade), for a tunnel bound to
+one origin. The mixed inbound uses it for Upgrade requests and heads without ``Host``; the
+others are kept alive request by request (:mod:`anytls.core.http_forward`). Anything after
+the head (request body, tunnelled bytes) is returned untouched as ``leftover``. Heads are
 capped at 64 KiB.
 """
 
@@ -51,6 +52,11 @@ class HttpProxyRequest:
     proxy_authorization: str | None = None
     #: For non-CONNECT requests: the head rewritten to origin form, to send to ``target``.
     forward_head: bytes = b""
+    #: The request asks for a protocol upgrade (``Connection: upgrade``, e.g. WebSocket).
+    upgrade: bool = False
+    #: The head had no ``Host`` line (accepted for CONNECT and absolute URIs by adding a
+    #: placeholder to parse it).
+    host_added: bool = False
 
 
 def _h11_request(data: bytes) -> tuple[h11.Request, bytes] | None:
@@ -64,9 +70,12 @@ def _h11_request(data: bytes) -> tuple[h11.Request, bytes] | None:
     return event, conn.trailing_data[0]
 
 
-def _parse(data: bytes) -> tuple[h11.Request, bytes] | None:
+def _parse(data: bytes) -> tuple[h11.Request, bytes, bool] | None:
+    """(request, bytes after its head, whether a placeholder Host was added), or None
+    until the whole head is there."""
     try:
-        return _h11_request(data)
+        parsed = _h11_request(data)
+        return None if parsed is None else (*parsed, False)
     except h11.RemoteProtocolError as exc:
         # h11 insists on Host for HTTP/1.1; proxy clients often omit it on CONNECT, and for
         # absolute-form requests it is ignored anyway (RFC 9112 §3.2.2). Retry with one.
@@ -83,7 +92,7 @@ def _parse(data: bytes) -> tuple[h11.Request, bytes] | None:
             retried = None
         if retried is None:
             raise RemoteProtocolError(f"bad HTTP proxy request: {exc}") from None
-        return retried
+        return (*retried, True)
 
 
 def _connect_target(target: str) -> Address:
@@ -91,6 +100,15 @@ def _connect_target(target: str) -> Address:
         return Address.parse(target)
     except ConfigError as exc:
         raise RemoteProtocolError(f"bad CONNECT target: {exc}") from None
+
+
+def _wants_upgrade(request: h11.Request) -> bool:
+    return any(
+        token.strip().lower() == b"upgrade"
+        for name, value in request.headers
+        if name == b"connection"
+        for token in value.split(b",")
+    )
 
 
 def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
@@ -112,12 +130,7 @@ def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
     if parts.query:
         path = f"{path}?{parts.query}"
 
-    upgrade = any(
-        token.strip().lower() == b"upgrade"
-        for name, value in request.headers
-        if name == b"connection"
-        for token in value.split(b",")
-    )
+    upgrade = _wants_upgrade(request)
     lines = [
         request.method + b" " + path.encode("ascii") + b" HTTP/" + request.http_version,
         b"Host: " + authority.encode("ascii"),
@@ -147,7 +160,7 @@ def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
     parsed = _parse(data)
     if parsed is None:
         return None
-    request, trailing = parsed
+    request, trailing, host_added = parsed
     if len(data) - len(trailing) > MAX_HEAD_SIZE:
         raise RemoteProtocolError(f"HTTP proxy request head exceeds {MAX_HEAD_SIZE} bytes")
     leftover = trailing + bytes(buf[len(data) :])
@@ -160,13 +173,17 @@ def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
         (v.decode("latin-1") for n, v in request.headers if n == b"proxy-authorization"), None
     )
     if method == "CONNECT":
-        return HttpProxyRequest(method, _connect_target(target), True, leftover, auth)
+        return HttpProxyRequest(
+            method, _connect_target(target), True, leftover, auth, host_added=host_added
+        )
     if not target[:8].lower().startswith(("http://", "https://")):
         raise RemoteProtocolError(
             f"not a proxy request: {method} {target[:200]} (expected CONNECT or an absolute URI)"
         )
     address, head = _forward(request, target)
-    return HttpProxyRequest(method, address, False, leftover, auth, head)
+    return HttpProxyRequest(
+        method, address, False, leftover, auth, head, _wants_upgrade(request), host_added
+    )
 
 
 def response(status: int, reason: str, body: str = "") -> bytes:

@@ -9,7 +9,9 @@ transport. By default a CONNECT is answered at once and the transport handed to 
 reach then ends the local connection with a reset). With
 ``ClientConfig.wait_for_synack`` the reply waits for the server's answer instead, so
 failures get real SOCKS/HTTP error codes. Either way the transport ends up spliced to the
-stream: the relay path has no task and no ``StreamReader``.
+stream: the relay path has no task and no ``StreamReader``. Absolute-URI requests are the
+exception: :class:`~anytls.inbound.http_forward.HttpForwardRelay` keeps the local
+connection (and the stream to each origin) alive from one request to the next.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..errors import (
     SessionClosedError,
     StreamOpenError,
 )
+from .http_forward import HttpForwardRelay
 
 log = logging.getLogger("anytls.inbound")
 
@@ -190,7 +193,8 @@ class _Handshake(asyncio.Protocol):
     def _http(self, data: bytes) -> None:
         assert self.transport is not None
         self.buf += data
-        request = parse_request_head(bytes(self.buf))
+        received = bytes(self.buf)
+        request = parse_request_head(received)
         if request is None:
             return
         self.buf = bytearray(request.leftover)
@@ -202,7 +206,12 @@ class _Handshake(asyncio.Protocol):
             self.transport.write(response(407, "Proxy Authentication Required"))
             self._abort()
             return
-        if self.inbound.client.config.wait_for_synack:
+        if not request.is_connect and not request.upgrade and not request.host_added:
+            # A plain absolute-URI request: kept alive, request by request, with the
+            # stream to its origin kept for the next request to the same origin.
+            self._done()
+            HttpForwardRelay(self.inbound, self.transport, self.peer, received, _http_failure)
+        elif self.inbound.client.config.wait_for_synack:
             self._open(request.target, lambda s, exc: self._http_opened(request, s, exc))
         elif request.is_connect:
             self.transport.write(response(200, "Connection established"))

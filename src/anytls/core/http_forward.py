@@ -1,0 +1,416 @@
+"""Absolute-URI HTTP proxy requests on a kept-alive local connection, sans-IO.
+
+A browser (or apt, or curl) that sends ``GET http://host/path`` to an HTTP proxy keeps the
+proxy connection for its next request, and a proxy is expected to keep its connection to
+the origin for the next request to the same origin, as sing-box's HTTP inbound (Go's
+HTTP transport) does. :class:`HttpForward` does that for one local connection, with
+:mod:`h11` on both sides:
+
+* the local side is an h11 server: each request is rewritten to origin form (``Host``
+  from the URI, hop-by-hop and ``Proxy-*`` headers dropped) and sent to its origin;
+* the origin side is an h11 client per origin connection (in AnyTLS: one stream). A
+  request to the origin of the previous one reuses it while both ends keep it alive;
+  another origin ends it and opens a new one;
+* responses go back with their hop-by-hop headers dropped and h11's framing, so a
+  close-delimited body (an HTTP/1.0 origin) still reaches an HTTP/1.1 client chunked, and
+  the local connection stays open for the next request.
+
+One exchange at a time: a request pipelined behind another waits (``PauseLocal``) until
+the response before it is complete. ``CONNECT`` and ``Upgrade`` requests are not
+forwarded here: :class:`Handoff` gives the connection back, with the raw request, to
+whoever tunnels them.
+
+Bytes go in through :meth:`HttpForward.receive_local` and
+:meth:`HttpForward.receive_origin`; what to do comes back as a list of actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import h11
+
+from ..errors import ConfigError
+from .address import MAX_DOMAIN_SIZE, Address
+from .http_proxy import MAX_HEAD_SIZE, check_basic_auth, response
+
+#: Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    }
+)
+
+
+# ---------------------------------------------------------------------------- actions
+class Action:
+    """Base class of what :class:`HttpForward` asks its caller to do, in order."""
+
+
+@dataclass(slots=True)
+class ToLocal(Action):
+    """Write ``data`` to the local client."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
+class OpenOrigin(Action):
+    """End the current origin connection, if any, and open one to ``address`` whose first
+    bytes are ``data`` (the request head). ``method`` is the request's, for log lines."""
+
+    address: Address
+    data: bytes
+    method: str
+
+
+@dataclass(slots=True)
+class ToOrigin(Action):
+    """Write ``data`` to the current origin connection."""
+
+    data: bytes
+
+
+@dataclass(slots=True)
+class CloseOrigin(Action):
+    """End the current origin connection (it cannot carry another request)."""
+
+
+@dataclass(slots=True)
+class CloseLocal(Action):
+    """Close the local connection after what was written; ``reset``: abort it instead
+    (a response cut short must not look complete). ``reason`` is for the log, if any."""
+
+    reset: bool = False
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class PauseLocal(Action):
+    """Stop (``paused``) or go on reading the local client."""
+
+    paused: bool
+
+
+@dataclass(slots=True)
+class Handoff(Action):
+    """A ``CONNECT`` or ``Upgrade`` request: the caller tunnels the local connection
+    itself from ``data`` on (the raw request and whatever followed it)."""
+
+    data: bytes
+
+
+# ---------------------------------------------------------------------------- helpers
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the hop-by-hop ones and those their ``Connection`` names."""
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return [(name, value) for name, value in headers if name.lower() not in drop]
+
+
+def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
+    """Split an absolute-URI request target into (origin, ``Host`` value, origin-form
+    target). Raises :class:`ValueError` with a message for anything else."""
+    from urllib.parse import urlsplit
+
+    try:
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("the request target is not ASCII") from None
+    if not text[:8].lower().startswith(("http://", "https://")):
+        raise ValueError(f"not a proxy request: {text[:200]!r} (expected an absolute URI)")
+    parts = urlsplit(text)
+    port = parts.port  # ValueError for a bad port
+    host = parts.hostname
+    if not host or len(host.encode("utf-8")) > MAX_DOMAIN_SIZE:
+        raise ValueError(f"the URI {text[:200]!r} has no valid host")
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    port = default_port if port is None else port
+    authority = f"[{host}]" if ":" in host else host
+    if port != default_port:
+        authority = f"{authority}:{port}"
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    try:
+        address = Address(host, port)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return address, authority.encode("ascii"), path.encode("ascii")
+
+
+def _nonempty(actions: list[Action]) -> list[Action]:
+    """``actions`` without writes of nothing (h11 returns b"" for an empty body's end)."""
+    return [a for a in actions if not isinstance(a, ToLocal | ToOrigin) or a.data]
+
+
+def raw_request(event: h11.Request) -> bytes:
+    """The request head as it came (h11 keeps names' case and the order)."""
+    lines = [event.method + b" " + event.target + b" HTTP/" + event.http_version]
+    lines += [name + b": " + value for name, value in event.headers.raw_items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+# ---------------------------------------------------------------------------- the state
+class HttpForward:
+    """The absolute-URI requests of one local proxy connection and their origins.
+
+    ``auth``: the ``(user, password)`` every request must carry in ``Proxy-Authorization``
+    (a 407 ends the connection otherwise).
+    """
+
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        self.auth = auth
+        self.local = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        #: The h11 client of the current origin connection, and where it goes.
+        self.origin: h11.Connection | None = None
+        self.origin_address: Address | None = None
+        #: Requests sent on the current origin connection (the current one included).
+        self.origin_requests = 0
+        #: Whether any of the current response has been written to the local client.
+        self.response_started = False
+        #: Requests forwarded on this local connection.
+        self.requests = 0
+        self.closed = False
+        self._paused = False
+
+    # ------------------------------------------------------------------ input
+    def receive_local(self, data: bytes) -> list[Action]:
+        """Bytes from the local client (``b""``: it closed its side)."""
+        if self.closed:
+            return []
+        try:
+            self.local.receive_data(data)
+        except h11.RemoteProtocolError as exc:  # data after the local side's EOF
+            return self._local_error(exc)
+        return _nonempty(self._pump_local())
+
+    def receive_origin(self, data: bytes) -> list[Action]:
+        """Bytes from the current origin connection (``b""``: it ended)."""
+        return _nonempty(self._receive_origin(data))
+
+    def _receive_origin(self, data: bytes) -> list[Action]:
+        origin = self.origin
+        if self.closed or origin is None:
+            return []
+        out: list[Action] = []
+        try:
+            origin.receive_data(data)
+        except h11.RemoteProtocolError as exc:
+            return self._origin_error(str(exc))
+        while not self.closed and self.origin is origin:
+            try:
+                event = origin.next_event()
+            except h11.RemoteProtocolError as exc:
+                return out + self._origin_error(str(exc))
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                out += self._origin_closed()
+                break
+            try:
+                if isinstance(event, h11.InformationalResponse):
+                    out.append(ToLocal(self._send_local(self._informational(event))))
+                elif isinstance(event, h11.Response):
+                    self.response_started = True
+                    out.append(ToLocal(self._send_local(self._response(event))))
+                elif isinstance(event, h11.Data):
+                    out.append(ToLocal(self._send_local(h11.Data(data=event.data))))
+                elif isinstance(event, h11.EndOfMessage):
+                    out.append(ToLocal(self._send_local(h11.EndOfMessage())))
+                    out += self._exchange_done()
+            except h11.LocalProtocolError as exc:
+                return out + self._origin_error(f"cannot pass the response on: {exc}")
+        return out
+
+    # ------------------------------------------------------------------ local side
+    def _pump_local(self) -> list[Action]:
+        out: list[Action] = []
+        if self._paused:
+            return out
+        while not self.closed:
+            try:
+                event = self.local.next_event()
+            except h11.RemoteProtocolError as exc:
+                return out + self._local_error(exc)
+            if event is h11.NEED_DATA:
+                break
+            if event is h11.PAUSED:
+                # A request pipelined behind one whose response is under way: read no
+                # more until that response is complete (h11 keeps what it has).
+                self._paused = True
+                out.append(PauseLocal(True))
+                break
+            if isinstance(event, h11.Request):
+                out += self._request(event)
+            elif isinstance(event, h11.Data):
+                out += self._to_origin(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                out += self._to_origin(h11.EndOfMessage())
+                out += self._exchange_done()
+            elif isinstance(event, h11.ConnectionClosed):
+                if self.local.our_state in (h11.IDLE, h11.DONE, h11.MUST_CLOSE):
+                    out += self._close_local()  # nothing under way
+                break  # otherwise the response under way finishes first
+        return out
+
+    def _request(self, event: h11.Request) -> list[Action]:
+        if self.auth is not None:
+            value = next((v for n, v in event.headers if n == b"proxy-authorization"), b"")
+            if not check_basic_auth(value.decode("latin-1"), *self.auth):
+                return [
+                    ToLocal(response(407, "Proxy Authentication Required")),
+                    *self._close_local(reason="a request without valid proxy credentials"),
+                ]
+        if event.method == b"CONNECT" or b"upgrade" in _connection_tokens(list(event.headers)):
+            data = raw_request(event) + self.local.trailing_data[0]
+            self.closed = True
+            out: list[Action] = [CloseOrigin()] if self.origin is not None else []
+            self.origin = None
+            return [*out, Handoff(data)]
+        try:
+            address, authority, path = origin_form(event.target)
+        except ValueError as exc:
+            return [
+                ToLocal(response(400, "Bad Request", body=f"anytls-client: {exc}\n")),
+                *self._close_local(reason=str(exc)),
+            ]
+        headers = [(b"Host", authority)]
+        headers += [
+            (n, v) for n, v in end_to_end(list(event.headers.raw_items())) if n.lower() != b"host"
+        ]
+        request = h11.Request(method=event.method, target=path, headers=headers)
+        self.requests += 1
+        self.response_started = False
+        method = event.method.decode("ascii", "replace")
+        origin = self.origin
+        if (
+            origin is not None
+            and address == self.origin_address
+            and origin.our_state is h11.IDLE
+            and origin.their_state is h11.IDLE
+        ):
+            self.origin_requests += 1
+            return [ToOrigin(origin.send(request) or b"")]
+        out = [CloseOrigin()] if origin is not None else []
+        origin = self.origin = h11.Connection(h11.CLIENT)
+        self.origin_address = address
+        self.origin_requests = 1
+        return [*out, OpenOrigin(address, origin.send(request) or b"", method)]
+
+    def _to_origin(self, event: h11.Data | h11.EndOfMessage) -> list[Action]:
+        origin = self.origin
+        if origin is None or origin.our_state is not h11.SEND_BODY:
+            return []  # the origin is gone (or answered and closed): the body is dropped
+        return [ToOrigin(origin.send(event) or b"")]
+
+    def _send_local(self, event: h11.Event) -> bytes:
+        return self.local.send(event) or b""
+
+    # ------------------------------------------------------------------ origin side
+    def _informational(self, event: h11.InformationalResponse) -> h11.InformationalResponse:
+        return h11.InformationalResponse(
+            status_code=event.status_code,
+            headers=end_to_end(list(event.headers.raw_items())),
+            reason=event.reason,
+        )
+
+    def _response(self, event: h11.Response) -> h11.Response:
+        return h11.Response(
+            status_code=event.status_code,
+            headers=end_to_end(list(event.headers.raw_items())),
+            reason=event.reason,
+        )
+
+    def _exchange_done(self) -> list[Action]:
+        """After the request's or the response's end: once both are done, keep or end
+        each side's connection for the next request."""
+        local = self.local
+        if local.our_state not in (h11.DONE, h11.MUST_CLOSE):
+            return []  # the response is still under way
+        if local.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            return []  # the request body is still coming
+        out: list[Action] = []
+        origin = self.origin
+        if origin is not None:
+            if origin.our_state is h11.DONE and origin.their_state is h11.DONE:
+                origin.start_next_cycle()
+            else:
+                out += self._end_origin()  # it asked to close (or cannot carry another)
+        if local.our_state is not h11.DONE or local.their_state is not h11.DONE:
+            return out + self._close_local()  # the client asked to close, or left
+        local.start_next_cycle()
+        self.response_started = False
+        if self._paused:
+            self._paused = False
+            out.append(PauseLocal(False))
+        return out + self._pump_local()
+
+    def _end_origin(self) -> list[Action]:
+        self.origin = None
+        self.origin_address = None
+        return [CloseOrigin()]
+
+    def _origin_closed(self) -> list[Action]:
+        """The origin closed its connection between two exchanges (h11 reports that only
+        there): an idle keep-alive connection timed out. The next request opens another."""
+        return self._end_origin()
+
+    def _origin_error(self, reason: str) -> list[Action]:
+        out = self._end_origin()
+        if self.response_started:
+            # Part of the response is out: the client must not take it for complete.
+            why = f"the origin's response broke off: {reason}"
+            return out + self._close_local(reset=True, reason=why)
+        if self.origin_requests > 1:
+            # A reused origin connection ended before answering (the origin may have
+            # closed it as idle just then): closing with no response lets the client
+            # retry on a new connection, as clients do for a reused connection.
+            return out + self._close_local(reason=f"a reused origin connection ended: {reason}")
+        reply = response(502, "Bad Gateway", body=f"anytls-client: {reason}\n")
+        return [*out, ToLocal(reply), *self._close_local(reason=reason)]
+
+    # ------------------------------------------------------------------ ending
+    def _local_error(self, exc: Exception) -> list[Action]:
+        if self.local.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self.response_started:
+            reply = response(400, "Bad Request", body=f"anytls-client: {exc}\n")
+            return [ToLocal(reply), *self._close_local(reason=f"bad request: {exc}")]
+        return self._close_local(reset=True, reason=f"bad request: {exc}")
+
+    def _close_local(self, reset: bool = False, reason: str = "") -> list[Action]:
+        self.closed = True
+        out: list[Action] = [CloseOrigin()] if self.origin is not None else []
+        self.origin = None
+        return [*out, CloseLocal(reset, reason)]
+
+
+__all__ = [
+    "HOP_BY_HOP",
+    "Action",
+    "CloseLocal",
+    "CloseOrigin",
+    "Handoff",
+    "HttpForward",
+    "OpenOrigin",
+    "PauseLocal",
+    "ToLocal",
+    "ToOrigin",
+    "end_to_end",
+    "origin_form",
+    "raw_request",
+]
