@@ -705,7 +705,8 @@ in this order, on freshly started client and server processes for every pair and
   SOCKS5 each worker keeps one tunnel alive for its requests (keep-alive, as a browser
   does for http:// through SOCKS); via the HTTP proxy each sends absolute-URI GETs and, as
   a browser, keeps the proxy connection for the next request unless the proxy answered
-  `Connection: close` (ours does: one proxy connection and one stream per request).
+  `Connection: close` (neither does now: both keep the proxy connection and the
+  connection to the origin).
 - new sessions/s: our library as a client straight to the server (not through the client
   program), 8 at a time, each a full TLS handshake, the auth preface, one stream to the
   echo target with a byte back, then close; and the server's CPU per session.
