@@ -283,3 +283,41 @@ def test_how_the_requests_are_cut_does_not_change_what_the_origin_gets(cuts: lis
         b"GET /one?x=1 HTTP/1.1\r\nHost: a.example\r\nUser-Agent: t\r\n\r\n"
         b"GET /two HTTP/1.1\r\nHost: a.example\r\n\r\n"
     )
+
+
+_PIECES = st.sampled_from(
+    [
+        GET_A,
+        GET_A2,
+        GET_B,
+        OK_HI,
+        b"HTTP/1.0 200 OK\r\n\r\nbody",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\nabc",
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\n",
+        b"",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.one_of(_PIECES, st.binary(max_size=40))),
+        max_size=12,
+    )
+)
+def test_any_bytes_from_either_side_give_actions_never_an_exception(
+    steps: list[tuple[bool, bytes]],
+) -> None:
+    f = HttpForward(auth=None)
+    for from_local, data in steps:
+        actions = f.receive_local(data) if from_local else f.receive_origin(data)
+        assert all(isinstance(a, Action) for a in actions)
+        if any(isinstance(a, CloseLocal | Handoff) for a in actions):
+            assert f.closed
+    # once closed, nothing more comes out of it
+    if f.closed:
+        assert f.receive_local(GET_A) == [] and f.receive_origin(OK_HI) == []

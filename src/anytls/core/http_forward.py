@@ -196,8 +196,8 @@ class HttpForward:
             return []
         try:
             self.local.receive_data(data)
-        except h11.RemoteProtocolError as exc:  # data after the local side's EOF
-            return self._local_error(exc)
+        except RuntimeError:  # bytes after the local side's EOF: a transport never does it
+            return []
         return _nonempty(self._pump_local())
 
     def receive_origin(self, data: bytes) -> list[Action]:
@@ -211,8 +211,8 @@ class HttpForward:
         out: list[Action] = []
         try:
             origin.receive_data(data)
-        except h11.RemoteProtocolError as exc:
-            return self._origin_error(str(exc))
+        except RuntimeError:  # bytes after that connection's end: a transport never does it
+            return []
         while not self.closed and self.origin is origin:
             try:
                 event = origin.next_event()
@@ -294,7 +294,10 @@ class HttpForward:
         headers += [
             (n, v) for n, v in end_to_end(list(event.headers.raw_items())) if n.lower() != b"host"
         ]
-        request = h11.Request(method=event.method, target=path, headers=headers)
+        try:
+            request = h11.Request(method=event.method, target=path, headers=headers)
+        except h11.LocalProtocolError as exc:  # h11 took it in: not expected to happen
+            return self._local_error(exc)
         self.requests += 1
         self.response_started = False
         method = event.method.decode("ascii", "replace")
@@ -317,7 +320,10 @@ class HttpForward:
         origin = self.origin
         if origin is None or origin.our_state is not h11.SEND_BODY:
             return []  # the origin is gone (or answered and closed): the body is dropped
-        return [ToOrigin(origin.send(event) or b"")]
+        try:
+            return [ToOrigin(origin.send(event) or b"")]
+        except h11.LocalProtocolError as exc:  # the same framing both ways: not expected
+            return self._local_error(exc)
 
     def _send_local(self, event: h11.Event) -> bytes:
         return self.local.send(event) or b""
