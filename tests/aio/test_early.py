@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from anytls.aio.client import Client, ClientConfig
-from anytls.aio.early import REPLAY_LIMIT
+from anytls.aio.early import REPLAY_LIMIT, EarlyRelay
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.core.address import Address
 from anytls.core.constants import HEADER, HEADER_SIZE, Command
@@ -202,4 +202,61 @@ async def test_v1_server_is_relayed_without_a_synack() -> None:
             assert await asyncio.wait_for(r.readexactly(len(data)), 5) == data
             w.close()
         assert client.sessions_opened == 1
+    await server.close()
+
+
+class _LocalTransport(asyncio.Transport):
+    """A stand-in local socket: records writes, reports nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.written = bytearray()
+        self.closed = False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@async_test
+async def test_a_stream_opened_while_the_local_socket_is_full_starts_paused() -> None:
+    """The local socket's write buffer filled before the stream existed (a new session is
+    still being set up): the stream must not deliver until it drains."""
+    server = await start_server()
+    port = server.sockets[0].getsockname()[1]
+    config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, reuse_sessions=False)
+    async with tcp_echo_server() as echo, Client(config) as client:
+        local = _LocalTransport()
+        relay = EarlyRelay(client, Address("127.0.0.1", echo.port), local, b"x", label="t")
+        relay.start()
+        assert relay.stream is None  # no pooled session: one is being set up
+        local.get_protocol().pause_writing()  # the local socket is full
+        await wait_until(lambda: relay.stream is not None, 5)
+        assert relay.stream is not None and not relay.stream.is_reading()
+        local.get_protocol().resume_writing()
+        assert relay.stream.is_reading()
+        await wait_until(lambda: bytes(local.written) == b"x", 5)
+        assert bytes(local.written) == b"x"
     await server.close()

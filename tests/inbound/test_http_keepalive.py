@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import h11
 import pytest
 
-from tests.helpers.aio import async_test
+from anytls.aio.client import Client, ClientConfig
+from anytls.aio.server import ServerConfig, serve
+from anytls.inbound import http_forward
+from anytls.inbound.mixed import MixedInbound
+from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import pattern, refused_port, tcp_echo_server
 from tests.helpers.interop import curl
 from tests.helpers.net import free_port, make_self_signed_cert
@@ -305,3 +311,139 @@ async def test_a_client_that_stops_reading_holds_the_origin_back(proxy: AnyTLSPr
             assert body == pattern(5)
         finally:
             conn.close()
+
+
+# ------------------------------------------------------------- in-process: timers, hand-off
+@contextlib.asynccontextmanager
+async def _inprocess_proxy(**client_kwargs: Any) -> AsyncIterator[tuple[Client, int]]:
+    """Our server and client in this process, the client behind a mixed inbound."""
+    server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, **client_kwargs)
+    try:
+        async with Client(config) as client:
+            inbound = MixedInbound(client)
+            await inbound.start("127.0.0.1", 0)
+            try:
+                yield client, inbound.port
+            finally:
+                await inbound.close()
+    finally:
+        await server.close()
+
+
+@async_test
+async def test_an_idle_kept_alive_connection_and_a_stalled_head_are_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_forward, "IDLE_TIMEOUT", 0.4)
+    monkeypatch.setattr(http_forward, "HEAD_TIMEOUT", 0.2)
+    async with Origin() as origin, _inprocess_proxy() as (_client, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = ProxyConnection(reader, writer)
+        _, body = await conn.request(_url(origin, "/bytes/3"))
+        assert body == pattern(3)
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed while idle
+        assert 0.3 < time.monotonic() - started < 3
+        conn.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = ProxyConnection(reader, writer)
+        _, body = await conn.request(_url(origin, "/bytes/3"))
+        writer.write(b"GET http://127.0.0.1/ HTT")  # and then nothing
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert 0.1 < time.monotonic() - started < 0.35  # the head's timer, not the idle one
+        conn.close()
+
+
+class _FakeLocal(asyncio.Transport):
+    """The local socket of a forwarder, driven by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.written = bytearray()
+        self.closed = False
+        self.reading = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def _connect_to(port: int) -> bytes:
+    return f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+@async_test
+async def test_connect_after_a_request_waits_for_the_local_socket_to_drain() -> None:
+    """A CONNECT behind a forwarded request, while the local socket is full, is handed to
+    the tunnel code only once it has drained (the tunnel could not learn it is full)."""
+    async with (
+        Origin() as origin,
+        tcp_echo_server() as echo,
+        _inprocess_proxy() as (client, _port),
+    ):
+        local = _FakeLocal()
+        get = f"GET {_url(origin, '/bytes/5')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        relay = http_forward.HttpForwardRelay(
+            MixedInbound(client), local, "test", get, lambda e: b""
+        )
+        await wait_until(lambda: local.written.endswith(pattern(5)), 5)
+        assert local.written.endswith(pattern(5))
+        relay.pause_writing()  # the client stopped reading
+        relay.data_received(_connect_to(echo.port))
+        await asyncio.sleep(0.1)
+        assert local.protocol is relay and not local.reading  # held, and not read further
+        relay.resume_writing()
+        assert local.protocol is not relay  # the tunnel code has it now
+        await wait_until(lambda: b"200 Connection established" in local.written, 5)
+        assert b"200 Connection established" in local.written
+        assert local.reading and not local.closed
+
+
+@async_test
+async def test_a_close_behind_a_queued_connect_reaches_the_tunnel_code() -> None:
+    async with (
+        Origin() as origin,
+        tcp_echo_server() as echo,
+        _inprocess_proxy() as (client, _port),
+    ):
+        local = _FakeLocal()
+        get = f"GET {_url(origin, '/bytes/5')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        relay = http_forward.HttpForwardRelay(
+            MixedInbound(client), local, "test", get, lambda e: b""
+        )
+        # before the response: the CONNECT and the client's close wait behind the GET
+        relay.data_received(_connect_to(echo.port))
+        assert relay.eof_received()  # kept open: a response is under way
+        await wait_until(lambda: b"200 Connection established" in local.written, 5)
+        assert b"200 Connection established" in local.written
+        await wait_until(lambda: local.closed, 5)  # as for a CONNECT followed by a close
+        assert local.closed
+        assert pattern(5) in local.written

@@ -90,6 +90,7 @@ class EarlyRelay:
         self.task: asyncio.Task[ClientConnection] | None = None
         self.finished = False  # the local side is gone, or the relay failed
         self.held = False  # local reads paused because too much is kept
+        self.local_congested = False  # the local socket's write buffer is full
         transport.set_protocol(_LocalSide(self))
 
     def start(self) -> None:
@@ -137,6 +138,8 @@ class EarlyRelay:
         if v2 and self._may_retry(stream):
             self.replay = bytearray(early)
         stream.set_protocol(_StreamSide(self, stream))
+        if self.local_congested:
+            stream.pause_reading()  # (a retry's stream: the local socket is still full)
         if self.replay is None:
             self._settle(stream)  # nothing to replay: relay directly from now on
         else:
@@ -293,10 +296,12 @@ class _LocalSide(asyncio.BufferedProtocol):
         self.relay.local_lost()
 
     def pause_writing(self) -> None:
+        self.relay.local_congested = True
         if self.relay.stream is not None:
             self.relay.stream.pause_reading()
 
     def resume_writing(self) -> None:
+        self.relay.local_congested = False
         if self.relay.stream is not None:
             self.relay.stream.resume_reading()
 

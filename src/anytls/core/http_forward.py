@@ -16,9 +16,9 @@ HTTP transport) does. :class:`HttpForward` does that for one local connection, w
   the local connection stays open for the next request.
 
 One exchange at a time: a request pipelined behind another waits (``PauseLocal``) until
-the response before it is complete. ``CONNECT`` and ``Upgrade`` requests are not
-forwarded here: :class:`Handoff` gives the connection back, with the raw request, to
-whoever tunnels them.
+the response before it is complete. Trailers (rare outside gRPC) are not passed on.
+``CONNECT`` and ``Upgrade`` requests are not forwarded here: :class:`Handoff` gives the
+connection back, with the raw request, to whoever tunnels them.
 
 Bytes go in through :meth:`HttpForward.receive_local` and
 :meth:`HttpForward.receive_origin`; what to do comes back as a list of actions.
@@ -33,6 +33,9 @@ import h11
 from ..errors import ConfigError
 from .address import MAX_DOMAIN_SIZE, Address
 from .http_proxy import MAX_HEAD_SIZE, check_basic_auth, response
+
+#: Largest response head taken from an origin (Chromium's limit).
+MAX_RESPONSE_HEAD_SIZE = 256 * 1024
 
 #: Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
 HOP_BY_HOP = frozenset(
@@ -102,9 +105,11 @@ class PauseLocal(Action):
 @dataclass(slots=True)
 class Handoff(Action):
     """A ``CONNECT`` or ``Upgrade`` request: the caller tunnels the local connection
-    itself from ``data`` on (the raw request and whatever followed it)."""
+    itself from ``data`` on (the raw request and whatever followed it); ``eof``: the
+    local client had already closed its side after them."""
 
     data: bytes
+    eof: bool = False
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -194,6 +199,11 @@ class HttpForward:
         """Bytes from the local client (``b""``: it closed its side)."""
         if self.closed:
             return []
+        if self.local.their_state is h11.MUST_CLOSE:
+            # The client's last request ("Connection: close", or HTTP/1.0) is complete:
+            # whatever else it sends (an old client's extra CRLF) is not read
+            # (RFC 9112 §9.6); the connection closes once the response is out.
+            return []
         try:
             self.local.receive_data(data)
         except RuntimeError:  # bytes after the local side's EOF: a transport never does it
@@ -201,13 +211,32 @@ class HttpForward:
         return _nonempty(self._pump_local())
 
     def receive_origin(self, data: bytes) -> list[Action]:
-        """Bytes from the current origin connection (``b""``: it ended)."""
+        """Bytes from the current origin connection."""
         return _nonempty(self._receive_origin(data))
+
+    def origin_ended(self) -> list[Action]:
+        """The current origin connection is gone (its stream ended)."""
+        origin = self.origin
+        if self.closed or origin is None:
+            return []
+        out = self._receive_origin(b"")
+        if self.origin is origin:
+            # h11 still holds it (extra bytes after a complete response hide the end).
+            if origin.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+                out += self._end_origin()
+            else:
+                out += self._origin_error("the origin closed the connection")
+        return _nonempty(out)
 
     def _receive_origin(self, data: bytes) -> list[Action]:
         origin = self.origin
         if self.closed or origin is None:
             return []
+        if origin.our_state is h11.IDLE:
+            # Nothing asked on this connection: bytes here (an unsolicited "408 Request
+            # Timeout" before an idle close, say) answer nothing and are not passed on;
+            # the connection is not used again.
+            return self._end_origin()
         out: list[Action] = []
         try:
             origin.receive_data(data)
@@ -219,13 +248,14 @@ class HttpForward:
             except h11.RemoteProtocolError as exc:
                 return out + self._origin_error(str(exc))
             if event is h11.NEED_DATA or event is h11.PAUSED:
-                break
+                break  # (PAUSED: bytes after a complete response; see _exchange_done)
             if isinstance(event, h11.ConnectionClosed):
                 out += self._origin_closed()
                 break
             try:
                 if isinstance(event, h11.InformationalResponse):
-                    out.append(ToLocal(self._send_local(self._informational(event))))
+                    if self.local.their_http_version != b"1.0":  # no 1xx to HTTP/1.0
+                        out.append(ToLocal(self._send_local(self._informational(event))))
                 elif isinstance(event, h11.Response):
                     self.response_started = True
                     out.append(ToLocal(self._send_local(self._response(event))))
@@ -243,7 +273,7 @@ class HttpForward:
         out: list[Action] = []
         if self._paused:
             return out
-        while not self.closed:
+        while not self.closed and self.local.their_state is not h11.MUST_CLOSE:
             try:
                 event = self.local.next_event()
             except h11.RemoteProtocolError as exc:
@@ -278,11 +308,11 @@ class HttpForward:
                     *self._close_local(reason="a request without valid proxy credentials"),
                 ]
         if event.method == b"CONNECT" or b"upgrade" in _connection_tokens(list(event.headers)):
-            data = raw_request(event) + self.local.trailing_data[0]
+            rest, eof = self.local.trailing_data
             self.closed = True
             out: list[Action] = [CloseOrigin()] if self.origin is not None else []
             self.origin = None
-            return [*out, Handoff(data)]
+            return [*out, Handoff(raw_request(event) + rest, eof)]
         try:
             address, authority, path = origin_form(event.target)
         except ValueError as exc:
@@ -290,9 +320,13 @@ class HttpForward:
                 ToLocal(response(400, "Bad Request", body=f"anytls-client: {exc}\n")),
                 *self._close_local(reason=str(exc)),
             ]
+        # Host from the URI; with Transfer-Encoding, no Content-Length (RFC 9112 §6.3: an
+        # intermediary removes it, or the origin could read the next request out of step).
+        chunked = any(n == b"transfer-encoding" for n, _ in event.headers)
+        skip = {b"host", b"content-length"} if chunked else {b"host"}
         headers = [(b"Host", authority)]
         headers += [
-            (n, v) for n, v in end_to_end(list(event.headers.raw_items())) if n.lower() != b"host"
+            (n, v) for n, v in end_to_end(list(event.headers.raw_items())) if n.lower() not in skip
         ]
         try:
             request = h11.Request(method=event.method, target=path, headers=headers)
@@ -311,7 +345,9 @@ class HttpForward:
             self.origin_requests += 1
             return [ToOrigin(origin.send(request) or b"")]
         out = [CloseOrigin()] if origin is not None else []
-        origin = self.origin = h11.Connection(h11.CLIENT)
+        origin = self.origin = h11.Connection(
+            h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_SIZE
+        )
         self.origin_address = address
         self.origin_requests = 1
         return [*out, OpenOrigin(address, origin.send(request) or b"", method)]
@@ -327,6 +363,18 @@ class HttpForward:
 
     def _send_local(self, event: h11.Event) -> bytes:
         return self.local.send(event) or b""
+
+    @property
+    def idle(self) -> bool:
+        """Between requests: no exchange under way (``head_started``: part of the next
+        request's head has come)."""
+        local = self.local
+        return not self.closed and local.our_state is h11.IDLE and local.their_state is h11.IDLE
+
+    @property
+    def head_started(self) -> bool:
+        """Part of the next request has come, but not its whole head."""
+        return bool(self.local.trailing_data[0])
 
     # ------------------------------------------------------------------ origin side
     def _informational(self, event: h11.InformationalResponse) -> h11.InformationalResponse:
@@ -354,10 +402,16 @@ class HttpForward:
         out: list[Action] = []
         origin = self.origin
         if origin is not None:
-            if origin.our_state is h11.DONE and origin.their_state is h11.DONE:
+            if (
+                origin.our_state is h11.DONE
+                and origin.their_state is h11.DONE
+                and not origin.trailing_data[0]
+            ):
                 origin.start_next_cycle()
             else:
-                out += self._end_origin()  # it asked to close (or cannot carry another)
+                # It asked to close, cannot carry another request, or sent bytes past its
+                # response (they would be read as the next response).
+                out += self._end_origin()
         if local.our_state is not h11.DONE or local.their_state is not h11.DONE:
             return out + self._close_local()  # the client asked to close, or left
         local.start_next_cycle()

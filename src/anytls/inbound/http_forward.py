@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anytls.inbound")
 
+#: Seconds a kept-alive local connection may sit between requests before it is closed
+#: (the origin's stream closes with it).
+IDLE_TIMEOUT = 300.0
+#: Seconds the rest of a request head may take once its first bytes came.
+HEAD_TIMEOUT = 30.0
+
 
 class _OriginLeg(asyncio.Transport):
     """One origin connection, seen by its :class:`EarlyRelay` as the local socket."""
@@ -143,6 +149,9 @@ class HttpForwardRelay(asyncio.Protocol):
         self._core_paused = False
         self._writing_paused = False
         self._gone = False
+        self._handoff_pending: Handoff | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_head = False
         transport.set_protocol(self)
         self._apply(self.core.receive_local(first))
 
@@ -157,6 +166,7 @@ class HttpForwardRelay(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone = True
         self.core.closed = True
+        self._cancel_timer()
         self._end_leg()
 
     def pause_writing(self) -> None:
@@ -168,6 +178,9 @@ class HttpForwardRelay(asyncio.Protocol):
         self._writing_paused = False
         if self.leg is not None:
             self.leg.writing_paused(False)
+        pending, self._handoff_pending = self._handoff_pending, None
+        if pending is not None and not self._gone:
+            self._handoff(pending)
 
     # ------------------------------------------------------------ origin legs
     def origin_data(self, leg: _OriginLeg, data: bytes) -> None:
@@ -177,7 +190,7 @@ class HttpForwardRelay(asyncio.Protocol):
     def origin_ended(self, leg: _OriginLeg) -> None:
         if leg is self.leg:
             self.leg = None
-            self._apply(self.core.receive_origin(b""))
+            self._apply(self.core.origin_ended())
             self.update_reading()
 
     def update_reading(self) -> None:
@@ -185,7 +198,7 @@ class HttpForwardRelay(asyncio.Protocol):
         if self._gone or self.transport.is_closing():
             return
         leg_paused = self.leg is not None and not self.leg.is_reading()
-        if self._core_paused or leg_paused:
+        if self._core_paused or leg_paused or self._handoff_pending is not None:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
@@ -215,7 +228,41 @@ class HttpForwardRelay(asyncio.Protocol):
             elif type(action) is CloseLocal:
                 self._close(action)
             elif type(action) is Handoff:
-                self._handoff(action.data)
+                if self._writing_paused:
+                    # The tunnel's protocols could not learn that the local socket is
+                    # congested: hand over once it has drained.
+                    self._handoff_pending = action
+                    self.update_reading()
+                else:
+                    self._handoff(action)
+        self._arm_timer()
+
+    # ------------------------------------------------------------ idle connections
+    def _arm_timer(self) -> None:
+        """Between requests the connection may idle for IDLE_TIMEOUT, and a started head
+        must be complete within HEAD_TIMEOUT; otherwise no timer runs."""
+        core = self.core
+        if not core.idle or self._gone or self._handoff_pending is not None:
+            self._cancel_timer()
+            return
+        head = core.head_started
+        if self._timer is not None and self._timer_head == head:
+            return
+        self._cancel_timer()
+        self._timer_head = head
+        delay = HEAD_TIMEOUT if head else IDLE_TIMEOUT
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        what = "the rest of a request head" if self._timer_head else "another request"
+        log.debug("local client %s: no %s in time; closing", self.peer, what)
+        self._close(CloseLocal())
 
     def _open(self, action: OpenOrigin) -> None:
         self._end_leg()
@@ -237,6 +284,8 @@ class HttpForwardRelay(asyncio.Protocol):
     def _close(self, action: CloseLocal) -> None:
         if action.reason:
             log.info("local client %s: %s; closing", self.peer, action.reason)
+        self.core.closed = True
+        self._cancel_timer()
         self._end_leg()
         if self.transport.is_closing():
             return
@@ -245,16 +294,25 @@ class HttpForwardRelay(asyncio.Protocol):
         else:
             self.transport.close()
 
-    def _handoff(self, data: bytes) -> None:
+    def _handoff(self, action: Handoff) -> None:
         """A CONNECT or Upgrade request after forwarded ones: the handshake code tunnels it."""
         from .mixed import _Handshake
 
+        self._cancel_timer()
         self._end_leg()
-        self.transport.resume_reading()
+        transport = self.transport
+        if transport.is_closing():
+            return
         handshake = _Handshake(self.inbound)
-        self.transport.set_protocol(handshake)
-        handshake.connection_made(self.transport)
-        handshake.data_received(data)
+        transport.set_protocol(handshake)
+        handshake.connection_made(transport)
+        transport.resume_reading()
+        handshake.data_received(action.data)
+        if action.eof:
+            # The client closed its side behind the request; tell whoever reads now.
+            protocol = transport.get_protocol()
+            if not protocol.eof_received():  # type: ignore[attr-defined]
+                transport.close()
 
 
 __all__ = ["HttpForwardRelay"]
