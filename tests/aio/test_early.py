@@ -253,10 +253,39 @@ async def test_a_stream_opened_while_the_local_socket_is_full_starts_paused() ->
         relay.start()
         assert relay.stream is None  # no pooled session: one is being set up
         local.get_protocol().pause_writing()  # the local socket is full
-        await wait_until(lambda: relay.stream is not None, 5)
-        assert relay.stream is not None and not relay.stream.is_reading()
+        await wait_until(lambda: relay.stream is not None and relay.stream.acknowledged.done(), 5)
+        assert relay.stream is not None and relay.stream.acknowledged.done()
+        assert not relay.stream.is_reading()
         local.get_protocol().resume_writing()
         assert relay.stream.is_reading()
         await wait_until(lambda: bytes(local.written) == b"x", 5)
         assert bytes(local.written) == b"x"
+    await server.close()
+
+
+@async_test
+async def test_a_full_local_socket_does_not_hold_back_a_synack() -> None:
+    """Pausing a stream pauses its session's reads: before the SYNACK that would keep the
+    SYNACK out and let the watchdog kill a healthy reused session. The pause waits."""
+    server = await start_server()
+    port = server.sockets[0].getsockname()[1]
+    config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, synack_timeout=0.3)
+    async with tcp_echo_server() as echo, Client(config) as client:
+        warm = await client.open_stream(Address("127.0.0.1", echo.port))
+        await client.wait_acknowledged(warm)
+        warm.close()
+        await wait_until(lambda: client.pooled_session() is not None, 2)
+        local = _LocalTransport()
+        relay = EarlyRelay(client, Address("127.0.0.1", echo.port), local, b"y", label="t")
+        relay.start()  # on the pooled (reused) session: the watchdog applies
+        assert relay.stream is not None and not relay.stream.acknowledged.done()
+        local.get_protocol().pause_writing()
+        assert relay.stream.is_reading()  # not before the SYNACK
+        await asyncio.sleep(0.6)  # twice the watchdog
+        assert relay.stream.acknowledged.done() and relay.stream.acknowledged.result() is None
+        assert not relay.stream.is_reading()  # held back from then on
+        assert client.sessions_opened == 1  # the session lived
+        local.get_protocol().resume_writing()
+        await wait_until(lambda: bytes(local.written) == b"y", 5)
+        assert bytes(local.written) == b"y"
     await server.close()

@@ -341,14 +341,15 @@ def test_an_unsolicited_response_on_an_idle_origin_connection_is_not_passed_on()
 
 
 def test_bytes_past_a_response_end_that_connection() -> None:
-    # An early answer to a POST, then a stray byte and the origin's close: the end must
-    # not hide behind the stray byte (the next request would wait forever).
+    # An early answer to a POST, then a stray byte: that connection ends at once (its
+    # close must not hide behind the byte, nor further bytes pile up behind it).
     f = HttpForward()
     f.receive_local(
         b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\nContent-Length: 4\r\n\r\nab"
     )
-    assert _local(f.receive_origin(OK_HI + b"X")) == OK_HI
-    assert f.origin_ended() == [CloseOrigin()]
+    early = f.receive_origin(OK_HI + b"X")
+    assert _local(early) == OK_HI and early[-1] == CloseOrigin()  # at once, not at the end
+    assert f.origin_ended() == []
     assert f.receive_local(b"cd") == []  # the rest of the body has nowhere to go
     assert _kinds(f.receive_local(GET_A2)) == ["OpenOrigin"]
     # ... and a stray byte without a close: that connection is not used again either
@@ -421,3 +422,22 @@ def test_idle_and_a_started_head() -> None:
     assert f.idle and not f.head_started
     f.receive_local(b"GET http://a.exa")
     assert f.idle and f.head_started
+
+
+def test_empty_lines_between_requests_are_skipped() -> None:
+    f = HttpForward()
+    post = b"POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\n"
+    f.receive_local(post + b"abc\r\n")  # an old client's CRLF after the body
+    actions = f.receive_origin(OK_HI)
+    assert _local(actions) == OK_HI and not f.closed
+    assert f.receive_local(b"\r\n\n") == []
+    assert _kinds(f.receive_local(GET_A2)) == ["ToOrigin"]
+
+
+def test_an_upgrade_to_a_relative_target_gets_a_400() -> None:
+    f = HttpForward()
+    actions = f.receive_local(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    assert _local(actions).startswith(b"HTTP/1.1 400 ")
+    assert isinstance(actions[-1], CloseLocal)

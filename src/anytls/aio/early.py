@@ -138,8 +138,13 @@ class EarlyRelay:
         if v2 and self._may_retry(stream):
             self.replay = bytearray(early)
         stream.set_protocol(_StreamSide(self, stream))
-        if self.local_congested:
-            stream.pause_reading()  # (a retry's stream: the local socket is still full)
+        # (e.g. a retry's stream while the local socket is still full)
+        stream.acknowledged.add_done_callback(self._ack_congestion)
+        if not conn.version_known.done():
+            conn.version_known.add_done_callback(
+                lambda _: self._ack_congestion(stream.acknowledged)
+            )
+        self.apply_congestion()
         if self.replay is None:
             self._settle(stream)  # nothing to replay: relay directly from now on
         else:
@@ -151,6 +156,35 @@ class EarlyRelay:
             and stream.on_answered_session  # not a new session (its first streams)
             and self.client.config.retry_dead_session
         )
+
+    def apply_congestion(self) -> None:
+        """Hold the stream back while the local socket's write buffer is full.
+
+        Not before the SYNACK, nor while the server's version is unknown: pausing a stream
+        pauses its session's reads, so the SYNACK could not arrive, and the watchdog would
+        declare a reused session dead (nothing but the SYNACK comes first anyway). Applied
+        once the stream is acknowledged (or the server is known to be v1).
+        """
+        stream = self.stream
+        if stream is None:
+            return
+        if not self.local_congested:
+            stream.resume_reading()
+        elif self._nothing_to_wait_for(stream):
+            stream.pause_reading()
+
+    def _ack_congestion(self, ack: asyncio.Future[str | None]) -> None:
+        stream = self.stream
+        if stream is not None and ack is stream.acknowledged and not self.finished:
+            self.apply_congestion()
+
+    def _nothing_to_wait_for(self, stream: Stream) -> bool:
+        """The stream is acknowledged, or its server is known to be v1 (no SYNACK)."""
+        if stream.acknowledged.done():
+            return True
+        known = self.conn.version_known if self.conn is not None else None
+        v1 = known is not None and known.done() and not known.cancelled()
+        return v1 and self.conn is not None and self.conn.core.peer_version < 2
 
     def _acknowledged(self, ack: asyncio.Future[str | None]) -> None:
         stream = self.stream
@@ -297,13 +331,11 @@ class _LocalSide(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.relay.local_congested = True
-        if self.relay.stream is not None:
-            self.relay.stream.pause_reading()
+        self.relay.apply_congestion()
 
     def resume_writing(self) -> None:
         self.relay.local_congested = False
-        if self.relay.stream is not None:
-            self.relay.stream.resume_reading()
+        self.relay.apply_congestion()
 
 
 class _StreamSide(asyncio.Protocol):

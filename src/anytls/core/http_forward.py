@@ -159,6 +159,10 @@ def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
     return address, authority.encode("ascii"), path.encode("ascii")
 
 
+def _local_connection() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+
+
 def _nonempty(actions: list[Action]) -> list[Action]:
     """``actions`` without writes of nothing (h11 returns b"" for an empty body's end)."""
     return [a for a in actions if not isinstance(a, ToLocal | ToOrigin) or a.data]
@@ -181,7 +185,7 @@ class HttpForward:
 
     def __init__(self, auth: tuple[str, str] | None = None) -> None:
         self.auth = auth
-        self.local = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_SIZE)
+        self.local = _local_connection()
         #: The h11 client of the current origin connection, and where it goes.
         self.origin: h11.Connection | None = None
         self.origin_address: Address | None = None
@@ -204,6 +208,10 @@ class HttpForward:
             # whatever else it sends (an old client's extra CRLF) is not read
             # (RFC 9112 §9.6); the connection closes once the response is out.
             return []
+        if data and self.idle and not self.head_started:
+            data = data.lstrip(b"\r\n")  # empty lines between requests (RFC 9112 §2.2)
+            if not data:
+                return []
         try:
             self.local.receive_data(data)
         except RuntimeError:  # bytes after the local side's EOF: a transport never does it
@@ -247,8 +255,12 @@ class HttpForward:
                 event = origin.next_event()
             except h11.RemoteProtocolError as exc:
                 return out + self._origin_error(str(exc))
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                break  # (PAUSED: bytes after a complete response; see _exchange_done)
+            if event is h11.NEED_DATA:
+                break
+            if event is h11.PAUSED:
+                # Bytes past a complete response: they can never be used (and h11 would
+                # keep every further byte); the connection is not used again.
+                return out + self._end_origin()
             if isinstance(event, h11.ConnectionClosed):
                 out += self._origin_closed()
                 break
@@ -307,7 +319,16 @@ class HttpForward:
                     ToLocal(response(407, "Proxy Authentication Required")),
                     *self._close_local(reason="a request without valid proxy credentials"),
                 ]
-        if event.method == b"CONNECT" or b"upgrade" in _connection_tokens(list(event.headers)):
+        upgrade = b"upgrade" in _connection_tokens(list(event.headers))
+        if upgrade and event.method != b"CONNECT":
+            try:
+                origin_form(event.target)
+            except ValueError as exc:
+                return [
+                    ToLocal(response(400, "Bad Request", body=f"anytls-client: {exc}\n")),
+                    *self._close_local(reason=str(exc)),
+                ]
+        if event.method == b"CONNECT" or upgrade:
             rest, eof = self.local.trailing_data
             self.closed = True
             out: list[Action] = [CloseOrigin()] if self.origin is not None else []
@@ -414,12 +435,24 @@ class HttpForward:
                 out += self._end_origin()
         if local.our_state is not h11.DONE or local.their_state is not h11.DONE:
             return out + self._close_local()  # the client asked to close, or left
-        local.start_next_cycle()
+        self._next_local_cycle()
         self.response_started = False
         if self._paused:
             self._paused = False
             out.append(PauseLocal(False))
         return out + self._pump_local()
+
+    def _next_local_cycle(self) -> None:
+        """Ready the local side for the next request: a new h11 connection given what was
+        read past the last request, without the empty lines a client may send between
+        requests (RFC 9112 §2.2; h11 would take them for a bad request line)."""
+        rest, eof = self.local.trailing_data
+        self.local = _local_connection()
+        rest = rest.lstrip(b"\r\n")
+        if rest:
+            self.local.receive_data(rest)
+        if eof:
+            self.local.receive_data(b"")
 
     def _end_origin(self) -> list[Action]:
         self.origin = None

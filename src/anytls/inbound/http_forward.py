@@ -197,11 +197,14 @@ class HttpForwardRelay(asyncio.Protocol):
         """Read the local client unless the core waits or the stream is congested."""
         if self._gone or self.transport.is_closing():
             return
-        leg_paused = self.leg is not None and not self.leg.is_reading()
-        if self._core_paused or leg_paused or self._handoff_pending is not None:
+        if self._core_paused or self._leg_paused() or self._handoff_pending is not None:
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
+        self._arm_timer()
+
+    def _leg_paused(self) -> bool:
+        return self.leg is not None and not self.leg.is_reading()
 
     def _end_leg(self) -> None:
         leg, self.leg = self.leg, None
@@ -242,7 +245,8 @@ class HttpForwardRelay(asyncio.Protocol):
         """Between requests the connection may idle for IDLE_TIMEOUT, and a started head
         must be complete within HEAD_TIMEOUT; otherwise no timer runs."""
         core = self.core
-        if not core.idle or self._gone or self._handoff_pending is not None:
+        if not core.idle or self._gone or self._handoff_pending is not None or self._leg_paused():
+            # (while the stream is congested the client's next head may wait unread)
             self._cancel_timer()
             return
         head = core.head_started
