@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -24,19 +23,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.helpers.benchmod import load_benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_LINK = ROOT / "benchmarks" / "bench_link.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "anytls_bench_linkemu", ROOT / "benchmarks" / "linkemu.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("linkemu")
 
 
 le = _load()
@@ -215,11 +209,7 @@ def test_bench_link_quick_writes_its_section(tmp_path: Path) -> None:
 
 
 def test_bench_py_keeps_the_emulated_link_results(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("anytls_bench", ROOT / "benchmarks" / "bench.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench")
     md, js = tmp_path / "results.md", tmp_path / "results.json"
     section = f"{bench.LINK_SECTION_START}\n## Emulated link\n| x |\n{bench.LINK_SECTION_END}"
     md.write_text(f"# old loopback table\n\n{section}\n")

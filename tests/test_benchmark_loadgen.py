@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_loadgen():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "anytls_bench_loadgen", ROOT / "benchmarks" / "loadgen.py"
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+from tests.helpers.benchmod import load_benchmark
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to one")
 def test_pin_threads_pins_a_process_tree_and_restores_it() -> None:
-    loadgen = load_loadgen()
+    loadgen = load_benchmark("loadgen")
     # A parent with a child and an extra thread: every thread of the tree gets pinned.
     code = (
         "import subprocess, sys, threading, time\n"

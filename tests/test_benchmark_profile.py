@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
+
+from tests.helpers.benchmod import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_profile_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "anytls_bench_profile", ROOT / "benchmarks" / "profile.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profile")
 
 
 RAW = """\

@@ -9,8 +9,6 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -21,9 +19,9 @@ from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.core.address import Address
 from anytls.core.constants import HEADER, HEADER_SIZE, Command
 from anytls.core.session import Session
-from anytls.inbound.mixed import MixedInbound
 from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import blackhole, refused_port, tcp_echo_server
+from tests.helpers.inprocess import RecordingTransport, mixed_proxy
 from tests.helpers.proxyclient import open_socks5_raw
 from tests.helpers.socks5_udp import encode_address
 
@@ -34,17 +32,9 @@ async def start_server(**kwargs: Any) -> AnyTLSServer:
     return await serve(ServerConfig(users={"u": PASSWORD}, **kwargs), "127.0.0.1", 0)
 
 
-@asynccontextmanager
-async def proxy(server: AnyTLSServer, **kwargs: Any) -> AsyncIterator[tuple[Client, int]]:
+def proxy(server: AnyTLSServer, **kwargs: Any) -> Any:
     """Our client (default: 0-RTT replies) behind a mixed inbound on a free port."""
-    port = server.sockets[0].getsockname()[1]
-    async with Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, **kwargs)) as c:
-        inbound = MixedInbound(c)
-        await inbound.start("127.0.0.1", 0)
-        try:
-            yield c, inbound.port
-        finally:
-            await inbound.close()
+    return mixed_proxy(server, PASSWORD, **kwargs)
 
 
 def socks_connect(host: str, port: int) -> bytes:
@@ -205,41 +195,6 @@ async def test_v1_server_is_relayed_without_a_synack() -> None:
     await server.close()
 
 
-class _LocalTransport(asyncio.Transport):
-    """A stand-in local socket: records writes, reports nothing else."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.protocol: asyncio.BaseProtocol | None = None
-        self.written = bytearray()
-        self.closed = False
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self.protocol is not None
-        return self.protocol
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 @async_test
 async def test_a_stream_opened_while_the_local_socket_is_full_starts_paused() -> None:
     """The local socket's write buffer filled before the stream existed (a new session is
@@ -248,7 +203,7 @@ async def test_a_stream_opened_while_the_local_socket_is_full_starts_paused() ->
     port = server.sockets[0].getsockname()[1]
     config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, reuse_sessions=False)
     async with tcp_echo_server() as echo, Client(config) as client:
-        local = _LocalTransport()
+        local = RecordingTransport()
         relay = EarlyRelay(client, Address("127.0.0.1", echo.port), local, b"x", label="t")
         relay.start()
         assert relay.stream is None  # no pooled session: one is being set up
@@ -275,7 +230,7 @@ async def test_a_full_local_socket_does_not_hold_back_a_synack() -> None:
         await client.wait_acknowledged(warm)
         warm.close()
         await wait_until(lambda: client.pooled_session() is not None, 2)
-        local = _LocalTransport()
+        local = RecordingTransport()
         relay = EarlyRelay(client, Address("127.0.0.1", echo.port), local, b"y", label="t")
         relay.start()  # on the pooled (reused) session: the watchdog applies
         assert relay.stream is not None and not relay.stream.acknowledged.done()

@@ -16,12 +16,13 @@ from typing import Any
 import h11
 import pytest
 
-from anytls.aio.client import Client, ClientConfig
+from anytls.aio.client import Client
 from anytls.aio.server import ServerConfig, serve
 from anytls.inbound import http_forward
 from anytls.inbound.mixed import MixedInbound
 from tests.helpers.aio import async_test, wait_until
 from tests.helpers.echo import pattern, refused_port, tcp_echo_server
+from tests.helpers.inprocess import RecordingTransport, mixed_proxy
 from tests.helpers.interop import curl
 from tests.helpers.net import free_port, make_self_signed_cert
 from tests.helpers.ourproc import AnyTLSProcess
@@ -318,16 +319,9 @@ async def test_a_client_that_stops_reading_holds_the_origin_back(proxy: AnyTLSPr
 async def _inprocess_proxy(**client_kwargs: Any) -> AsyncIterator[tuple[Client, int]]:
     """Our server and client in this process, the client behind a mixed inbound."""
     server = await serve(ServerConfig(users={"u": PASSWORD}), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    config = ClientConfig("127.0.0.1", port, PASSWORD, insecure=True, **client_kwargs)
     try:
-        async with Client(config) as client:
-            inbound = MixedInbound(client)
-            await inbound.start("127.0.0.1", 0)
-            try:
-                yield client, inbound.port
-            finally:
-                await inbound.close()
+        async with mixed_proxy(server, PASSWORD, **client_kwargs) as proxy:
+            yield proxy
     finally:
         await server.close()
 
@@ -357,43 +351,14 @@ async def test_an_idle_kept_alive_connection_and_a_stalled_head_are_closed(
         conn.close()
 
 
-class _FakeLocal(asyncio.Transport):
-    """The local socket of a forwarder, driven by hand."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.protocol: asyncio.BaseProtocol | None = None
-        self.written = bytearray()
-        self.closed = False
-        self.reading = True
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        assert self.protocol is not None
-        return self.protocol
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
+def _forwarding(
+    client: Client, url: str
+) -> tuple[RecordingTransport, http_forward.HttpForwardRelay]:
+    """A forwarder on a stand-in local socket, its first request a GET of ``url``."""
+    local = RecordingTransport()
+    get = f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    relay = http_forward.HttpForwardRelay(MixedInbound(client), local, "test", get, lambda e: b"")
+    return local, relay
 
 
 def _connect_to(port: int) -> bytes:
@@ -409,11 +374,7 @@ async def test_connect_after_a_request_waits_for_the_local_socket_to_drain() -> 
         tcp_echo_server() as echo,
         _inprocess_proxy() as (client, _port),
     ):
-        local = _FakeLocal()
-        get = f"GET {_url(origin, '/bytes/5')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        relay = http_forward.HttpForwardRelay(
-            MixedInbound(client), local, "test", get, lambda e: b""
-        )
+        local, relay = _forwarding(client, _url(origin, "/bytes/5"))
         await wait_until(lambda: local.written.endswith(pattern(5)), 5)
         assert local.written.endswith(pattern(5))
         relay.pause_writing()  # the client stopped reading
@@ -434,11 +395,7 @@ async def test_a_close_behind_a_queued_connect_reaches_the_tunnel_code() -> None
         tcp_echo_server() as echo,
         _inprocess_proxy() as (client, _port),
     ):
-        local = _FakeLocal()
-        get = f"GET {_url(origin, '/bytes/5')} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-        relay = http_forward.HttpForwardRelay(
-            MixedInbound(client), local, "test", get, lambda e: b""
-        )
+        local, relay = _forwarding(client, _url(origin, "/bytes/5"))
         # before the response: the CONNECT and the client's close wait behind the GET
         relay.data_received(_connect_to(echo.port))
         assert relay.eof_received()  # kept open: a response is under way

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import h11
 
-from ..errors import ConfigError
-from .address import MAX_DOMAIN_SIZE, Address
-from .http_proxy import MAX_HEAD_SIZE, check_basic_auth, response
+from .address import Address
+from .http_proxy import MAX_HEAD_SIZE, check_basic_auth, origin_form, response
 
 #: Largest response head taken from an origin (Chromium's limit).
 MAX_RESPONSE_HEAD_SIZE = 256 * 1024
@@ -126,37 +125,6 @@ def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """``headers`` without the hop-by-hop ones and those their ``Connection`` names."""
     drop = HOP_BY_HOP | _connection_tokens(headers)
     return [(name, value) for name, value in headers if name.lower() not in drop]
-
-
-def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
-    """Split an absolute-URI request target into (origin, ``Host`` value, origin-form
-    target). Raises :class:`ValueError` with a message for anything else."""
-    from urllib.parse import urlsplit
-
-    try:
-        text = target.decode("ascii")
-    except UnicodeDecodeError:
-        raise ValueError("the request target is not ASCII") from None
-    if not text[:8].lower().startswith(("http://", "https://")):
-        raise ValueError(f"not a proxy request: {text[:200]!r} (expected an absolute URI)")
-    parts = urlsplit(text)
-    port = parts.port  # ValueError for a bad port
-    host = parts.hostname
-    if not host or len(host.encode("utf-8")) > MAX_DOMAIN_SIZE:
-        raise ValueError(f"the URI {text[:200]!r} has no valid host")
-    default_port = 443 if parts.scheme.lower() == "https" else 80
-    port = default_port if port is None else port
-    authority = f"[{host}]" if ":" in host else host
-    if port != default_port:
-        authority = f"{authority}:{port}"
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
-    try:
-        address = Address(host, port)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-    return address, authority.encode("ascii"), path.encode("ascii")
 
 
 def _local_connection() -> h11.Connection:

@@ -111,29 +111,47 @@ def _wants_upgrade(request: h11.Request) -> bool:
     )
 
 
-def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
+def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
+    """Split an absolute-URI request target into (origin, ``Host`` value, origin-form
+    target). Raises :class:`ValueError` with a message for anything else."""
     try:
-        parts = urlsplit(target)
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("the request target is not ASCII") from None
+    if not text[:8].lower().startswith(("http://", "https://")):
+        raise ValueError(f"not a proxy request: {text[:200]!r} (expected an absolute URI)")
+    try:
+        parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise RemoteProtocolError(f"bad proxy request URI {target[:200]!r}: {exc}") from None
+        raise ValueError(f"bad proxy request URI {text[:200]!r}: {exc}") from None
     host = parts.hostname
     if not host or len(host.encode("utf-8")) > MAX_DOMAIN_SIZE:
-        raise RemoteProtocolError(f"proxy request URI {target[:200]!r} has no valid host")
+        raise ValueError(f"proxy request URI {text[:200]!r} has no valid host")
     default_port = 443 if parts.scheme.lower() == "https" else 80
-    if port is None:
-        port = default_port
+    port = default_port if port is None else port
     authority = f"[{host}]" if ":" in host else host
     if port != default_port:
         authority = f"{authority}:{port}"
     path = parts.path or "/"
     if parts.query:
         path = f"{path}?{parts.query}"
+    try:
+        address = Address(host, port)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return address, authority.encode("ascii"), path.encode("ascii")
 
+
+def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
+    try:
+        address, authority, path = origin_form(target.encode("ascii"))
+    except ValueError as exc:
+        raise RemoteProtocolError(str(exc)) from None
     upgrade = _wants_upgrade(request)
     lines = [
-        request.method + b" " + path.encode("ascii") + b" HTTP/" + request.http_version,
-        b"Host: " + authority.encode("ascii"),
+        request.method + b" " + path + b" HTTP/" + request.http_version,
+        b"Host: " + authority,
     ]
     for name, value in request.headers.raw_items():
         lower = name.lower()
@@ -145,7 +163,7 @@ def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
     if not upgrade:
         lines.append(b"Connection: close")
     lines.append(b"\r\n")
-    return Address(host, port), b"\r\n".join(lines)
+    return address, b"\r\n".join(lines)
 
 
 def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
@@ -222,6 +240,7 @@ __all__ = [
     "MAX_HEAD_SIZE",
     "HttpProxyRequest",
     "check_basic_auth",
+    "origin_form",
     "parse_request_head",
     "response",
 ]
