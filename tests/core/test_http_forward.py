@@ -176,7 +176,20 @@ def test_a_garbled_response_becomes_a_502_on_a_new_origin_connection() -> None:
     f.receive_local(GET_A)
     actions = f.receive_origin(b"SSH-2.0-OpenSSH\r\n\r\n")
     assert _local(actions).startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+    assert _local(actions).endswith(
+        b"anytls-client: the origin did not answer in HTTP/1.x (its answer began "
+        b"'SSH-2.0-OpenSSH\\r\\n\\r\\n')\n"
+    )
     assert _kinds(actions) == ["CloseOrigin", "ToLocal", "CloseLocal"]
+
+
+def test_an_origin_that_closes_without_answering_is_said_in_words() -> None:
+    f = HttpForward()
+    f.receive_local(GET_A)
+    actions = f.origin_ended()
+    assert _local(actions).endswith(
+        b"anytls-client: the origin closed the connection without answering\n"
+    )
 
 
 def test_a_reused_origin_connection_that_ends_unanswered_closes_without_a_response() -> None:

@@ -472,3 +472,15 @@ async def test_server_unreachable_by_default(tmp_path: Path) -> None:
                 check=False,
             )
             assert out == b"502"
+
+
+@async_test
+async def test_a_plain_request_to_the_proxy_port_says_what_the_port_is(
+    proxy: AnyTLSProcess,
+) -> None:
+    # e.g. a browser pointed at the proxy's address as if it were a web site
+    rc, body, _ = await curl(
+        "-s", "-w", "%{http_code}", f"http://127.0.0.1:{proxy.port}/", check=False
+    )
+    assert rc == 0 and body.endswith(b"400"), body
+    assert b"this port is a SOCKS5/HTTP proxy" in body

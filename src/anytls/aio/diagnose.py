@@ -32,12 +32,23 @@ def cause(exc: BaseException) -> str:
 
 def hint(exc: BaseException) -> str:
     """``"; likely cause ..."`` for ``exc``, or ``""`` when its message says it already."""
+    from ..errors import FailureReason, StreamOpenError
+
+    if isinstance(exc, StreamOpenError):
+        # The server is fine: it tried the destination and says what went wrong there.
+        if exc.reason is FailureReason.NOT_ALLOWED and "private or local" in str(exc):
+            return (
+                "; the server refuses its own machine's and networks' addresses unless it "
+                "runs with --allow-private"
+            )
+        return ""
     kind = cause(exc)
     if kind == "auth":
         return (
             "; the server closed the session without a word: most likely a wrong "
-            "password (the server logs 'rejected ...: wrong password'), or the port is "
-            "not an AnyTLS server"
+            "password (the server logs 'rejected ...: wrong password'), or this address "
+            "is locked out for a minute after too many failed logins (the server's "
+            "--auth-fail-limit), or the port is not an AnyTLS server"
         )
     if kind == "refused":
         return "; is the server running, and is the port open in its firewall?"

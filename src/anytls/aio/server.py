@@ -236,7 +236,8 @@ class _ServerStream(asyncio.Protocol):
         stream = self.stream
         assert self.destination is not None
         text = _dial_error_text(exc, self.destination)
-        log.info("%s stream %d: %s", self.connection.peer, stream.stream_id, text)
+        advice = " (--allow-private allows it)" if isinstance(exc, DestinationDenied) else ""
+        log.info("%s stream %d: %s%s", self.connection.peer, stream.stream_id, text, advice)
         self.connection.send_synack(stream.stream_id, text)
         stream.close()
 

@@ -165,6 +165,8 @@ class HttpForward:
         self.requests = 0
         self.closed = False
         self._paused = False
+        #: The first bytes of the origin's answer to the current request (for messages).
+        self._answer_start = bytearray()
 
     # ------------------------------------------------------------------ input
     def receive_local(self, data: bytes) -> list[Action]:
@@ -201,7 +203,7 @@ class HttpForward:
             if origin.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
                 out += self._end_origin()
             else:
-                out += self._origin_error("the origin closed the connection")
+                out += self._origin_error("the origin closed the connection without answering")
         return _nonempty(out)
 
     def _receive_origin(self, data: bytes) -> list[Action]:
@@ -214,6 +216,8 @@ class HttpForward:
             # the connection is not used again.
             return self._end_origin()
         out: list[Action] = []
+        if not self.response_started and len(self._answer_start) < 40:
+            self._answer_start += data[: 40 - len(self._answer_start)]
         try:
             origin.receive_data(data)
         except RuntimeError:  # bytes after that connection's end: a transport never does it
@@ -222,7 +226,7 @@ class HttpForward:
             try:
                 event = origin.next_event()
             except h11.RemoteProtocolError as exc:
-                return out + self._origin_error(str(exc))
+                return out + self._origin_error(self._why_not_http(exc, closed=not data))
             if event is h11.NEED_DATA:
                 break
             if event is h11.PAUSED:
@@ -323,6 +327,7 @@ class HttpForward:
             return self._local_error(exc)
         self.requests += 1
         self.response_started = False
+        self._answer_start = bytearray()
         method = event.method.decode("ascii", "replace")
         origin = self.origin
         if (
@@ -421,6 +426,17 @@ class HttpForward:
             self.local.receive_data(rest)
         if eof:
             self.local.receive_data(b"")
+
+    def _why_not_http(self, exc: h11.RemoteProtocolError, closed: bool) -> str:
+        """What went wrong with the origin's answer, in words (h11's are for developers)."""
+        if self.response_started:
+            if closed:
+                return "the origin closed the connection before the end of its response"
+            return f"the origin's response is malformed ({exc})"
+        if not self._answer_start:
+            return "the origin closed the connection without answering"
+        start = bytes(self._answer_start).decode("latin-1")
+        return f"the origin did not answer in HTTP/1.x (its answer began {start!r})"
 
     def _end_origin(self) -> list[Action]:
         self.origin = None

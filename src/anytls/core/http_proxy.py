@@ -119,7 +119,10 @@ def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
     except UnicodeDecodeError:
         raise ValueError("the request target is not ASCII") from None
     if not text[:8].lower().startswith(("http://", "https://")):
-        raise ValueError(f"not a proxy request: {text[:200]!r} (expected an absolute URI)")
+        raise ValueError(
+            f"not a proxy request: {text[:200]!r} (this port is a SOCKS5/HTTP proxy: it "
+            "takes CONNECT, or an http:// URL)"
+        )
     try:
         parts = urlsplit(text)
         port = parts.port
@@ -196,7 +199,8 @@ def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
         )
     if not target[:8].lower().startswith(("http://", "https://")):
         raise RemoteProtocolError(
-            f"not a proxy request: {method} {target[:200]} (expected CONNECT or an absolute URI)"
+            f"not a proxy request: {method} {target[:200]} (this port is a SOCKS5/HTTP "
+            "proxy: it takes CONNECT, or an http:// URL)"
         )
     address, head = _forward(request, target)
     return HttpProxyRequest(

@@ -158,6 +158,9 @@ class _Handshake(asyncio.Protocol):
                 self._http(data)
         except ProtocolError as exc:
             log.info("local client %s: %s", self.peer, exc)
+            if self.http and self.transport is not None and not self.transport.is_closing():
+                # An HTTP client gets the reason (e.g. a browser pointed at the proxy port).
+                self.transport.write(response(400, "Bad Request", body=f"anytls-client: {exc}\n"))
             self._abort()
 
     def _socks(self, data: bytes) -> None:
