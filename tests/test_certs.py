@@ -66,6 +66,23 @@ def test_new_name_makes_a_new_certificate_with_the_same_key(tmp_path: Path) -> N
     assert set(names.value.get_values_for_type(x509.DNSName)) == {"vpn.example.org", "localhost"}
 
 
+def test_going_back_to_an_earlier_host_keeps_the_pin(tmp_path: Path) -> None:
+    # e.g. "-l 0.0.0.0" (the machine's name) one day, "-l 127.0.0.1" the next, then back:
+    # one new certificate, which names both, and then no more.
+    first = stored_certificate(tmp_path, ["vm.example", "localhost"])
+    second = stored_certificate(tmp_path, ["127.0.0.1", "localhost"])
+    assert second.made == "the stored certificate does not name 127.0.0.1"
+    third = stored_certificate(tmp_path, ["vm.example", "localhost"])
+    fourth = stored_certificate(tmp_path, ["127.0.0.1", "localhost"])
+    assert (third.made, fourth.made) == ("", "")
+    assert third.sha256 == fourth.sha256 == second.sha256 != first.sha256
+    cert = _load(second.cert_path)
+    assert cert.subject.rfc4514_string() == "CN=127.0.0.1"  # the current first host
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(names.get_values_for_type(x509.DNSName)) == {"vm.example", "localhost"}
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+
 def test_near_expiry_is_renewed(tmp_path: Path) -> None:
     stored_certificate(tmp_path, ["localhost"])
     key = serialization.load_pem_private_key((tmp_path / KEY_FILE).read_bytes(), None)

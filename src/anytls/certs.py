@@ -4,7 +4,9 @@ A server started without ``--cert`` needs a certificate that survives restarts, 
 client could pin it. :func:`stored_certificate` keeps an EC P-256 key and a self-signed
 certificate in the state directory (``self-signed-key.pem``, mode 0600, and
 ``self-signed-cert.pem``) and makes a new certificate only when the stored one does not
-name every host clients use, or has less than :data:`RENEW_BEFORE` left. The key is kept
+name every host clients use, or has less than :data:`RENEW_BEFORE` left. A new one keeps
+naming what the old one named, so moving back to an earlier listen address or host keeps
+its pin. The key is kept
 across such renewals, so a public-key pin (sing-box's ``certificate_public_key_sha256``)
 stays valid; the certificate pin (``pinSHA256``, mihomo's ``fingerprint``) changes and the
 server logs the new one.
@@ -155,6 +157,10 @@ def _names_in(cert: x509.Certificate) -> set[str]:
     return {str(n.value).lower() for n in san}
 
 
+#: Names a renewed certificate keeps at most (the current hosts first, then earlier ones).
+MAX_NAMES = 20
+
+
 def _why_replace(
     cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, hosts: Sequence[str]
 ) -> str:
@@ -216,6 +222,7 @@ def _stored_certificate(directory: Path, hosts: Sequence[str]) -> StoredCertific
         with _locked(directory):
             key: ec.EllipticCurvePrivateKey | None = None
             why = "none was stored yet"
+            kept: list[str] = []
             if key_path.exists():
                 loaded = serialization.load_pem_private_key(key_path.read_bytes(), None)
                 if isinstance(loaded, ec.EllipticCurvePrivateKey):
@@ -227,10 +234,16 @@ def _stored_certificate(directory: Path, hosts: Sequence[str]) -> StoredCertific
                             os.chmod(key_path, 0o600)
                             der = cert.public_bytes(serialization.Encoding.DER)
                             return StoredCertificate(cert_path, key_path, certificate_sha256(der))
+                        if cert.public_key() == key.public_key():
+                            # The new one names the old names too: going back to an
+                            # earlier listen address or host needs no new certificate
+                            # (and no new pin) again.
+                            kept = sorted(_names_in(cert))
                 else:
                     why = "the stored key is not an EC key"
             new_key = key is None
-            cert, key = make_self_signed(hosts, key)
+            names = list(dict.fromkeys([*hosts, *kept]))[:MAX_NAMES]
+            cert, key = make_self_signed(names, key)
             if new_key:
                 pem = key.private_bytes(
                     serialization.Encoding.PEM,
