@@ -13,6 +13,7 @@ from anytls.aio.server import ServerConfig
 from anytls.cli import client as client_cli
 from anytls.cli import server as server_cli
 from anytls.cli._flags import Options, field_default, show_default
+from tests.cli._util import run_cli
 
 #: Client settings whose command-line default is deliberately not the library's.
 CLIENT_CLI_DEFAULTS = {"min_idle_session": 5}  # anytls-go's -m
@@ -101,3 +102,22 @@ def test_client_without_flags_uses_the_library_defaults() -> None:
         name: (value, field_default(ClientConfig, name))
         for name, value in CLIENT_CLI_DEFAULTS.items()
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "argv", "said"),
+    [
+        ("client", ["-s", "x", "--lisen", "127.0.0.1:1090"], "(did you mean --listen?)"),
+        ("server", ["--pasword", "x"], "(did you mean --password?)"),
+        ("client", ["-s", "x", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
+def test_a_mistyped_flag_is_named_with_the_closest_one(
+    kind: str, argv: list[str], said: str
+) -> None:
+    done = run_cli(kind, *argv)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"anytls-{kind}: error: unrecognized arguments: ") and said in last
+    if "frobnicate" in said:
+        assert "did you mean" not in last  # nothing close enough: no guess

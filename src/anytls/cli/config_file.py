@@ -333,7 +333,25 @@ def parse_args(
     path = preparse_config(argv)
     if path:
         parser.set_defaults(**load_file(path, schema))
-    return parser.parse_args(list(argv))
+    args, extra = parser.parse_known_args(list(argv))
+    if extra:
+        parser.error(unrecognized(parser, extra))
+    return args
+
+
+def unrecognized(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """argparse's complaint about ``extra``, with the closest flag for a mistyped one."""
+    import difflib
+
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    for word in extra:
+        if word.startswith("-"):
+            near = difflib.get_close_matches(word.split("=", 1)[0], flags, n=1, cutoff=0.7)
+            if near:
+                message += f" (did you mean {near[0]}?)"
+                break
+    return message
 
 
 def check_values(args: argparse.Namespace, schema: Schema) -> None:
