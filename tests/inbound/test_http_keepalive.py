@@ -330,7 +330,7 @@ async def _inprocess_proxy(**client_kwargs: Any) -> AsyncIterator[tuple[Client, 
 async def test_an_idle_kept_alive_connection_and_a_stalled_head_are_closed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(http_forward, "IDLE_TIMEOUT", 0.4)
+    monkeypatch.setattr(http_forward, "IDLE_TIMEOUT", 1.2)
     monkeypatch.setattr(http_forward, "HEAD_TIMEOUT", 0.2)
     async with Origin() as origin, _inprocess_proxy() as (_client, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -339,7 +339,7 @@ async def test_an_idle_kept_alive_connection_and_a_stalled_head_are_closed(
         assert body == pattern(3)
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed while idle
-        assert 0.3 < time.monotonic() - started < 3
+        assert 1.0 < time.monotonic() - started < 5
         conn.close()
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         conn = ProxyConnection(reader, writer)
@@ -347,7 +347,7 @@ async def test_an_idle_kept_alive_connection_and_a_stalled_head_are_closed(
         writer.write(b"GET http://127.0.0.1/ HTT")  # and then nothing
         started = time.monotonic()
         assert await asyncio.wait_for(reader.read(), 5) == b""
-        assert 0.1 < time.monotonic() - started < 0.35  # the head's timer, not the idle one
+        assert 0.1 < time.monotonic() - started < 1.0  # the head's timer, not the idle one
         conn.close()
 
 
