@@ -88,29 +88,32 @@ def cpu_ns(pid: int) -> int:
     nanoseconds, from ``/proc/<tid>/schedstat``: fine enough for a few hundred pings,
     where utime/stime count in 10 ms ticks."""
     total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with (
-                    contextlib.suppress(OSError, ValueError, IndexError),
-                    open(f"/proc/{p}/task/{tid}/schedstat") as f,
-                ):
-                    total += int(f.read().split()[0])
+    for tid in threads([pid]):
+        with (
+            contextlib.suppress(OSError, ValueError, IndexError),
+            open(f"/proc/{tid}/schedstat") as f,
+        ):
+            total += int(f.read().split()[0])
     return total
 
 
-def pin_threads(pids: list[int], cpus: set[int] | None) -> dict[int, set[int]]:
-    """Set the CPU affinity of every thread of the process trees of ``pids`` to ``cpus``
-    (``None``: leave it); return each thread's mask from before, to restore it with
-    :func:`restore_threads`."""
-    before: dict[int, set[int]] = {}
+def threads(pids: list[int]) -> list[int]:
+    """Every thread id of the process trees of ``pids`` (those gone meanwhile skipped)."""
+    out: list[int] = []
     for p in {q for pid in pids for q in process_tree(pid)}:
         with contextlib.suppress(OSError):
-            for tid in map(int, os.listdir(f"/proc/{p}/task")):
-                with contextlib.suppress(OSError):
-                    before[tid] = os.sched_getaffinity(tid)
-                    if cpus is not None:
-                        os.sched_setaffinity(tid, cpus)
+            out += map(int, os.listdir(f"/proc/{p}/task"))
+    return out
+
+
+def pin_threads(pids: list[int], cpus: set[int]) -> dict[int, set[int]]:
+    """Set the CPU affinity of every thread of the process trees of ``pids`` to ``cpus``;
+    return each thread's mask from before, to restore it with :func:`restore_threads`."""
+    before: dict[int, set[int]] = {}
+    for tid in threads(pids):
+        with contextlib.suppress(OSError):
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
     return before
 
 

@@ -148,8 +148,14 @@ class ProxyConnection:
         self.conn = h11.Connection(h11.CLIENT)
 
     @classmethod
-    async def open(cls, proxy: AnyTLSProcess) -> ProxyConnection:
-        return cls(*await asyncio.open_connection("127.0.0.1", proxy.port))
+    @contextlib.asynccontextmanager
+    async def open(cls, proxy: AnyTLSProcess) -> AsyncIterator[ProxyConnection]:
+        """A connection to ``proxy``'s port, closed on the way out."""
+        conn = cls(*await asyncio.open_connection("127.0.0.1", proxy.port))
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     async def request(
         self, url: str, method: str = "GET", body: bytes = b""
@@ -178,13 +184,10 @@ async def test_requests_to_one_origin_share_the_proxy_and_the_origin_connection(
     proxy: AnyTLSProcess,
 ) -> None:
     async with Origin() as origin:
-        conn = await ProxyConnection.open(proxy)
-        try:
+        async with ProxyConnection.open(proxy) as conn:
             for size in (10, 70_000, 3):
                 response, body = await conn.request(_url(origin, f"/bytes/{size}"))
                 assert response.status_code == 200 and body == pattern(size)
-        finally:
-            conn.close()
         assert origin.connections == 1
         host = f"127.0.0.1:{origin.port}".encode()
         assert origin.requests == [(b"GET", f"/bytes/{n}".encode(), host) for n in (10, 70_000, 3)]
@@ -195,13 +198,10 @@ async def test_requests_to_two_origins_alternate_on_one_proxy_connection(
     proxy: AnyTLSProcess,
 ) -> None:
     async with Origin() as one, Origin() as two:
-        conn = await ProxyConnection.open(proxy)
-        try:
+        async with ProxyConnection.open(proxy) as conn:
             for origin in (one, two, one):
                 response, body = await conn.request(_url(origin, "/bytes/100"))
                 assert response.status_code == 200 and body == pattern(100)
-        finally:
-            conn.close()
         assert (one.connections, two.connections) == (2, 1)
 
 
@@ -210,30 +210,24 @@ async def test_a_close_delimited_response_arrives_chunked_and_the_connection_sta
     proxy: AnyTLSProcess,
 ) -> None:
     async with Origin() as origin:
-        conn = await ProxyConnection.open(proxy)
-        try:
+        async with ProxyConnection.open(proxy) as conn:
             response, body = await conn.request(_url(origin, "/old"))
             assert body == b"close-delimited body"
             assert (b"transfer-encoding", b"chunked") in list(response.headers)
             response, body = await conn.request(_url(origin, "/bytes/5"))
             assert body == pattern(5)
-        finally:
-            conn.close()
         assert origin.connections == 2  # the HTTP/1.0 origin closed its connection
 
 
 @async_test
 async def test_a_request_body_goes_through(proxy: AnyTLSProcess) -> None:
     async with Origin() as origin:
-        conn = await ProxyConnection.open(proxy)
-        try:
+        async with ProxyConnection.open(proxy) as conn:
             data = pattern(300_000)
             response, body = await conn.request(_url(origin, "/echo"), "POST", data)
             assert response.status_code == 200 and body == data
             response, body = await conn.request(_url(origin, "/bytes/7"))
             assert body == pattern(7)
-        finally:
-            conn.close()
         assert origin.connections == 1
 
 
@@ -241,35 +235,29 @@ async def test_a_request_body_goes_through(proxy: AnyTLSProcess) -> None:
 async def test_an_unreachable_origin_gets_a_502_and_the_connection_goes_on(
     proxy: AnyTLSProcess,
 ) -> None:
-    async with Origin() as origin:
-        conn = await ProxyConnection.open(proxy)
-        try:
-            response, body = await conn.request(f"http://127.0.0.1:{refused_port()}/")
-            assert response.status_code == 502
-            assert body.startswith(b"anytls-client: ") and b"refused" in body
-            response, body = await conn.request(_url(origin, "/bytes/9"))
-            assert response.status_code == 200 and body == pattern(9)
-        finally:
-            conn.close()
+    async with Origin() as origin, ProxyConnection.open(proxy) as conn:
+        response, body = await conn.request(f"http://127.0.0.1:{refused_port()}/")
+        assert response.status_code == 502
+        assert body.startswith(b"anytls-client: ") and b"refused" in body
+        response, body = await conn.request(_url(origin, "/bytes/9"))
+        assert response.status_code == 200 and body == pattern(9)
 
 
 @async_test
 async def test_connect_after_a_forwarded_request_on_the_same_connection(
     proxy: AnyTLSProcess,
 ) -> None:
-    async with Origin() as origin, tcp_echo_server() as echo:
-        conn = await ProxyConnection.open(proxy)
-        try:
-            _, body = await conn.request(_url(origin, "/bytes/4"))
-            assert body == pattern(4)
-            conn.writer.write(
-                f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\nping".encode()
-            )
-            reply = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
-            assert reply.startswith(b"HTTP/1.1 200 ")
-            assert await asyncio.wait_for(conn.reader.readexactly(4), 10) == b"ping"
-        finally:
-            conn.close()
+    async with (
+        Origin() as origin,
+        tcp_echo_server() as echo,
+        ProxyConnection.open(proxy) as conn,
+    ):
+        _, body = await conn.request(_url(origin, "/bytes/4"))
+        assert body == pattern(4)
+        conn.writer.write(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n\r\nping".encode())
+        reply = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert await asyncio.wait_for(conn.reader.readexactly(4), 10) == b"ping"
 
 
 @async_test
@@ -291,27 +279,23 @@ def _rss_mib(process: AnyTLSProcess) -> float:
 @async_test
 async def test_a_client_that_stops_reading_holds_the_origin_back(proxy: AnyTLSProcess) -> None:
     size = 96 << 20
-    async with Origin() as origin:
-        conn = await ProxyConnection.open(proxy)
-        try:
-            target = _url(origin, f"/stream/{size}")
-            conn.writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
-            assert head.startswith(b"HTTP/1.1 200 ") and f"{size}".encode() in head
-            before = _rss_mib(proxy)
-            await asyncio.sleep(1.0)  # not reading: the proxy must stop taking the body in
-            grown = _rss_mib(proxy) - before
-            assert grown < 24, f"the client's RSS grew {grown:.0f} MiB while nobody read"
-            got = 0
-            while got < size:
-                data = await asyncio.wait_for(conn.reader.read(1 << 20), 10)
-                assert data
-                got += len(data)
-            assert got == size
-            _, body = await conn.request(_url(origin, "/bytes/5"))  # and the connection goes on
-            assert body == pattern(5)
-        finally:
-            conn.close()
+    async with Origin() as origin, ProxyConnection.open(proxy) as conn:
+        target = _url(origin, f"/stream/{size}")
+        conn.writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200 ") and f"{size}".encode() in head
+        before = _rss_mib(proxy)
+        await asyncio.sleep(1.0)  # not reading: the proxy must stop taking the body in
+        grown = _rss_mib(proxy) - before
+        assert grown < 24, f"the client's RSS grew {grown:.0f} MiB while nobody read"
+        got = 0
+        while got < size:
+            data = await asyncio.wait_for(conn.reader.read(1 << 20), 10)
+            assert data
+            got += len(data)
+        assert got == size
+        _, body = await conn.request(_url(origin, "/bytes/5"))  # and the connection goes on
+        assert body == pattern(5)
 
 
 # ------------------------------------------------------------- in-process: timers, hand-off

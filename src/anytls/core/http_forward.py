@@ -31,7 +31,13 @@ from dataclasses import dataclass
 import h11
 
 from .address import Address
-from .http_proxy import MAX_HEAD_SIZE, check_basic_auth, origin_form, response
+from .http_proxy import (
+    MAX_HEAD_SIZE,
+    check_basic_auth,
+    connection_tokens,
+    origin_form,
+    response,
+)
 
 #: Largest response head taken from an origin (Chromium's limit).
 MAX_RESPONSE_HEAD_SIZE = 256 * 1024
@@ -112,18 +118,9 @@ class Handoff(Action):
 
 
 # ---------------------------------------------------------------------------- helpers
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
-    return {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
-
-
 def end_to_end(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """``headers`` without the hop-by-hop ones and those their ``Connection`` names."""
-    drop = HOP_BY_HOP | _connection_tokens(headers)
+    drop = HOP_BY_HOP | connection_tokens(headers)
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
@@ -234,15 +231,17 @@ class HttpForward:
                 # keep every further byte); the connection is not used again.
                 return out + self._end_origin()
             if isinstance(event, h11.ConnectionClosed):
-                out += self._origin_closed()
+                # h11 reports a close only between exchanges: an idle keep-alive
+                # connection timed out at the origin. The next request opens another.
+                out += self._end_origin()
                 break
             try:
                 if isinstance(event, h11.InformationalResponse):
                     if self.local.their_http_version != b"1.0":  # no 1xx to HTTP/1.0
-                        out.append(ToLocal(self._send_local(self._informational(event))))
+                        out.append(ToLocal(self._send_local(self._passed_on(event))))
                 elif isinstance(event, h11.Response):
                     self.response_started = True
-                    out.append(ToLocal(self._send_local(self._response(event))))
+                    out.append(ToLocal(self._send_local(self._passed_on(event))))
                 elif isinstance(event, h11.Data):
                     out.append(ToLocal(self._send_local(h11.Data(data=event.data))))
                 elif isinstance(event, h11.EndOfMessage):
@@ -291,7 +290,7 @@ class HttpForward:
                     ToLocal(response(407, "Proxy Authentication Required")),
                     *self._close_local(reason="a request without valid proxy credentials"),
                 ]
-        upgrade = b"upgrade" in _connection_tokens(list(event.headers))
+        upgrade = b"upgrade" in connection_tokens(event.headers)
         if upgrade and event.method != b"CONNECT":
             try:
                 origin_form(event.target)
@@ -371,15 +370,12 @@ class HttpForward:
         return bool(self.local.trailing_data[0])
 
     # ------------------------------------------------------------------ origin side
-    def _informational(self, event: h11.InformationalResponse) -> h11.InformationalResponse:
-        return h11.InformationalResponse(
-            status_code=event.status_code,
-            headers=end_to_end(list(event.headers.raw_items())),
-            reason=event.reason,
-        )
-
-    def _response(self, event: h11.Response) -> h11.Response:
-        return h11.Response(
+    @staticmethod
+    def _passed_on(
+        event: h11.InformationalResponse | h11.Response,
+    ) -> h11.InformationalResponse | h11.Response:
+        """The origin's response (or 1xx) as sent on: its end-to-end headers only."""
+        return type(event)(
             status_code=event.status_code,
             headers=end_to_end(list(event.headers.raw_items())),
             reason=event.reason,
@@ -442,11 +438,6 @@ class HttpForward:
         self.origin = None
         self.origin_address = None
         return [CloseOrigin()]
-
-    def _origin_closed(self) -> list[Action]:
-        """The origin closed its connection between two exchanges (h11 reports that only
-        there): an idle keep-alive connection timed out. The next request opens another."""
-        return self._end_origin()
 
     def _origin_error(self, reason: str) -> list[Action]:
         out = self._end_origin()

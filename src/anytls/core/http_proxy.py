@@ -20,6 +20,7 @@ import base64
 import binascii
 import hmac
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -102,13 +103,15 @@ def _connect_target(target: str) -> Address:
         raise RemoteProtocolError(f"bad CONNECT target: {exc}") from None
 
 
-def _wants_upgrade(request: h11.Request) -> bool:
-    return any(
-        token.strip().lower() == b"upgrade"
-        for name, value in request.headers
-        if name == b"connection"
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The lowercased tokens of every ``Connection`` header (``close``, ``upgrade``, the
+    names of hop-by-hop headers)."""
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
         for token in value.split(b",")
-    )
+    }
 
 
 def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
@@ -146,12 +149,11 @@ def origin_form(target: bytes) -> tuple[Address, bytes, bytes]:
     return address, authority.encode("ascii"), path.encode("ascii")
 
 
-def _forward(request: h11.Request, target: str) -> tuple[Address, bytes]:
+def _forward(request: h11.Request, upgrade: bool) -> tuple[Address, bytes]:
     try:
-        address, authority, path = origin_form(target.encode("ascii"))
+        address, authority, path = origin_form(request.target)
     except ValueError as exc:
         raise RemoteProtocolError(str(exc)) from None
-    upgrade = _wants_upgrade(request)
     lines = [
         request.method + b" " + path + b" HTTP/" + request.http_version,
         b"Host: " + authority,
@@ -197,15 +199,9 @@ def parse_request_head(buf: bytes) -> HttpProxyRequest | None:
         return HttpProxyRequest(
             method, _connect_target(target), True, leftover, auth, host_added=host_added
         )
-    if not target[:8].lower().startswith(("http://", "https://")):
-        raise RemoteProtocolError(
-            f"not a proxy request: {method} {target[:200]} (this port is a SOCKS5/HTTP "
-            "proxy: it takes CONNECT, or an http:// URL)"
-        )
-    address, head = _forward(request, target)
-    return HttpProxyRequest(
-        method, address, False, leftover, auth, head, _wants_upgrade(request), host_added
-    )
+    upgrade = b"upgrade" in connection_tokens(request.headers)
+    address, head = _forward(request, upgrade)  # (refuses what is not an absolute URI)
+    return HttpProxyRequest(method, address, False, leftover, auth, head, upgrade, host_added)
 
 
 def response(status: int, reason: str, body: str = "") -> bytes:
@@ -244,6 +240,7 @@ __all__ = [
     "MAX_HEAD_SIZE",
     "HttpProxyRequest",
     "check_basic_auth",
+    "connection_tokens",
     "origin_form",
     "parse_request_head",
     "response",
