@@ -603,6 +603,28 @@ def load_average() -> str:
         return "?"
 
 
+def cpu_idle() -> str:
+    """How an idle CPU waits: the cpuidle driver and, under haltpoll, its poll window.
+
+    It decides what a wake-up of a process on another, idle vCPU costs: with
+    ``guest_halt_poll_ns=0`` (set on this VM's kernel command line) the vCPU halts at
+    once and the wake-up costs an IPI and a VM exit and entry; with the kernel's default
+    (200000) the idle vCPU polls for up to 200 µs first.
+    """
+    base = Path("/sys/devices/system/cpu/cpuidle")
+    try:
+        driver = (base / "current_driver").read_text().strip()
+    except OSError:
+        return "cpuidle ?"
+    text = f"cpuidle {driver}"
+    with contextlib.suppress(OSError):
+        poll = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read_text().strip()
+        text += f", guest_halt_poll_ns={poll}"
+        if poll == "0":
+            text += " (an idle vCPU halts at once)"
+    return text
+
+
 def machine_header(
     args: argparse.Namespace, params: Params, elapsed: float, load: str, others: float
 ) -> str:
@@ -654,7 +676,8 @@ def machine_header(
             f"other processes used {others:.1f} CPU-s during the run "
             f"({100 * others / max(elapsed * (os.cpu_count() or 1), 1e-9):.1f}% of the machine)",
             f"- command: `{cmd}`",
-            f"- machine: {cpu}, {os.cpu_count()} CPUs, {mem} RAM, Linux {platform.release()}",
+            f"- machine: {cpu}, {os.cpu_count()} CPUs, {mem} RAM, Linux {platform.release()}, "
+            f"{cpu_idle()}",
             f"- software: anytls {ver} (base commit {commit}, working tree as it was), "
             f"Python {platform.python_version()} + {loop}, {sbv}",
             f"- sizes: bulk {params.bulk_bytes / 2**20:.0f} MiB per direction, "

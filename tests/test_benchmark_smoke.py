@@ -83,6 +83,8 @@ def test_benchmark_quick(tmp_path: Path) -> None:
     text = out.read_text()
     assert text.startswith("# anytls benchmark results")
     assert "- machine:" in text and "- date:" in text
+    # how an idle vCPU waits decides what a cross-CPU wake-up costs (the UDP ping rows)
+    assert "cpuidle " in text.split("- machine:", 1)[1].split("\n", 1)[0]
     _check_table(text)
     # ... and the JSON beside it, which benchmarks/plot.py draws (tests/test_benchmark_plot.py)
     results = json.loads(out.with_suffix(".json").read_text())
