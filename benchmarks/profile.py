@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import loadgen  # noqa: E402
 
-PHASES = ("concurrent", "latency", "download")
+PHASES = ("concurrent", "latency", "download", "new-sessions")
 
 
 def py_spy() -> str:
@@ -60,12 +60,21 @@ def start_py_spy(pid: int, rate: int, out: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def run_phase(phase: str, port: int, targets: loadgen.Targets, pids: tuple[int, int]) -> None:
+async def run_phase(
+    phase: str,
+    port: int,
+    server: tuple[str, int],
+    targets: loadgen.Targets,
+    pids: tuple[int, int],
+) -> None:
     proxy = ("127.0.0.1", port)
     if phase == "concurrent":
         await loadgen.phase_concurrent(proxy, targets.echo, 200, 256 << 10)
     elif phase == "latency":
         await loadgen.phase_latency(proxy, targets.echo, 1000)
+    elif phase == "new-sessions":
+        # straight to the server (the client process idles): TLS, preface, one stream
+        await loadgen.phase_new_sessions(server, bench.PASSWORD, targets.echo, 600, pids[1])
     else:
         await loadgen._bulk(proxy, targets.bulk, 256 << 20, True, *pids)
 
@@ -95,7 +104,13 @@ async def record(args: argparse.Namespace, work: Path) -> list[Path]:
                 out = work / f"run{run}.txt"
                 spy = start_py_spy(pid, args.rate, out)
                 await asyncio.sleep(1.0)  # py-spy attaches
-                await run_phase(args.phase, port, targets, (client.pid, server.pid))
+                await run_phase(
+                    args.phase,
+                    port,
+                    ("127.0.0.1", pair.server_port),
+                    targets,
+                    (client.pid, server.pid),
+                )
                 await asyncio.sleep(0.1)
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
