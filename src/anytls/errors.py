@@ -71,7 +71,12 @@ class RemoteProtocolError(ProtocolError):
 
 
 class AuthenticationError(RemoteProtocolError):
-    """The client's preface did not carry a known password hash."""
+    """The client's preface did not carry a known password hash (``digest``, when one
+    arrived)."""
+
+    def __init__(self, message: str, digest: bytes | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest
 
 
 class SessionClosedError(AnyTLSError):

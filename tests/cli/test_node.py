@@ -24,6 +24,7 @@ from tests.helpers.net import free_port
 from tests.helpers.ourproc import AnyTLSProcess, program
 from tests.helpers.rawclient import API_SECRET as SECRET
 from tests.helpers.rawclient import api_request as http
+from tests.helpers.rawclient import raw_session
 
 SIZE = 100_000
 SESSIONS = 8
@@ -109,6 +110,32 @@ def test_api_address_defaults_to_localhost() -> None:
     check_args(load_args(["-p", "x", "--api", "192.0.2.1:9999", "--api-secret", "s"]))
 
 
+@async_test(timeout=40)
+async def test_a_quota_leaves_the_users_own_limits_in_force(tmp_path: Path) -> None:
+    # A quota (or an expiry) anywhere in the file once switched every user's own
+    # device_limit and speed_limit off.
+    port = free_port()
+    path = tmp_path / "server.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path / "state"}"\nallow_private = true\n'
+        '[users.bob]\npassword = "b"\nquota = 900000000\ndevice_limit = 1\n'
+        '[users.carol]\npassword = "c"\nexpires = 2099-01-01\n'
+    )
+    args = ["-c", str(path), "--workers", "1"]
+    async with AnyTLSProcess.server(port, args, tmp_path) as server:
+        await asyncio.sleep(1.5)  # past the quota keeper's first round in the parent
+        first = await raw_session(port, "127.0.0.2", "b")
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(first[0].read(1), 0.5)  # bob's first device is in
+            second = await raw_session(port, "127.0.0.3", "b")
+            assert await asyncio.wait_for(second[0].read(), 5) == b""
+            second[1].close()
+            await server.wait_log(r"user bob already has 1 device connected \(device_limit 1\)")
+        finally:
+            first[1].close()
+
+
 def test_per_user_tables_in_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "server.toml"
     path.write_text(
@@ -169,7 +196,9 @@ async def test_quota_and_expiry_survive_a_restart(tmp_path: Path) -> None:
                 async with Client(config) as client:
                     with pytest.raises((SessionClosedError, ConnectionError)):
                         await _echo_once(client, echo, 1000)
-            await server.wait_log(r"rejected .*wrong password")
+            # logged with the reason, not as a wrong password
+            await server.wait_log(r"rejected .*: user bob is refused: used \d+ of its quota")
+            await server.wait_log(r"rejected .*: user carol is refused: expired on 2001-01-01")
             # A larger quota in the file and a reload (SIGHUP): bob is back, in every
             # worker; carol, still expired, stays out of every worker's reloaded users.
             path.write_text(path.read_text().replace("quota = 300000", "quota = 9000000"))

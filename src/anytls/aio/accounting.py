@@ -135,6 +135,12 @@ class QuotaKeeper:
                 out[name] = f"expired on {entry.expires}"
         return out
 
+    def refused(self, reasons: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+        """The refused configured users: name → (password, reason), for
+        :attr:`~anytls.aio.server.ServerConfig.refused`."""
+        reasons = self.reasons() if reasons is None else reasons
+        return {n: (self.configured[n], why) for n, why in reasons.items() if n in self.configured}
+
     def allowed(self, users: Mapping[str, str]) -> dict[str, str]:
         """The file's ``users`` (remembered as the configured ones) without the refused."""
         self.configured = dict(users)
@@ -154,7 +160,8 @@ class QuotaKeeper:
         self.blocked = reasons
         target = {n: pw for n, pw in self.configured.items() if n not in reasons}
         if changed or target != dict(self.group.server.config.users):
-            await self.group.set_users(target)  # every process, whatever it reloaded
+            # every process, whatever it reloaded; limits and the rest stay as they are
+            await self.group.set_users(target, refused=self.refused(reasons))
         for name in sorted(set(reasons) - set(previous)):
             log.warning(
                 "user %s %s: refused from now on",

@@ -37,10 +37,12 @@ def apply_users(
     limits: Mapping[str, UserPolicy] | None = None,
     padding: PaddingScheme | None = None,
     speed_limit: float | None = None,
+    refused: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[str]:
     """Serve ``users`` from now on; disconnect users removed or whose password changed.
 
-    ``limits``/``padding``/``speed_limit`` replace the running ones when given. New
+    ``limits``/``padding``/``speed_limit``/``refused`` (see
+    :attr:`~anytls.aio.server.ServerConfig.refused`) replace the running ones when given. New
     sessions use the new settings (a changed padding scheme is pushed to each client whose
     scheme differs, when it connects). Returns the names disconnected.
     """
@@ -53,6 +55,8 @@ def apply_users(
         changes["padding"] = padding
     if speed_limit is not None:
         changes["speed_limit"] = speed_limit
+    if refused is not None:
+        changes["refused"] = dict(refused)
     server.update(dataclasses.replace(server.config, **changes))
     if gone:
         server.kick(gone, "user removed")
@@ -80,12 +84,17 @@ def handle_command(server: AnyTLSServer, message: dict[str, Any]) -> Any:
         return server.kick(message.get("users", []), str(message.get("reason", "kicked")))
     if op == "users":
         padding = message.get("padding")
+        limits = message.get("limits")  # absent: the running limits stay
+        refused = message.get("refused")
         apply_users(
             server,
             message["users"],
-            _policies_from_json(message.get("limits", {})),
+            _policies_from_json(limits) if limits is not None else None,
             PaddingScheme.parse(padding.encode()) if isinstance(padding, str) else None,
             message.get("speed_limit"),
+            {n: (str(v[0]), str(v[1])) for n, v in refused.items()}
+            if refused is not None
+            else None,
         )
         return True
     if op == "blocked":
@@ -144,9 +153,12 @@ class ServerGroup:
         limits: Mapping[str, UserPolicy] | None = None,
         padding: PaddingScheme | None = None,
         speed_limit: float | None = None,
+        refused: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         """:func:`apply_users` in every process."""
         message: dict[str, Any] = {"op": "users", "users": dict(users)}
+        if refused is not None:
+            message["refused"] = {n: list(v) for n, v in refused.items()}
         if limits is not None:
             message["limits"] = _policies_to_json(limits)
         if padding is not None:

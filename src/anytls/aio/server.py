@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.address import Address, AddressReader
-from ..core.auth import UserTable
+from ..core.auth import UserTable, password_hash
 from ..core.auth_limit import AuthFailureLimiter, source_key
 from ..core.events import Authenticated, Event, SettingsReceived, StreamOpened
 from ..core.padding import PaddingScheme
@@ -107,6 +107,10 @@ class ServerConfig:
     """Mbit/s per user and direction, for users without their own (0 = none)."""
     limits: Mapping[str, UserPolicy] = field(default_factory=dict)
     """User name → its own limits (speed, devices); see :mod:`anytls.aio.limits`."""
+    refused: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Configured users kept out of ``users`` (over quota, expired): name → (password,
+    reason). Their logins fail exactly as a wrong password does, but the log says why
+    and they do not count towards ``auth_fail_limit``."""
 
     @functools.cached_property
     def session_config(self) -> SessionConfig:
@@ -393,6 +397,13 @@ class ServerConnection(SessionConnection):
             if not isinstance(exc, AuthenticationError):
                 self._reject(str(exc))
                 return
+            refused = self.server.refused_table.get(exc.digest or b"")
+            if refused is not None and not self.limited:
+                # A known user the server refuses now: answered as a wrong password (as
+                # every AnyTLS server answers), logged with the reason, not counted as a
+                # failed login (one such client must not lock out its address).
+                self._reject(f"user {refused[0]} is refused: {refused[1]}")
+                return
             self._auth_failed()
             if self.limited:
                 self._reject("auth-fail-limit reached, password not checked", logging.DEBUG)
@@ -627,6 +638,11 @@ async def read_proxy_header(sock: socket.socket) -> tuple[str, int] | None:
         seen = len(data)
 
 
+def _refused_table(refused: Mapping[str, tuple[str, str]]) -> dict[bytes, tuple[str, str]]:
+    """Password digest → (user name, reason), for :attr:`ServerConfig.refused`."""
+    return {password_hash(pw): (name, why) for name, (pw, why) in refused.items()}
+
+
 class AnyTLSServer:
     """A listening AnyTLS server; create it with :func:`serve`."""
 
@@ -643,6 +659,8 @@ class AnyTLSServer:
             self.stats.user(name)  # every configured user is reported, even at zero
         #: The users indexed by password digest, shared by every new session.
         self.user_table = UserTable(config.users)
+        #: Refused users by password digest: (name, reason), for the log.
+        self.refused_table = _refused_table(config.refused)
         #: Per-user speed and device limits (see :mod:`anytls.aio.limits`).
         self.limiter = Limiter()
         self.limiter.configure(config.limits, UserPolicy(config.speed_limit), 0.0)
@@ -671,6 +689,7 @@ class AnyTLSServer:
             for name in config.users:
                 self.stats.user(name)
             self.user_table = UserTable(config.users)
+            self.refused_table = _refused_table(config.refused)
             self.limiter.configure(config.limits, UserPolicy(config.speed_limit), _now())
             if self.limiter.active:
                 for conn in list(self.connections):

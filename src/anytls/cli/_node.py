@@ -124,7 +124,9 @@ def prepare(
             keeper = QuotaKeeper(None, store, entries)
             for name, reason in keeper.reasons().items():
                 log.warning("user %s %s: refused", name, reason)
-            prepared.config = dataclasses.replace(config, users=keeper.allowed(config.users))
+            prepared.config = dataclasses.replace(
+                config, users=keeper.allowed(config.users), refused=keeper.refused()
+            )
             # Worker processes (forked after this) leave them out when they reload.
             BLOCKED.update(keeper.reasons())
         finally:

@@ -79,9 +79,16 @@ class Reloader:
                 # Users come from the panel (or the quota keeper): keep the running ones.
                 running = self.server.config
                 keep = self.keep_users(config.users) if self.keep_users else running.users
+                # Users the quota keeper refuses stay refused (with the file's passwords).
+                refused = {
+                    n: (config.users[n], why)
+                    for n, (_, why) in running.refused.items()
+                    if n in config.users and n not in keep
+                }
                 config = dataclasses.replace(
                     config,
                     users=keep,
+                    refused=refused,
                     limits=config.limits if not self.args.panel else running.limits,
                     padding=config.padding if not self.args.panel else running.padding,
                 )

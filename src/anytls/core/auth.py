@@ -91,7 +91,7 @@ class PrefaceReader:
             digest = bytes(self._buf[:32])
             matched = self._users.lookup(digest)
             if matched is None:
-                raise AuthenticationError("unknown password hash in the auth preface")
+                raise AuthenticationError("unknown password hash in the auth preface", digest)
             self._user = matched
             (self._padding,) = _U16.unpack_from(self._buf, 32)
             del self._buf[:PREFACE_FIXED_SIZE]
