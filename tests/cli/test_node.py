@@ -183,7 +183,7 @@ async def test_quota_and_expiry_survive_a_restart(tmp_path: Path) -> None:
                     await reader.readexactly(SIZE)
                     await asyncio.wait_for(reader.read(), 5)
             await server.wait_log(r"user bob used \d+ of its quota of 300000 bytes")
-            await server.wait_log(r"user bob\): user removed")
+            await server.wait_log(r"user bob\): refused: used \d+ of its quota of 300000 bytes")
         usage = Store.in_dir(state).usage()
         assert sum(usage["bob"]) >= 300_000
         # After a restart bob is still out, and so is carol; alice is served.

@@ -58,8 +58,9 @@ def apply_users(
     if refused is not None:
         changes["refused"] = dict(refused)
     server.update(dataclasses.replace(server.config, **changes))
-    if gone:
-        server.kick(gone, "user removed")
+    why = server.config.refused
+    for name in gone:
+        server.kick([name], f"refused: {why[name][1]}" if name in why else "user removed")
     return gone
 
 
