@@ -206,7 +206,11 @@ def test_remembered_targets_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.parametrize("policy", [{"allow_private": False}, {"deny_private": True}])
-def test_deny_private_applies_to_udp(policy: dict[str, bool]) -> None:
+def test_deny_private_applies_to_udp(
+    policy: dict[str, bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "anytls.udp")
+
     async def main() -> None:
         async with Env(**policy) as env, udp_echo_server() as echo:
             assoc = await open_udp(env.client)
@@ -216,6 +220,13 @@ def test_deny_private_applies_to_udp(policy: dict[str, bool]) -> None:
                 async with asyncio.timeout(0.5):
                     await assoc.recvfrom()
             assert echo.stats.datagrams == 0
+            # said at INFO once for the address, with the way out
+            said = [
+                r for r in caplog.records if r.levelno == logging.INFO and "dropping" in r.message
+            ]
+            assert len(said) == 1, said
+            assert f"to {echo[0]}: a private" in said[0].message
+            assert "--allow-private" in said[0].message
             connected = await open_udp(env.client, connect=("127.0.0.1", echo[1]))
             connected.send(b"x")
             with pytest.raises(StreamClosedError):

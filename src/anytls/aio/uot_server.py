@@ -38,6 +38,8 @@ RECV_QUEUE_LIMIT = 1024
 SOURCE_CACHE_SIZE = 256
 #: Targets a relay keeps already checked, per encoded address (emptied when full).
 TARGET_CACHE_SIZE = 256
+#: Refused private addresses a UDP stream logs at INFO (the rest at DEBUG).
+DENIED_SAID = 8
 
 
 class UotHost(Protocol):
@@ -98,6 +100,8 @@ class UotServerRelay(asyncio.Protocol):
         #: datagrams to one target keep their order.
         self.waiting: dict[str, list[tuple[int, bytes]]] = {}
         self.dns = DnsCache()
+        #: Refused private addresses already logged at INFO.
+        self._denied_said: set[str] = set()
         self.loop = asyncio.get_running_loop()
         self.last_activity = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
@@ -192,7 +196,8 @@ class UotServerRelay(asyncio.Protocol):
                 await self._socket(socket.AF_INET)
         except (OSError, ValueError) as exc:  # ValueError: a name idna cannot encode
             text = f"udp {destination}: {getattr(exc, 'strerror', None) or exc}"
-            log.info("%s: %s", self.label, text)
+            advice = " (--allow-private allows it)" if isinstance(exc, DestinationDenied) else ""
+            log.info("%s: %s%s", self.label, text, advice)
             self.connection.send_synack(self.stream.stream_id, text)
             self.close()
             return
@@ -279,7 +284,18 @@ class UotServerRelay(asyncio.Protocol):
         if sock is None or sock.transport is None or self.closed:
             return False
         if self._denied(host):
-            log.debug("%s: dropping a datagram to private address %s", self.label, host)
+            # Said once per address (a few per stream), the rest at DEBUG: a client
+            # must not flood the log.
+            first = host not in self._denied_said and len(self._denied_said) < DENIED_SAID
+            if first:
+                self._denied_said.add(host)
+            log.log(
+                logging.INFO if first else logging.DEBUG,
+                "%s: dropping datagrams to %s: a private or local address "
+                "(--allow-private allows it)",
+                self.label,
+                host,
+            )
             return False
         self.datagrams_out += 1
         self.last_activity = self.loop.time()
