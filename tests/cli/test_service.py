@@ -169,6 +169,31 @@ async def test_sigterm_cuts_streams_after_the_grace_period(tmp_path: Path) -> No
 
 
 @async_test
+async def test_a_second_ctrl_c_cuts_streams_at_once_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    args = ["-p", "pw", "--shutdown-grace", "30", "--workers", "1"]
+    async with (
+        tcp_echo_server() as echo,
+        AnyTLSProcess.server(port, args, tmp_path) as server,
+        Client(ClientConfig("127.0.0.1", port, "pw", insecure=True)) as client,
+    ):
+        proc = server.proc
+        assert proc is not None
+        reader, writer = await client.open_connection(*echo)
+        await echo_once(reader, writer, b"x")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        await server.wait_log(r"waiting up to 30 s for 1 open stream")
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(SessionClosedError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        await wait_until(lambda: proc.poll() is not None, 5)
+        assert proc.returncode == 0
+        assert time.monotonic() - started < 5  # not the 30 s grace
+        assert server.log_lines(r"stopped \(1 stream cut off by a second Ctrl-C\)")
+
+
+@async_test
 async def test_draining_server_refuses_new_streams() -> None:
     server = AnyTLSServer(ServerConfig({"u": "pw"}, allow_private=True), _context())
     await server.start("127.0.0.1", 0)

@@ -260,7 +260,8 @@ class ServerProcess:
         drain = loop.create_task(server.shutdown(grace))
         forced = loop.create_task(force.wait())
         await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
-        if drain.done():
+        forced_now = not drain.done()
+        if not forced_now:
             cut = drain.result()
         else:
             cut = server.open_streams
@@ -276,5 +277,6 @@ class ServerProcess:
             await self.startup.acme.close()
         await _run.wait_for_workers(grace + 5)
         plural = "s" * (cut != 1)
-        note = f" ({cut} stream{plural} cut off after the grace period)" if cut else ""
+        when = "by a second Ctrl-C" if forced_now else "after the grace period"
+        note = f" ({cut} stream{plural} cut off {when})" if cut else ""
         log.log(logging.INFO if cut else self.level, "stopped%s", note)
