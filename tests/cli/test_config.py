@@ -270,7 +270,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run_cli("server", "-p", "x", "--metrics", "nowhere")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "anytls-server: error: --metrics: 'nowhere': expected host:port, e.g. 127.0.0.1:1080"
+        "anytls-server: error: --metrics: 'nowhere': expected host:port, e.g. 127.0.0.1:8443"
     ]
 
 

@@ -40,6 +40,7 @@ async def test_default_server_refuses_loopback_and_allow_private_opts_out(
         for target, (code, output) in zip(targets, refused, strict=True):
             assert code == 1, (target, output)
             assert "is not allowed (private or local address)" in output, output
+            assert "unless it runs with --allow-private" in output, output  # the way out
         await default.wait_log(r"stream \d+: destination .* is not allowed")
         assert echo.stats.connections == 0
         code, output = await asyncio.to_thread(
@@ -77,7 +78,10 @@ def test_server_without_password_generates_a_strong_one_in_the_share_link(
 
 def test_short_password_is_warned_about(tmp_path: Path) -> None:
     port = free_port()
-    args = ["-p", "change-me", "--workers", "1", "--log-level", "info"]
+    args = ["-p", "change-me", "--user", "dave:short", "--workers", "1", "--log-level", "info"]
     with AnyTLSProcess.server(port, args, tmp_path) as server:
         (line,) = server.log_lines(r"user default: the password has only 9 characters")
-        assert "WARNING" in line and "can be guessed" in line
+        assert "WARNING" in line and "can be guessed" in line and "without -p" in line
+        # a --user's password: -p is not where it came from
+        (line,) = server.log_lines(r"user dave: the password has only 5 characters")
+        assert "can be guessed" in line and "-p" not in line

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from ..core.address import Address
 from ..errors import AnyTLSError, SessionClosedError, StreamClosedError
 from .buffers import shared_buffer
+from .diagnose import hint
 from .relay import SocketSide
 from .stream import Stream
 
@@ -299,9 +300,9 @@ class EarlyRelay:
                 what if replied else f"{what} (local connection reset)", error
             )
         elif replied:
-            log.info("%s: %s", what, error)
+            log.info("%s: %s%s", what, error, hint(error))
         else:
-            log.info("%s: %s (local connection reset)", what, error)
+            log.info("%s: %s%s (local connection reset)", what, error, hint(error))
         if replied:
             assert self.failure is not None
             transport.write(self.failure(error))

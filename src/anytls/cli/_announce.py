@@ -23,13 +23,15 @@ def warn_weak_passwords(users: dict[str, str]) -> None:
     """Log a warning for each password shorter than :data:`MIN_PASSWORD_LENGTH`."""
     for name, password in users.items():
         if len(password) < MIN_PASSWORD_LENGTH:
+            # -p names the user "default"; other users come from --user or the file
+            hint = ", or start without -p to get a generated one" if name == "default" else ""
             log.warning(
                 "user %s: the password has only %d characters and can be guessed; use %d "
-                "or more random ones (e.g. `openssl rand -base64 18`), or start without -p "
-                "to get a generated one",
+                "or more random ones (e.g. `openssl rand -base64 18`)%s",
                 name,
                 len(password),
                 MIN_PASSWORD_LENGTH,
+                hint,
             )
 
 

@@ -46,7 +46,7 @@ async def check(config: ClientConfig, target: Address) -> int:
         try:
             await client.wait_acknowledged(stream)
         except StreamOpenError as exc:
-            print(f"FAILED: the server could not open {target}: {exc}", flush=True)
+            print(f"FAILED: the server could not open {target}: {exc}{hint(exc)}", flush=True)
             return 1
         except SessionClosedError as exc:
             print(f"FAILED: {exc}{hint(exc)}", flush=True)

@@ -117,7 +117,7 @@ class Address:
             if not sep:
                 raise ConfigError(f"{text!r}: missing ']' after the IPv6 address")
             if not rest.startswith(":"):
-                raise ConfigError(f"{text!r}: expected [IPv6]:port, e.g. [::1]:1080")
+                raise ConfigError(f"{text!r}: expected [IPv6]:port, e.g. [::1]:8443")
             port_text = rest[1:]
             ip = _parse_ip(host)
             if ip is None or ip.version != 6:
@@ -125,9 +125,9 @@ class Address:
         else:
             host, sep, port_text = text.rpartition(":")
             if not sep:
-                raise ConfigError(f"{text!r}: expected host:port, e.g. 127.0.0.1:1080")
+                raise ConfigError(f"{text!r}: expected host:port, e.g. 127.0.0.1:8443")
             if ":" in host:
-                raise ConfigError(f"{text!r}: put IPv6 addresses in brackets, e.g. [::1]:1080")
+                raise ConfigError(f"{text!r}: put IPv6 addresses in brackets, e.g. [::1]:8443")
             if not host:
                 raise ConfigError(
                     f"{text!r}: missing host (use 0.0.0.0{text} to mean all interfaces)"

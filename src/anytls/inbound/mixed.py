@@ -297,7 +297,12 @@ class _Handshake(asyncio.Protocol):
                 self.inbound.client.failures.report(f"{method} {self.address} failed", error)
             else:
                 log.info(
-                    "local client %s: %s %s failed: %s", self.peer, method, self.address, error
+                    "local client %s: %s %s failed: %s%s",
+                    self.peer,
+                    method,
+                    self.address,
+                    error,
+                    hint(error),
                 )
             if not self.transport.is_closing():
                 self.transport.write(failure(error))
