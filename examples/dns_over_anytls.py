@@ -65,6 +65,8 @@ async def resolve(
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 4 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)  # the usage, on stderr
     link, server, name = sys.argv[1:4]
     rdtype = sys.argv[4] if len(sys.argv) > 4 else "A"
     answer = asyncio.run(resolve(link, server, name, rdtype))

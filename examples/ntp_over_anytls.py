@@ -34,5 +34,7 @@ async def ntp_time(link: str, server: str, port: int = 123) -> datetime:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)  # the usage, on stderr
     link, server = sys.argv[1:3]
     print(asyncio.run(ntp_time(link, server)).isoformat())

@@ -59,6 +59,8 @@ def fetch(
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 7 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)  # the usage, on stderr
     server, port, password, pin, host, dest_port = sys.argv[1:7]
     request = f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
     answer = fetch(server, int(port), password, pin, host, int(dest_port), request)

@@ -38,6 +38,8 @@ async def main(cert: str, key: str, port: int, users: dict[str, str]) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 5 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(__doc__)  # the usage, on stderr
     cert, key, port, *accounts = sys.argv[1:]
     users = dict(account.split(":", 1) for account in accounts)
     asyncio.run(main(cert, key, int(port), users))

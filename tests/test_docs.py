@@ -65,3 +65,11 @@ def test_certbot_deploy_hook_installs_readable_files_and_reloads(tmp_path: Path)
         assert stat.S_IMODE((dest / name).stat().st_mode) == 0o640
     assert calls.read_text().split() == ["reload", "anytls-server"]
     server_context(str(dest / "fullchain.pem"), str(dest / "privkey.pem"))
+
+
+def test_readme_python_blocks_are_valid_python() -> None:
+    # What a reader copies must at least compile (no top-level `async with`).
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 4
+    for block in blocks:
+        compile(block, "README.md", "exec")

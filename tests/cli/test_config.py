@@ -12,6 +12,7 @@ import pytest
 
 from anytls.cli import client as client_cli
 from anytls.cli import server as server_cli
+from anytls.cli._common import state_dir
 from anytls.cli.config_file import MASK, toml_value
 from anytls.errors import ConfigError
 from tests.cli._util import run_cli
@@ -290,13 +291,20 @@ def test_print_config_round_trip(tmp_path: Path) -> None:
     assert printed["users"] == {"alice": MASK}
     assert printed["workers"] == 2 and printed["listen"] == "127.0.0.1:1000"
     assert printed["cert"] == str(tmp_path / "c.pem")
-    assert "# key =  (not set)" in text
+    assert "# key = (not set)" in text
+    # the effective state directory (the default here), not "(not set)"; the
+    # compatibility flag deny_private only when given
+    assert printed["state_dir"] == str(state_dir(server_cli.load_args(["-p", "x"])))
+    assert "deny_private" not in printed and printed["allow_private"] is False
     # The printed file, passwords filled in again, is the same configuration.
     printed["password"], printed["users"] = "secret-p", {"alice": "secret-a"}
     again = write_toml(tmp_path / "again.toml", printed)
     original = server_cli.load_args(["-c", str(path), "-p", "secret-p", "--workers", "2"])
     reloaded = server_cli.load_args(["-c", str(again)])
+    assert state_dir(reloaded) == state_dir(original)
     for option in server_cli.schema().options:
+        if option.dest == "state_dir":
+            continue  # given now, the same directory (above)
         assert getattr(reloaded, option.dest) == getattr(original, option.dest), option.key
 
     result = run_cli(

@@ -13,6 +13,7 @@ import re
 import signal
 import ssl
 import struct
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -59,6 +60,21 @@ def test_docs_include_the_examples() -> None:
         assert f'--8<-- "examples/{example}.py"' in library, example
     # Any other block there about serve, open_udp or Session would be untested code.
     assert [b for b in python_blocks(library) if SHOWN_BY_EXAMPLES.search(b)] == []
+
+
+@pytest.mark.parametrize(
+    "name", ["dns_over_anytls", "ntp_over_anytls", "sans_io", "server_in_program"]
+)
+def test_examples_print_their_usage_without_arguments(name: str) -> None:
+    for argv in ([], ["--help"]):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / f"{name}.py"), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"python {name}.py " in result.stderr  # the docstring's usage line
 
 
 def test_readme_snippets_are_excerpts_of_the_examples() -> None:

@@ -437,7 +437,7 @@ def to_toml(
         elif option.kind == "users" and value is not None:
             value = {n: p for n, _, p in (item.partition(":") for item in value)}
         if value is None or value == [] or value == {}:
-            lines.append(f"# {option.key} =  (not set)")
+            lines.append(f"# {option.key} = (not set)")
             continue
         lines.append(f"{toml_key(option.key)} = {toml_value(value)}")
     return "\n".join(lines) + "\n"

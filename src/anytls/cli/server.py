@@ -407,7 +407,12 @@ def fail(message: str) -> NoReturn:
 
 def print_config(args: argparse.Namespace) -> None:
     """``--print-config``: the effective settings as TOML."""
-    _common.print_config(PROG, args, schema())
+    render = {
+        "state_dir": lambda _: str(_common.state_dir(args)),
+        # the compatibility flag is shown only when given (allow_private decides)
+        "deny_private": lambda v: v or None,
+    }
+    _common.print_config(PROG, args, schema(), render)
 
 
 # ---------------------------------------------------------------------- main
