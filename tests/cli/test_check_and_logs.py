@@ -27,7 +27,8 @@ async def test_check_reports_success_and_each_failure(tmp_path: Path) -> None:
         cases = {
             "ok": ["-s", server_at, "-p", "pw", "--insecure", "--check", target],
             "password": ["-s", server_at, "-p", "nope", "--insecure", "--check", target],
-            "no server": ["-s", f"127.0.0.1:{refused_port()}", "-p", "pw", "--check", target],
+            # (IPv6: the address in brackets, as it is written)
+            "no server": ["-s", f"[::1]:{refused_port()}", "-p", "pw", "--check", target],
             "target": [
                 "-s",
                 server_at,
@@ -61,7 +62,7 @@ async def test_check_reports_success_and_each_failure(tmp_path: Path) -> None:
 
         for name, expected in {
             "password": "most likely a wrong password",
-            "no server": "cannot connect to 127.0.0.1:",
+            "no server": "cannot connect to [::1]:",
             "target": "FAILED: the server could not open 127.0.0.1:",
             "verify": "failed verification",
         }.items():
@@ -71,6 +72,7 @@ async def test_check_reports_success_and_each_failure(tmp_path: Path) -> None:
             assert len(failed) == 1 and expected in failed[0], (name, result.stdout)
         assert "connection refused" in results["target"].stdout
         assert "is the server running" in results["no server"].stdout
+        assert results["no server"].stdout.startswith("checking [::1]:")
         assert "use its share link (it pins the certificate" in results["verify"].stdout
 
 

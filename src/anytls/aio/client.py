@@ -391,7 +391,7 @@ class Client:
         self.failures = FailureLog(logging.getLogger("anytls.inbound"))
         self.pin = normalise_pin(config.pin_sha256) if config.pin_sha256 else None
         if config.insecure and self.pin is None:
-            warn_insecure(f"{config.server_host}:{config.server_port}")
+            warn_insecure(str(Address(config.server_host, config.server_port)))
         #: The browser profile the handshake imitates; None: CPython's ``ssl``.
         self.fingerprint: str | None = None
         if ssl_context is None and check_fingerprint(config.fingerprint) != OPENSSL:
@@ -434,7 +434,7 @@ class Client:
         config = self.config
         server_hostname = config.sni if config.sni is not None else config.server_host
         seq = next(self._seq)
-        where = f"{config.server_host}:{config.server_port}"
+        where = str(Address(config.server_host, config.server_port))
         try:
             async with asyncio.timeout(config.connect_timeout):
                 conn = await self._connect_first(seq, server_hostname or None)

@@ -18,7 +18,7 @@ def _ms(seconds: float) -> str:
 async def check(config: ClientConfig, target: Address) -> int:
     """Connect, open one stream to ``target`` and report; 0 on success, 1 on failure."""
     config = replace(config, min_idle_session=0)
-    where = f"{config.server_host}:{config.server_port}"
+    where = str(Address(config.server_host, config.server_port))
     loop = asyncio.get_running_loop()
     print(f"checking {where} (stream to {target})", flush=True)
     client = Client(config)
