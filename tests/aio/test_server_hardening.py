@@ -320,3 +320,24 @@ def test_auth_fail_limit_answers_exactly_as_a_wrong_password(
     limit_lines = [r for r in caplog.records if "--auth-fail-limit" in r.getMessage()]
     assert len(limit_lines) == 1 and limit_lines[0].levelno == logging.WARNING
     assert "127.0.0.1 failed to authenticate 3 times" in limit_lines[0].getMessage()
+
+
+@pytest.mark.parametrize("policy", [{}, {"allow_private": False}])
+def test_a_name_the_idna_codec_refuses_gets_one_line_and_an_error_synack(
+    policy: dict[str, bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A 70-character label: getaddrinfo raises UnicodeError, not OSError.
+    caplog.set_level(logging.INFO, logger="anytls")
+
+    async def main() -> None:
+        server, port = await start(**policy)
+        try:
+            async with Client(ClientConfig("127.0.0.1", port, PASSWORD, insecure=True)) as c:
+                with pytest.raises(StreamOpenError, match="invalid domain name"):
+                    await c.open_connection("a" * 70 + ".com", 80)
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text and "invalid domain name" in caplog.text

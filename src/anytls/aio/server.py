@@ -136,6 +136,8 @@ def _dial_error_text(exc: BaseException, destination: Address) -> str:
         return f"dial tcp {destination}: i/o timeout"
     if isinstance(exc, socket.gaierror):
         return f"lookup {destination.host}: no such host ({exc.strerror})"
+    if isinstance(exc, UnicodeError):  # a name the IDNA codec refuses (a label too long)
+        return f"lookup {destination.host}: invalid domain name ({exc})"
     if isinstance(exc, OSError):
         code = exc.errno
         if code == errno.ECONNREFUSED:
@@ -268,7 +270,7 @@ class _ServerStream(asyncio.Protocol):
             self._dial_failed(TimeoutError(f"timed out after {config.connect_timeout:g} s"))
             return
         except Exception as exc:
-            if not isinstance(exc, OSError):  # TimeoutError is one too
+            if not isinstance(exc, OSError | UnicodeError):  # TimeoutError is an OSError
                 log.error(
                     "%s stream %d: dialling %s failed",
                     self.connection.peer,
