@@ -258,3 +258,76 @@ def test_a_failing_datagram_handler_ends_only_its_association() -> None:
             other.close()
 
     asyncio.run(main())
+
+
+def _slow_lookups(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[str]]:
+    """Name lookups that wait for the returned event (a resolver that stalls)."""
+    from anytls.aio import outbound
+
+    release = asyncio.Event()
+    asked: list[str] = []
+
+    async def lookup(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
+        asked.append(host)
+        await release.wait()
+        return [(socket.AF_INET, "127.0.0.1")]
+
+    monkeypatch.setattr(outbound, "lookup", lookup)
+    return release, asked
+
+
+async def _relay(env: Env) -> uot_server.UotServerRelay:
+    """The server side of the one UDP stream (once it is there)."""
+
+    def relays() -> list[uot_server.UotServerRelay]:
+        protocols = [s.get_protocol() for c in env.server.connections for s in c.streams.values()]
+        return [p for p in protocols if isinstance(p, uot_server.UotServerRelay)]
+
+    await wait_until(lambda: len(relays()) == 1)
+    (relay,) = relays()
+    return relay
+
+
+def test_datagrams_to_ever_new_names_do_not_queue_lookups_without_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        release, asked = _slow_lookups(monkeypatch)
+        async with Env() as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client, resolve_domains=False)  # names to the server
+            for i in range(100):
+                assoc.sendto(b"x" * 1000, (f"n{i}.example", echo[1]))
+            relay = await _relay(env)
+            await wait_until(lambda: relay.datagrams_dropped >= 100 - uot_server.NAMES_IN_FLIGHT)
+            assert len(relay.waiting) == uot_server.NAMES_IN_FLIGHT
+            assert len(asked) == uot_server.NAMES_IN_FLIGHT  # one lookup per waiting name
+            assert relay.datagrams_dropped == 100 - uot_server.NAMES_IN_FLIGHT
+            release.set()  # the resolver answers: what waited goes out, new names work
+            async with asyncio.timeout(5):
+                got = [(await assoc.recvfrom())[0] for _ in range(uot_server.NAMES_IN_FLIGHT)]
+            assert got == [b"x" * 1000] * uot_server.NAMES_IN_FLIGHT
+            assert relay._held == 0 and not relay.waiting
+
+    asyncio.run(main())
+
+
+def test_datagrams_waiting_for_a_connect_target_are_bounded_in_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        release, _ = _slow_lookups(monkeypatch)
+        async with Env() as env, udp_echo_server() as echo:
+            udp = await open_udp(env.client, connect=("slow.example", echo[1]))
+            for _ in range(200):  # 12 MB while the name is looked up
+                udp.send(bytes(60_000))
+            relay = await _relay(env)
+            await wait_until(lambda: relay.datagrams_dropped + len(relay.queue) == 200)
+            assert relay._held <= uot_server.WAITING_BYTES
+            assert len(relay.queue) == uot_server.WAITING_BYTES // 60_000
+            release.set()
+            async with asyncio.timeout(5):
+                assert len((await udp.recvfrom())[0]) == 60_000
+            await wait_until(lambda: relay._held == 0)
+            assert relay._held == 0
+
+    asyncio.run(main())

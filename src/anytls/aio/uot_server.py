@@ -34,10 +34,16 @@ log = logging.getLogger("anytls.udp")
 UDP_IDLE_TIMEOUT = 60.0
 #: Datagrams queued per target while its name is looked up or its socket opened.
 RECV_QUEUE_LIMIT = 1024
+#: Bytes of datagrams a UDP stream holds at most while names or sockets are on their way
+#: (the rest is dropped, as a full link drops datagrams).
+WAITING_BYTES = 256 * 1024
 #: Reply sources whose encoded address a relay keeps (the table is emptied when full).
 SOURCE_CACHE_SIZE = 256
 #: Targets a relay keeps already checked, per encoded address (emptied when full).
 TARGET_CACHE_SIZE = 256
+#: Names (or sockets) a UDP stream waits for at once; datagrams to further new names are
+#: dropped meanwhile.
+NAMES_IN_FLIGHT = 16
 #: Refused private addresses a UDP stream logs at INFO (the rest at DEBUG).
 DENIED_SAID = 8
 
@@ -99,6 +105,8 @@ class UotServerRelay(asyncio.Protocol):
         #: Datagrams (port, payload) waiting for a name lookup or a socket, per host, so
         #: datagrams to one target keep their order.
         self.waiting: dict[str, list[tuple[int, bytes]]] = {}
+        #: Bytes of payload in :attr:`queue` and :attr:`waiting` (see WAITING_BYTES).
+        self._held = 0
         self.dns = DnsCache()
         #: Refused private addresses already logged at INFO.
         self._denied_said: set[str] = set()
@@ -152,7 +160,9 @@ class UotServerRelay(asyncio.Protocol):
         if not packets:
             return
         if not self.ready:
-            self.queue.extend(packets)
+            for packet in packets:  # the target's name or socket is on its way
+                if self._hold(len(packet[1])):
+                    self.queue.append(packet)
             return
         targets = self._targets
         for header, payload in packets:
@@ -205,6 +215,7 @@ class UotServerRelay(asyncio.Protocol):
         self.ready = True
         self._arm_timer()
         queue, self.queue = self.queue, []
+        self._held -= sum(len(payload) for _, payload in queue)
         for header, payload in queue:
             self._send_new(header, payload)
 
@@ -247,7 +258,7 @@ class UotServerRelay(asyncio.Protocol):
         waiting = self.waiting.get(key)
         if waiting is not None:
             # A lookup or socket for this host is under way: queue behind it, in order.
-            if len(waiting) < RECV_QUEUE_LIMIT:
+            if len(waiting) < RECV_QUEUE_LIMIT and self._hold(len(payload)):
                 waiting.append((address.port, payload))
             return
         known = key if address.is_ip else self.dns.cached(key)
@@ -258,6 +269,19 @@ class UotServerRelay(asyncio.Protocol):
                 if sent and address.is_ip:  # (a name's address may change: not kept)
                     self._remember(header, family, known, address.port)
                 return
+        if len(self.waiting) >= NAMES_IN_FLIGHT:
+            # A client sending to ever new names must not queue lookups without end (the
+            # resolver's threads are shared by every session): drop until some finish.
+            self.datagrams_dropped += 1
+            log.debug(
+                "%s: dropping a datagram for %s: %d lookups under way",
+                self.label,
+                key,
+                len(self.waiting),
+            )
+            return
+        if not self._hold(len(payload)):
+            return
         self.waiting[key] = [(address.port, payload)]
         self.connection.start_task(self._send_slow(address))
 
@@ -272,11 +296,25 @@ class UotServerRelay(asyncio.Protocol):
                 family, host = await self._resolve(key)
             await self._socket(family)
         except (OSError, ValueError) as exc:
-            dropped = self.waiting.pop(key, [])
+            dropped = self._unhold(key)
             log.debug("%s: dropping %d datagram(s) for %s: %s", self.label, len(dropped), key, exc)
             return
-        for port, payload in self.waiting.pop(key, []):
+        for port, payload in self._unhold(key):
             self._sendto(family, host, port, payload)
+
+    def _hold(self, size: int) -> bool:
+        """Count ``size`` more bytes held while waiting; False (dropped) past the budget."""
+        if self._held + size > WAITING_BYTES:
+            self.datagrams_dropped += 1
+            return False
+        self._held += size
+        return True
+
+    def _unhold(self, key: str) -> list[tuple[int, bytes]]:
+        """The datagrams waiting for ``key``, no longer counted as held."""
+        waiting = self.waiting.pop(key, [])
+        self._held -= sum(len(payload) for _, payload in waiting)
+        return waiting
 
     def _sendto(self, family: int, host: str, port: int, payload: bytes) -> bool:
         """Send if allowed and the family's socket is open; return whether it was sent."""
