@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
+import struct
 import time
 
 import pytest
 
+from anytls.aio import server as server_module
 from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import AnyTLSServer, ServerConfig, serve
 from anytls.aio.tls import server_context
@@ -341,3 +344,59 @@ def test_a_name_the_idna_codec_refuses_gets_one_line_and_an_error_synack(
     asyncio.run(main())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "Traceback" not in caplog.text and "invalid domain name" in caplog.text
+
+
+async def _frames(reader: asyncio.StreamReader, until: float) -> list[tuple[int, int, bytes]]:
+    """(command, stream id, payload) of the frames that come within ``until`` seconds."""
+    data = b""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(until):
+            while chunk := await reader.read(65536):
+                data += chunk
+    frames, pos = [], 0
+    while pos + 7 <= len(data):
+        command, stream_id, size = struct.unpack_from("!BIH", data, pos)
+        frames.append((command, stream_id, data[pos + 7 : pos + 7 + size]))
+        pos += 7 + size
+    return frames
+
+
+def test_streams_beyond_the_default_limit_get_an_error_synack() -> None:
+    async def main() -> None:
+        server, port = await start()  # the default limit
+        limit = server_module.MAX_STREAMS_PER_SESSION
+        reader, writer = await tls_connect(port)
+        syns = b"".join(encode_frame(Command.SYN, i) for i in range(1, limit + 6))
+        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2") + syns)
+        frames = await _frames(reader, 2)
+        refused = [(sid, p) for cmd, sid, p in frames if cmd == Command.SYNACK and p]
+        assert [sid for sid, _ in refused] == list(range(limit + 1, limit + 6))
+        assert all(p == b"too many streams (limit %d)" % limit for _, p in refused)
+        assert server.open_streams == limit
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_stream_without_a_destination_is_closed(
+    monkeypatch: pytest.MonkeyPatch, info_logs: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server_module, "DESTINATION_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        server, port = await start()
+        reader, writer = await tls_connect(port)
+        writer.write(
+            build_preface(PASSWORD, 0)
+            + encode_frame(Command.SETTINGS, 0, b"v=2")
+            + encode_frame(Command.SYN, 1)  # and nothing more on it
+        )
+        frames = await _frames(reader, 1.5)
+        assert (Command.FIN, 1, b"") in frames
+        assert server.open_streams == 0 and len(server.connections) == 1  # the session lives
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+    assert "stream 1: no destination within 0.3 s" in info_logs.text

@@ -54,6 +54,12 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 PREAUTH_LIMIT = 128 * 1024
 #: Bytes a stream may buffer while its destination is being dialled before reads pause.
 DIAL_BUFFER_LIMIT = 256 * 1024
+#: Seconds a new stream may take to send its destination before it is closed.
+DESTINATION_TIMEOUT = 10.0
+#: Streams one session may hold open by default (sing-box and anytls-go clients carry one
+#: at a time, ours a few during a burst): a bound on what one session can make the
+#: server keep, not a limit real clients meet.
+MAX_STREAMS_PER_SESSION = 1024
 
 
 @dataclass
@@ -70,8 +76,9 @@ class ServerConfig:
     """Seconds for the TLS handshake."""
     preface_timeout: float = 10.0
     """Seconds after the handshake for the auth preface to arrive."""
-    max_streams_per_session: int = 0
-    """Streams a session may hold open at once (0 = no limit)."""
+    max_streams_per_session: int = MAX_STREAMS_PER_SESSION
+    """Streams a session may hold open at once (0 = no limit); those beyond get an error
+    SYNACK."""
     idle_session_timeout: float = 600.0
     """Seconds a session with no open stream and no traffic is kept (0 = forever)."""
     heartbeat_interval: float = 0.0
@@ -187,6 +194,22 @@ class _ServerStream(asyncio.Protocol):
         self.pending_size = 0
         self.task: asyncio.Task[None] | None = None
         self.dial_timed_out = False
+        #: Ends a stream whose destination does not come (a client opening streams and
+        #: leaving them would hold their state for the session's life).
+        self.timer: asyncio.TimerHandle | None = connection.loop.call_later(
+            DESTINATION_TIMEOUT, self._no_destination
+        )
+
+    def _no_destination(self) -> None:
+        self.timer = None
+        if self.destination is None and not self.stream.is_closing():
+            log.info(
+                "%s stream %d: no destination within %g s, closing the stream",
+                self.connection.peer,
+                self.stream.stream_id,
+                DESTINATION_TIMEOUT,
+            )
+            self.stream.close()
 
     def data_received(self, data: bytes) -> None:
         if self.destination is None:
@@ -204,6 +227,9 @@ class _ServerStream(asyncio.Protocol):
             if destination is None:
                 return
             self.destination = destination
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             data = self.reader.leftover
             version = uot_version(destination)
             if version is not None:
@@ -229,6 +255,9 @@ class _ServerStream(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
 

@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     option(
         "--max-streams-per-session",
         metavar="N",
-        help="refuse streams beyond N open in one session (default {default} = no limit)",
+        help="refuse streams beyond N open in one session (default {default}; 0 = no limit)",
     )
     option(
         "--heartbeat-interval",
