@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 PROBE = """
 import gc
@@ -106,3 +109,51 @@ def test_python_m_anytls_help_lists_both_programs() -> None:
     lines = result.stdout.splitlines()
     assert any(line.strip().startswith("server ") for line in lines)
     assert any(line.strip().startswith("client ") for line in lines)
+
+
+STALLED_LOOKUP = """
+import asyncio
+from anytls.cli import _run
+
+async def main(stop):
+    loop = asyncio.get_running_loop()
+    # a name lookup that the resolver never answers, given up (as a dial times out)
+    lookup = loop.create_task(loop.getaddrinfo("blocked.example", 80))
+    await asyncio.sleep(0.5)
+    lookup.cancel()
+    print("main done", flush=True)
+
+_run.run(main)
+"""
+
+
+def test_the_program_exits_at_once_with_a_name_lookup_still_stalled(tmp_path: Path) -> None:
+    # A resolver that never answers (20 s per query), for this process alone: a mount
+    # namespace with its own /etc/resolv.conf.
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.9\noptions timeout:20 attempts:1\n")
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED_LOOKUP)
+    hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hole.bind(("127.0.0.9", 53))  # takes the query, never answers
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f"mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} {script}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        elapsed = time.monotonic() - started
+        assert hole.recv(4096)  # the lookup did reach the black hole
+    finally:
+        hole.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "main done\n"
+    assert elapsed < 8, elapsed  # not the resolver's 20 s

@@ -323,6 +323,8 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         finally:
             if trimmer is not None:
                 trimmer.stop()
+        # Done: exit from here, as the loop's own teardown would wait for them too.
+        exit_now()
 
     trim = tune_malloc()
     tune_gc()
@@ -337,3 +339,16 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         else:
             uvloop.install()
             asyncio.run(wrapper())
+
+
+def exit_now() -> None:
+    """Exit at once, the program done: name lookups may still hold resolver threads
+    (libuv's pool under uvloop), and closing the loop and exiting normally wait for
+    them, which with a stalled resolver and many queued lookups takes minutes after
+    "stopped" was logged."""
+    _reap_workers()  # (what atexit would have done)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
