@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import struct
 import time
@@ -400,3 +401,40 @@ def test_a_stream_without_a_destination_is_closed(
 
     asyncio.run(main())
     assert "stream 1: no destination within 0.3 s" in info_logs.text
+
+
+def test_one_session_has_at_most_8_name_lookups_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from anytls.aio import outbound
+
+    async def main() -> None:
+        release = asyncio.Event()
+        asked: list[str] = []
+
+        async def stalled(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
+            asked.append(host)
+            await release.wait()
+            return [(socket.AF_INET, "192.0.2.1")]  # TEST-NET: never answers a connect
+
+        monkeypatch.setattr(outbound, "lookup", stalled)
+        server, port = await start(allow_private=False, connect_timeout=30.0)
+        _, writer = await tls_connect(port)
+        frames = b"".join(
+            encode_frame(Command.SYN, i)
+            + encode_frame(Command.PSH, i, Address(f"n{i}.x", 80).encode())
+            for i in range(1, 21)
+        )
+        writer.write(
+            build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2") + frames
+        )
+        await wait_until(lambda: len(asked) >= server_module.LOOKUPS_PER_SESSION)
+        await asyncio.sleep(0.3)
+        assert len(asked) == server_module.LOOKUPS_PER_SESSION  # the others wait their turn
+        release.set()
+        await wait_until(lambda: len(asked) == 20)
+        assert len(asked) == 20
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())

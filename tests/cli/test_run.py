@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -157,3 +158,33 @@ def test_the_program_exits_at_once_with_a_name_lookup_still_stalled(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert result.stdout == "main done\n"
     assert elapsed < 8, elapsed  # not the resolver's 20 s
+
+
+POOL_PROBE = """
+import asyncio, os
+from anytls.cli import _run
+
+async def main(stop):
+    await asyncio.get_running_loop().getaddrinfo("localhost", 80)
+    print(len(os.listdir("/proc/self/task")), flush=True)
+
+_run.run(main)
+"""
+
+
+def test_name_lookups_get_a_pool_of_64_threads() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "UV_THREADPOOL_SIZE"}
+    out = subprocess.run(
+        [sys.executable, "-c", POOL_PROBE], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 64  # the main thread, libuv's 64, maybe a few others
+    # an operator's own setting is kept
+    out = subprocess.run(
+        [sys.executable, "-c", POOL_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "UV_THREADPOOL_SIZE": "6"},
+    )
+    assert 6 < int(out.stdout) < 20

@@ -54,6 +54,12 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 PREAUTH_LIMIT = 128 * 1024
 #: Bytes a stream may buffer while its destination is being dialled before reads pause.
 DIAL_BUFFER_LIMIT = 256 * 1024
+#: Name lookups one session may have under way at once, the others waiting: the
+#: resolver's threads are shared by every session, and one client asking for ever new
+#: names (or a stalled resolver) must not take them all. Real clients carry one or a few
+#: streams per session.
+LOOKUPS_PER_SESSION = 8
+_NO_SLOT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 #: Seconds a new stream may take to send its destination before it is closed.
 DESTINATION_TIMEOUT = 10.0
 #: Streams one session may hold open by default (sing-box and anytls-go clients carry one
@@ -276,6 +282,13 @@ class _ServerStream(asyncio.Protocol):
         self.connection.send_synack(stream.stream_id, text)
         stream.close()
 
+    async def _connect(self, host: str, port: int) -> asyncio.Transport:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(
+            lambda: _HeldSocketSide(self.stream), host, port, **_dial_options(type(loop).__module__)
+        )
+        return transport
+
     async def dial(self, destination: Address) -> None:
         loop = asyncio.get_running_loop()
         stream = self.stream
@@ -284,15 +297,15 @@ class _ServerStream(asyncio.Protocol):
         timer = loop.call_later(config.connect_timeout, self._dial_timed_out)
         try:
             host = destination.host
+            slot = _NO_SLOT if destination.is_ip else self.connection.lookup_slots
             if config.refuse_private:
                 # Dial the address that was checked, never the name again.
-                host = (await resolve_allowed(destination, True))[0][1]
-            transport, _ = await loop.create_connection(
-                lambda: _HeldSocketSide(stream),
-                host,
-                destination.port,
-                **_dial_options(type(loop).__module__),
-            )
+                async with slot:
+                    host = (await resolve_allowed(destination, True))[0][1]
+                transport = await self._connect(host, destination.port)
+            else:
+                async with slot:  # (the name is looked up in the connect)
+                    transport = await self._connect(host, destination.port)
         except asyncio.CancelledError:
             if not self.dial_timed_out:
                 raise
@@ -363,6 +376,14 @@ class ServerConnection(SessionConnection):
         self._admitted = False
         #: Over --auth-fail-limit: this preface fails whatever it says.
         self.limited = False
+        self._lookup_slots: asyncio.Semaphore | None = None
+
+    @property
+    def lookup_slots(self) -> asyncio.Semaphore:
+        """Name lookups this session may have under way at once (:data:`LOOKUPS_PER_SESSION`)."""
+        if self._lookup_slots is None:
+            self._lookup_slots = asyncio.Semaphore(LOOKUPS_PER_SESSION)
+        return self._lookup_slots
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -53,6 +53,11 @@ class UotHost(Protocol):
 
     peer: str
 
+    @property
+    def lookup_slots(self) -> asyncio.Semaphore:
+        """Name lookups the session may have under way at once (shared by its streams)."""
+        ...
+
     def start_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
     def send_synack(self, stream_id: int, error: str | None = None) -> None: ...
 
@@ -224,7 +229,9 @@ class UotServerRelay(asyncio.Protocol):
             return socket.AF_INET6, host
         if host.replace(".", "").isdigit():
             return socket.AF_INET, host
-        ip = pick_address(await self.dns.resolve(host))
+        async with self.connection.lookup_slots:
+            infos = await self.dns.resolve(host)
+        ip = pick_address(infos)
         if ip is None:
             raise OSError(f"no address for {host}")
         return family_of(ip), ip

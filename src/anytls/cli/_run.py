@@ -302,6 +302,9 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, second, third)
 
 
+#: Threads in libuv's pool (name lookups), unless UV_THREADPOOL_SIZE says otherwise.
+RESOLVER_THREADS = 64
+
 #: Allocations (minus deallocations) between young-generation collections (CPython: 700).
 GC_YOUNG_THRESHOLD = 7000
 
@@ -329,6 +332,9 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     trim = tune_malloc()
     tune_gc()
     raise_fd_limit()
+    # uvloop looks names up in libuv's thread pool, 4 threads unless told: a resolver
+    # slow for some names would hold every lookup of every session behind them.
+    os.environ.setdefault("UV_THREADPOOL_SIZE", str(RESOLVER_THREADS))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop missing
