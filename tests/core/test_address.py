@@ -77,7 +77,9 @@ def test_decode_with_offset_and_trailing_bytes() -> None:
         (b"\x05\x00\x00", "unknown address type"),
         (b"\x00\x01\x02\x03\x04\x00\x00", "unknown address type"),
         (b"\x03\x00\x00\x50", "empty domain"),
-        (b"\x03\x03a\x00b\x00\x50", "NUL"),
+        (b"\x03\x03a\x00b\x00\x50", "control character"),
+        (b"\x03\x03a\nb\x00\x50", "control character"),  # a forged log line
+        (b"\x03\x03a\x1bb\x00\x50", "control character"),  # a terminal escape
         (b"\x03\x02\xff\xfe\x00\x50", "not UTF-8"),
     ],
 )

@@ -23,7 +23,7 @@ from anytls.core.events import (
 )
 from anytls.core.frame import encode_frame
 from anytls.core.padding import PaddingScheme
-from anytls.core.session import ALERT_NO_SETTINGS, Session, SessionConfig
+from anytls.core.session import ALERT_NO_SETTINGS, PEER_TEXT_LIMIT, Session, SessionConfig
 from anytls.errors import AuthenticationError, RemoteProtocolError
 
 DEST = bytes.fromhex("030b6578616d706c652e636f6d01bb")  # example.com:443
@@ -140,6 +140,23 @@ def test_synack_error_closes_client_stream() -> None:
     events = pump(server, client)
     assert events == [StreamAcknowledged(sid, "dial tcp: connection refused")]
     assert not client.is_stream_open(sid)
+
+
+def test_a_peers_text_is_escaped_and_cut_before_it_reaches_a_log() -> None:
+    client, server = new_pair()
+    sid = client.open_stream(DEST)
+    pump(client, server)
+    pump(server, client)
+    forged = "refused\n2026-12-02 WARNING anytls.server: FORGED\x1b[2J" + "x" * 65000
+    server.send_synack(sid, forged)
+    (event,) = pump(server, client)
+    assert isinstance(event, StreamAcknowledged) and event.error is not None
+    assert event.error.startswith("refused\\n2026-12-02 WARNING anytls.server: FORGED\\x1b[2J")
+    assert "\n" not in event.error and "\x1b" not in event.error
+    assert len(event.error) == PEER_TEXT_LIMIT + 1 and event.error.endswith("…")
+    server.send_alert("bye\r\nforged line")
+    events = pump(server, client)
+    assert AlertReceived("bye\\r\\nforged line") in events
 
 
 def test_fin_not_echoed_and_data_before_fin_delivered() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import struct
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -33,6 +34,8 @@ MAX_ADDRESS_SIZE = 1 + 1 + 255 + 2
 MAX_DOMAIN_SIZE = 255
 
 _PORT = struct.Struct(">H")
+#: Bytes no host name has (C0 controls, DEL): NUL, line breaks, terminal escapes.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _unpack_port = _PORT.unpack_from
 _IPV4_CHARS = frozenset("0123456789.")
 
@@ -184,8 +187,12 @@ def decode_address(
         if avail < n + 4:
             return None
         raw = bytes(buf[offset + 2 : offset + 2 + n])
-        if b"\x00" in raw:
-            raise RemoteProtocolError("domain name in address contains NUL")
+        bad = _CONTROL.search(raw)
+        if bad is not None:
+            # NUL ends a C string early; a line break or an escape would forge log lines
+            raise RemoteProtocolError(
+                f"domain name in address contains a control character ({bad.group()!r})"
+            )
         try:
             host = raw.decode("utf-8")
         except UnicodeDecodeError:

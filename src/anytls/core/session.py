@@ -23,6 +23,7 @@ after that packets are passed through untouched. The server never pads.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -73,6 +74,21 @@ def _extend_coalesced(out: list[bytes], packets: list[bytes]) -> None:
         out.append(b"".join(packets))
     else:
         out.extend(packets)
+
+
+#: Characters of a peer's text (an error SYNACK, an alert) kept for messages and logs.
+PEER_TEXT_LIMIT = 300
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def peer_text(payload: bytes | memoryview) -> str:
+    """A peer's text, safe to log: decoded (bad UTF-8 replaced), control characters
+    escaped (no forged log lines or terminal escapes) and cut to
+    :data:`PEER_TEXT_LIMIT` characters."""
+    text = bytes(payload[: PEER_TEXT_LIMIT * 4]).decode("utf-8", "replace")
+    if _UNPRINTABLE.search(text):
+        text = _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= PEER_TEXT_LIMIT else text[:PEER_TEXT_LIMIT] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +482,7 @@ class Session:
             events.append(StreamEnded(stream_id))
 
     def _on_synack(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
-        error = bytes(payload).decode("utf-8", "replace") if len(payload) else None
+        error = peer_text(payload) if len(payload) else None
         self._synack_deadline = None
         events.append(StreamAcknowledged(stream_id, error))
         if error is not None:
@@ -520,7 +536,7 @@ class Session:
     def _on_alert(self, stream_id: int, payload: memoryview, events: list[Event]) -> None:
         if not len(payload):
             return
-        message = bytes(payload).decode("utf-8", "replace")
+        message = peer_text(payload)
         events.append(AlertReceived(message))
         events.append(SessionTerminated(f"alert from peer: {message}"))
         self.close()
