@@ -14,8 +14,8 @@ from anytls.aio.client import Client, ClientConfig
 from anytls.aio.server import LOOKUPS_PER_SESSION, ServerConfig, serve
 from anytls.aio.udp import open_udp
 from anytls.core.address import Address
-from anytls.core.uot import UOT_V2_MAGIC
-from anytls.errors import StreamClosedError
+from anytls.core.uot import UOT_V2_MAGIC, encode_packet, packet_to_socks_datagram
+from anytls.errors import RemoteProtocolError, StreamClosedError
 from tests.helpers.aio import wait_until
 from tests.helpers.echo import udp_echo_server
 
@@ -332,3 +332,29 @@ def test_datagrams_waiting_for_a_connect_target_are_bounded_in_bytes(
             assert relay._held == 0
 
     asyncio.run(main())
+
+
+def test_a_malformed_reply_address_ends_the_association_with_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server's reply whose source name has a control character: the SOCKS5 relay's
+    # packet handler cannot re-frame it.
+    caplog.set_level(logging.INFO, "anytls.udp")
+
+    async def main() -> None:
+        async with Env() as env:
+            assoc = await open_udp(env.client)
+            relayed: list[bytes] = []
+            assoc.set_packet_handler(
+                lambda packet: relayed.append(packet_to_socks_datagram(packet))
+            )
+            good = encode_packet(Address("ab.example", 53), b"reply")
+            assoc.data_received(good)
+            assoc.data_received(good.replace(b"ab.example", b"a\nb.exampl"))
+            assert len(relayed) == 1
+            assert isinstance(assoc.error, RemoteProtocolError)
+
+    asyncio.run(main())
+    lines = [r for r in caplog.records if "malformed UoT data from the server" in r.message]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -201,6 +201,11 @@ class UdpAssociation(asyncio.Protocol):
         the session that carries it."""
         try:
             handler(*args)
+        except RemoteProtocolError as exc:  # a relay decoding the server's packet
+            log.info("malformed UoT data from the server: %s", exc)
+            self.error = exc
+            self.close()
+            return False
         except Exception as exc:
             log.error("UDP association: datagram handler failed", exc_info=exc)
             self.error = exc
