@@ -104,13 +104,21 @@ def test_unknown_command_and_address_type_are_refused() -> None:
     assert hs.failed
 
 
+@pytest.mark.parametrize("name", [b"", b"a\x00b", b"a\nb"], ids=["empty", "NUL", "line break"])
+def test_a_bad_name_in_the_request_gets_a_failure_reply(name: bytes) -> None:
+    hs = Socks5Handshake()
+    request = b"\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x00\x50"
+    out = hs.receive_data(GREETING_NOAUTH + request)
+    assert out == b"\x05\x00" + reply(Reply.GENERAL_FAILURE)  # the client hears why
+    assert hs.failed and "domain name" in hs.failed and hs.request is None
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"\x04\x01\x00\x50",  # SOCKS4
         b"GET / HTTP/1.1\r\n",
         GREETING_NOAUTH + b"\x04\x01\x00\x01",  # request with wrong version
-        GREETING_NOAUTH + b"\x05\x01\x00\x03\x00\x00\x50",  # empty domain
     ],
 )
 def test_garbage_is_remote_error(data: bytes) -> None:

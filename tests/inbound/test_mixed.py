@@ -254,6 +254,7 @@ async def test_socks5_bind_not_supported(proxy: AnyTLSProcess) -> None:
                 await socks5_handshake(reader, writer, 2, ("127.0.0.1", 5555))  # BIND
             assert info.value.reply == 7  # command not supported
             assert await reader.read() == b""  # then the proxy closes
+        await proxy.wait_log(r"SOCKS5 BIND to 127\.0\.0\.1:5555 is not supported")
     finally:
         await aclose(writer)
 

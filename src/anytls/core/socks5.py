@@ -193,7 +193,12 @@ class Socks5Handshake:
             out += reply(Reply.ADDRESS_TYPE_NOT_SUPPORTED)
             self._fail(f"SOCKS5 address type 0x{buf[3]:02x} is not supported")
             return len(buf)
-        result = decode_address(buf, 3)
+        try:
+            result = decode_address(buf, 3)
+        except RemoteProtocolError as exc:  # an empty name, a control character ...
+            out += reply(Reply.GENERAL_FAILURE)
+            self._fail(f"SOCKS5 request: {exc}")
+            return len(buf)
         if result is None:
             return 0
         address, end = result

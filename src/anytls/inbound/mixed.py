@@ -190,6 +190,12 @@ class _Handshake(asyncio.Protocol):
                 self.inbound.udp_handler(self.transport, address)
             )
         else:
+            log.info(
+                "local client %s: SOCKS5 %s to %s is not supported (CONNECT and UDP ASSOCIATE are)",
+                self.peer,
+                command.name,
+                address,
+            )
             self.transport.write(reply(Reply.COMMAND_NOT_SUPPORTED))
             self._abort()
 
