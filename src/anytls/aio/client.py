@@ -43,7 +43,7 @@ from ..errors import (
     StreamClosedError,
     StreamOpenError,
 )
-from .connection import SessionConnection
+from .connection import PEER_CLOSED, SessionConnection
 from .diagnose import FailureLog
 from .outbound import DnsCache, ordered_addresses
 from .stream import Stream
@@ -213,13 +213,30 @@ class ClientConnection(SessionConnection):
         self.client._stream_closed(self)
 
     def close(self, reason: str = "closed", abort: bool = False) -> None:
-        reason = self._answered_in_http() or reason
+        if reason == PEER_CLOSED:
+            reason = self._answered_in_http() or self._closed_unanswered() or reason
         super().close(reason, abort)
         self.client._session_closed(self, reason)  # leaves the pool at once
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._close_reason = self._close_reason or self._answered_in_http()
+        if self._close_reason is None:
+            early = self._answered_in_http()
+            if early is None and isinstance(exc, ConnectionError):
+                early = self._closed_unanswered()
+            self._close_reason = early
         super().connection_lost(exc)
+
+    def _closed_unanswered(self) -> str | None:
+        """The reason to give when the server closed before its first frame: v2 servers
+        answer the settings at once, so it most likely refused the password."""
+        if self.core.frames_received or self.core.unparsed():
+            return None
+        return (
+            "the server closed the connection without a word: most likely a wrong "
+            "password (the server logs 'rejected ...: wrong password'), or this address "
+            "is locked out for a minute after too many failed logins (the server's "
+            "--auth-fail-limit), or the port is not an AnyTLS server"
+        )
 
     def _answered_in_http(self) -> str | None:
         """The reason to give when the server's first bytes were an HTTP response."""

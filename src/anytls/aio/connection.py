@@ -23,6 +23,9 @@ from .stream import Stream
 
 log = logging.getLogger("anytls.session")
 
+#: The close reason when the peer's side of the connection ended.
+PEER_CLOSED = "the peer closed the connection"
+
 #: Unflushed stream bytes that make a write go to the transport at once rather than at
 #: the end of the loop iteration (small writes still coalesce into one TLS record).
 FLUSH_THRESHOLD = 256 * 1024
@@ -77,7 +80,7 @@ class SessionConnection(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         # The peer's TCP side is gone: a TLS close_notify exchange could only time out.
-        self.close("the peer closed the connection", abort=True)
+        self.close(PEER_CLOSED, abort=True)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -43,7 +43,7 @@ def hint(exc: BaseException) -> str:
             )
         return ""
     kind = cause(exc)
-    if kind == "auth":
+    if kind == "auth" and "wrong password" not in str(exc):  # (else it says it already)
         return (
             "; the server closed the session without a word: most likely a wrong "
             "password (the server logs 'rejected ...: wrong password'), or this address "
