@@ -464,7 +464,8 @@ class Client:
             raise SessionClosedError(
                 f"the certificate of {where} failed verification ({exc.verify_message}); "
                 "for a self-signed server use its share link (it pins the certificate with "
-                "pinSHA256), for a private CA --ca"
+                "pinSHA256; ClientConfig.pin_sha256), for a private CA --ca "
+                "(ClientConfig.ca_file)"
             ) from exc
         except ssl.SSLError as exc:
             if "WRONG_VERSION_NUMBER" in str(exc) or "wrong version number" in str(exc):
