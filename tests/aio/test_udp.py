@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import socket
+import time
 
 import pytest
 
@@ -358,3 +359,33 @@ def test_a_malformed_reply_address_ends_the_association_with_one_info_line(
     lines = [r for r in caplog.records if "malformed UoT data from the server" in r.message]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_datagrams_to_a_name_keep_their_order_when_the_answer_lands() -> None:
+    # The lookup's answer is cached a loop iteration before the datagrams waiting for it
+    # are sent: one sent in between must queue behind them, not overtake them (seen once
+    # as a reply out of order in the sing-box interop matrix of a loaded CI run).
+    async def main() -> None:
+        async with Env() as env:
+            assoc = await open_udp(env.client)
+            written: list[bytes] = []
+            assoc._write = written.append  # type: ignore[method-assign]
+            answer = asyncio.get_running_loop().create_future()
+
+            async def resolve(host: str) -> list[tuple[int, str]]:
+                return await answer  # type: ignore[no-any-return]
+
+            assoc._dns.resolve = resolve  # type: ignore[method-assign]
+            assoc.sendto(b"first", ("name.example", 53))
+            await asyncio.sleep(0)
+            # the answer is in the cache, the waiting datagram not yet sent
+            assoc._dns._entries["name.example"] = (
+                time.monotonic() + 60,
+                [(socket.AF_INET, "192.0.2.7")],
+            )
+            assoc.sendto(b"second", ("name.example", 53))
+            answer.set_result([(socket.AF_INET, "192.0.2.7")])
+            await wait_until(lambda: len(written) == 2)
+            assert written[0].endswith(b"first") and written[1].endswith(b"second")
+
+    asyncio.run(main())

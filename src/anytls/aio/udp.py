@@ -81,17 +81,19 @@ class UdpAssociation(asyncio.Protocol):
         if self.closed:
             raise StreamClosedError("the UDP association is closed") from self.error
         host = address.host
-        ip = self._dns.cached(host)
-        if ip is not None:
-            self._write(encode_packet(Address(ip, address.port), data))
-            return
         waiting = self._resolving.get(host)
         if waiting is not None:
-            # Keep the order of datagrams to a name that is being resolved.
+            # Keep the order of datagrams to a name that is being resolved: behind those
+            # waiting, even once the answer is cached (it is, a loop iteration before
+            # they are sent).
             if len(waiting) < RECV_QUEUE_LIMIT:
                 waiting.append((data, address.port))
             else:
                 self.dropped += 1
+            return
+        ip = self._dns.cached(host)
+        if ip is not None:
+            self._write(encode_packet(Address(ip, address.port), data))
             return
         self._resolving[host] = [(data, address.port)]
         task = asyncio.get_running_loop().create_task(self._resolve(host))
