@@ -438,3 +438,39 @@ def test_one_session_has_at_most_8_name_lookups_under_way(
         await server.close()
 
     asyncio.run(main())
+
+
+def test_what_a_session_buffers_for_destinations_being_dialled_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Many streams, each below the per-stream limit, to destinations that take their time.
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow_connect(self: object, host: str, port: int) -> asyncio.Transport:
+            await release.wait()
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        monkeypatch.setattr(server_module._ServerStream, "_connect", slow_connect)
+        server, port = await start(connect_timeout=30.0)
+        _, writer = await tls_connect(port)
+        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2"))
+        chunk = b"u" * 60_000
+        for i in range(1, 101):  # 100 streams × 180 kB = 18 MB offered
+            writer.write(
+                encode_frame(Command.SYN, i)
+                + encode_frame(Command.PSH, i, Address("192.0.2.1", 80).encode())
+                + b"".join(encode_frame(Command.PSH, i, chunk) for _ in range(3))
+            )
+        await wait_until(lambda: server.open_streams > 0)
+        (conn,) = server.connections
+        await asyncio.sleep(0.5)  # whatever the session would read, it has read
+        limit = server_module.SESSION_DIAL_BUFFER_LIMIT
+        assert limit <= conn.dial_buffered <= limit + 70_000  # one frame past the limit
+        release.set()  # the dials fail: their bytes are let go, the session reads on
+        await wait_until(lambda: server.open_streams == 0 and conn.dial_buffered == 0, 10)
+        assert conn.dial_buffered == 0
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())

@@ -60,6 +60,10 @@ DIAL_BUFFER_LIMIT = 256 * 1024
 #: streams per session.
 LOOKUPS_PER_SESSION = 8
 _NO_SLOT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+#: Bytes all the streams of one session may buffer while their destinations are being
+#: dialled; past it the session's reads pause until the dial of the stream that crossed
+#: it ends (1024 streams of DIAL_BUFFER_LIMIT each would otherwise be 256 MiB).
+SESSION_DIAL_BUFFER_LIMIT = 1024 * 1024
 #: Seconds a new stream may take to send its destination before it is closed.
 DESTINATION_TIMEOUT = 10.0
 #: Streams one session may hold open by default (sing-box and anytls-go clients carry one
@@ -254,8 +258,20 @@ class _ServerStream(asyncio.Protocol):
         if data:
             self.pending.append(data)
             self.pending_size += len(data)
-            if self.pending_size > DIAL_BUFFER_LIMIT:
-                self.stream.pause_reading()
+            connection = self.connection
+            connection.dial_buffered += len(data)
+            if (
+                self.pending_size > DIAL_BUFFER_LIMIT
+                or connection.dial_buffered > SESSION_DIAL_BUFFER_LIMIT
+            ):
+                self.stream.pause_reading()  # (the session's reads: until this dial ends)
+
+    def _release_pending(self) -> list[bytes]:
+        """The bytes kept for the destination, no longer counted against the session."""
+        self.connection.dial_buffered -= self.pending_size
+        self.pending_size = 0
+        pending, self.pending = self.pending, []
+        return pending
 
     def eof_received(self) -> bool:
         return False
@@ -266,6 +282,8 @@ class _ServerStream(asyncio.Protocol):
             self.timer = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        if self.pending_size:
+            self._release_pending()
 
     def _dial_timed_out(self) -> None:
         if self.task is not None and not self.task.done():
@@ -280,6 +298,7 @@ class _ServerStream(asyncio.Protocol):
         advice = " (--allow-private allows it)" if isinstance(exc, DestinationDenied) else ""
         log.info("%s stream %d: %s%s", self.connection.peer, stream.stream_id, text, advice)
         self.connection.send_synack(stream.stream_id, text)
+        self._release_pending()
         stream.close()
 
     async def _connect(self, host: str, port: int) -> asyncio.Transport:
@@ -331,8 +350,7 @@ class _ServerStream(asyncio.Protocol):
             "%s stream %d: connected to %s", self.connection.peer, stream.stream_id, destination
         )
         self.connection.send_synack(stream.stream_id)
-        pending, self.pending = self.pending, []
-        for chunk in pending:
+        for chunk in self._release_pending():
             transport.write(chunk)
         # Per-stream cap: past this many unsent bytes towards the destination, the session
         # stops reading (AnyTLS has no per-stream flow control).
@@ -377,6 +395,8 @@ class ServerConnection(SessionConnection):
         #: Over --auth-fail-limit: this preface fails whatever it says.
         self.limited = False
         self._lookup_slots: asyncio.Semaphore | None = None
+        #: Bytes the session's streams hold while their destinations are being dialled.
+        self.dial_buffered = 0
 
     @property
     def lookup_slots(self) -> asyncio.Semaphore:
