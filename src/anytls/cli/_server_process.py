@@ -64,6 +64,8 @@ class Startup:
     workers: int
     #: Where the generated password of user 'default' is kept (None: a password was given).
     generated: str | None
+    #: True when that password was made at an earlier start (said at INFO, not WARNING).
+    generated_before: bool = False
 
 
 def listen_error(listen: Address, exc: OSError) -> str:
@@ -195,7 +197,9 @@ class ServerProcess:
         startup = self.startup
         args, config, workers = startup.args, startup.config, startup.workers
         if startup.generated is not None:
-            log.warning(
+            # A WARNING when it is made; at later starts it is the same password, said once.
+            log.log(
+                logging.INFO if startup.generated_before else logging.WARNING,
                 "no password given: user 'default' has a generated one%s, kept in %s; "
                 "set -p or users in the config file to choose your own",
                 " (in the share link below)" if args.share_links else f" ({args.p})",

@@ -33,7 +33,13 @@ from ._certificates import acme_settings, certificate_files, http_port
 from ._common import state_dir
 from ._flags import Options
 from ._run import fork_workers, run
-from ._server_config import parse_users, server_config, stored_password, user_entries
+from ._server_config import (
+    GENERATED_PASSWORD_FILE,
+    parse_users,
+    server_config,
+    stored_password,
+    user_entries,
+)
 from ._server_process import ServerProcess, Startup, listen_error
 from .config_file import Schema, schema_from_parser
 
@@ -449,8 +455,10 @@ def prepare(argv: Sequence[str], args: argparse.Namespace) -> Startup | None:
     certificate and the bound port (None after ``--export``; raises ConfigError, or
     SystemExit when the port cannot be bound)."""
     generated = None
+    generated_before = False
     if not args.p and not args.user and not getattr(args, "panel", None):
         # Before --export too: the exported config carries the password the server uses.
+        generated_before = (state_dir(args) / GENERATED_PASSWORD_FILE).exists()
         args.p, kept_in = stored_password(state_dir(args))
         generated = kept_in or "memory only: the state directory is not writable"
     if args.export:
@@ -492,6 +500,7 @@ def prepare(argv: Sequence[str], args: argparse.Namespace) -> Startup | None:
         sockets=sockets,
         workers=workers,
         generated=generated,
+        generated_before=generated_before,
     )
 
 
