@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from anytls.aio.diagnose import cause, hint
-from anytls.errors import FailureReason, SessionClosedError, StreamOpenError
+from anytls.errors import FailureReason, SessionClosedError, StreamClosedError, StreamOpenError
 
 
 def test_a_destination_failure_does_not_blame_the_server() -> None:
@@ -34,3 +34,14 @@ def test_a_silent_close_mentions_the_login_lockout() -> None:
     closed = SessionClosedError("session with 127.0.0.1:8443 ended: closed")
     assert cause(closed) == "auth"
     assert "wrong password" in hint(closed) and "--auth-fail-limit" in hint(closed)
+
+
+def test_a_stream_that_ended_is_not_blamed_on_the_password() -> None:
+    # A stream the server ended (e.g. no destination in time) says nothing about the login.
+    ended = StreamClosedError("stream 3 ended before the server acknowledged it")
+    assert hint(ended) == ""
+    # and a session error that already gives the likely causes gets no second copy
+    said = SessionClosedError(
+        "the server closed the connection without a word: most likely a wrong password"
+    )
+    assert hint(said) == ""

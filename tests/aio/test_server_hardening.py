@@ -474,3 +474,51 @@ def test_what_a_session_buffers_for_destinations_being_dialled_is_bounded(
         await server.close()
 
     asyncio.run(main())
+
+
+def test_a_lookup_keeps_its_slot_until_it_ends_even_when_its_dial_gave_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stalled resolver: the dials time out, but their lookups still hold the resolver's
+    # threads, so the session gets no new ones until those end.
+    from anytls.aio import outbound
+
+    async def main() -> None:
+        release = asyncio.Event()
+        asked: list[str] = []
+
+        async def stalled(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
+            asked.append(host)
+            await release.wait()
+            raise OSError("the resolver gave up")
+
+        monkeypatch.setattr(outbound, "lookup", stalled)
+        server, port = await start(allow_private=False, connect_timeout=0.3)
+        reader, writer = await tls_connect(port)
+        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2"))
+
+        def streams(first: int) -> bytes:
+            return b"".join(
+                encode_frame(Command.SYN, i)
+                + encode_frame(Command.PSH, i, Address(f"n{i}.x", 80).encode())
+                for i in range(first, first + 8)
+            )
+
+        writer.write(streams(1))
+        await wait_until(lambda: len(asked) == 8)
+        frames = await _frames(reader, 1.0)  # the 8 dials time out meanwhile
+        timed_out = [sid for cmd, sid, p in frames if cmd == Command.SYNACK and b"timeout" in p]
+        assert sorted(timed_out) == list(range(1, 9))
+        writer.write(streams(9))
+        frames = await _frames(reader, 1.0)
+        assert len(asked) == 8  # no slot until a stalled lookup ends: these time out waiting
+        timed_out = [sid for cmd, sid, p in frames if cmd == Command.SYNACK and b"timeout" in p]
+        assert sorted(timed_out) == list(range(9, 17))
+        release.set()  # the stalled lookups end: their slots are free again
+        writer.write(streams(17))
+        await wait_until(lambda: len(asked) == 16)
+        assert len(asked) == 16
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())

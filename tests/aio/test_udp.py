@@ -389,3 +389,27 @@ def test_datagrams_to_a_name_keep_their_order_when_the_answer_lands() -> None:
             assert written[0].endswith(b"first") and written[1].endswith(b"second")
 
     asyncio.run(main())
+
+
+def test_a_closed_udp_stream_lets_go_of_its_lookups_and_waiting_datagrams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        release, _ = _slow_lookups(monkeypatch)
+        async with Env() as env, udp_echo_server() as echo:
+            assoc = await open_udp(env.client, resolve_domains=False)
+            for i in range(16):
+                assoc.sendto(bytes(10_000), (f"n{i}.example", echo[1]))
+            relay = await _relay(env)
+            await wait_until(lambda: len(relay.waiting) == 16)
+            (conn,) = env.server.connections
+            assert conn.dial_buffered == 160_000
+            assoc.close()
+            await wait_until(lambda: relay.closed and not relay._slow)
+            assert not relay._slow and not relay.waiting and relay._held == 0
+            assert conn.dial_buffered == 0
+            release.set()
+            await asyncio.sleep(0.1)
+            assert relay.datagrams_out == 0  # nothing sent for the closed stream
+
+    asyncio.run(main())

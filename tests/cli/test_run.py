@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 PROBE = """
 import gc
 from anytls.cli import _run
@@ -123,20 +125,34 @@ async def main(stop):
     await asyncio.sleep(0.5)
     lookup.cancel()
     print("main done", flush=True)
+    if END is not None:
+        raise SystemExit(END)
 
 _run.run(main)
 """
 
 
-def test_the_program_exits_at_once_with_a_name_lookup_still_stalled(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("end", "status", "stderr", "hole_ip"),
+    # (each its own black hole, for parallel test workers)
+    [
+        (None, 0, "", "127.0.0.9"),
+        (3, 3, "", "127.0.0.10"),
+        ("'cannot go on'", 1, "cannot go on\n", "127.0.0.11"),
+    ],
+    ids=["returns", "exits 3", "exits with a message"],
+)
+def test_the_program_exits_at_once_with_a_name_lookup_still_stalled(
+    tmp_path: Path, end: str | int | None, status: int, stderr: str, hole_ip: str
+) -> None:
     # A resolver that never answers (20 s per query), for this process alone: a mount
     # namespace with its own /etc/resolv.conf.
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.9\noptions timeout:20 attempts:1\n")
+    resolv.write_text(f"nameserver {hole_ip}\noptions timeout:20 attempts:1\n")
     script = tmp_path / "stalled.py"
-    script.write_text(STALLED_LOOKUP)
+    script.write_text(f"END = {end}\n" + STALLED_LOOKUP)
     hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    hole.bind(("127.0.0.9", 53))  # takes the query, never answers
+    hole.bind((hole_ip, 53))  # takes the query, never answers
     try:
         started = time.monotonic()
         result = subprocess.run(
@@ -155,8 +171,8 @@ def test_the_program_exits_at_once_with_a_name_lookup_still_stalled(tmp_path: Pa
         assert hole.recv(4096)  # the lookup did reach the black hole
     finally:
         hole.close()
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "main done\n"
+    assert result.returncode == status, result.stderr
+    assert result.stdout == "main done\n" and result.stderr == stderr
     assert elapsed < 8, elapsed  # not the resolver's 20 s
 
 

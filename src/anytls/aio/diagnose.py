@@ -32,7 +32,7 @@ def cause(exc: BaseException) -> str:
 
 def hint(exc: BaseException) -> str:
     """``"; likely cause ..."`` for ``exc``, or ``""`` when its message says it already."""
-    from ..errors import FailureReason, StreamOpenError
+    from ..errors import FailureReason, SessionClosedError, StreamOpenError
 
     if isinstance(exc, StreamOpenError):
         # The server is fine: it tried the destination and says what went wrong there.
@@ -43,7 +43,8 @@ def hint(exc: BaseException) -> str:
             )
         return ""
     kind = cause(exc)
-    if kind == "auth" and "wrong password" not in str(exc):  # (else it says it already)
+    # (a session, not a stream, that ended; unless its message says it already)
+    if kind == "auth" and isinstance(exc, SessionClosedError) and "wrong password" not in str(exc):
         return (
             "; the server closed the session without a word: most likely a wrong "
             "password (the server logs 'rejected ...: wrong password'), or this address "

@@ -18,9 +18,9 @@ import logging
 import socket
 import ssl
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core.address import Address, AddressReader
 from ..core.auth import UserTable, password_hash
@@ -40,7 +40,7 @@ from .stats import ServerStats, UserStats
 from .stream import Stream
 from .tls import ACME_TLS_ALPN
 from .tls_transport import TlsServerTransport
-from .uot_server import UDP_IDLE_TIMEOUT, UotServerRelay
+from .uot_server import SESSION_HELD_LIMIT, UDP_IDLE_TIMEOUT, UotServerRelay
 
 log = logging.getLogger("anytls.server")
 
@@ -59,11 +59,11 @@ DIAL_BUFFER_LIMIT = 256 * 1024
 #: names (or a stalled resolver) must not take them all. Real clients carry one or a few
 #: streams per session.
 LOOKUPS_PER_SESSION = 8
-_NO_SLOT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+_T = TypeVar("_T")
 #: Bytes all the streams of one session may buffer while their destinations are being
 #: dialled; past it the session's reads pause until the dial of the stream that crossed
 #: it ends (1024 streams of DIAL_BUFFER_LIMIT each would otherwise be 256 MiB).
-SESSION_DIAL_BUFFER_LIMIT = 1024 * 1024
+SESSION_DIAL_BUFFER_LIMIT = SESSION_HELD_LIMIT
 #: Seconds a new stream may take to send its destination before it is closed.
 DESTINATION_TIMEOUT = 10.0
 #: Streams one session may hold open by default (sing-box and anytls-go clients carry one
@@ -169,12 +169,6 @@ def _dial_error_text(exc: BaseException, destination: Address) -> str:
                 text = "connection refused"
         return f"dial tcp {destination}: connect: {text}"
     return f"dial tcp {destination}: {exc}"
-
-
-@functools.cache
-def _dial_options(loop_module: str) -> dict[str, Any]:
-    # Happy eyeballs for dual-stack names; uvloop's create_connection lacks the option.
-    return {} if loop_module.startswith("uvloop") else {"happy_eyeballs_delay": 0.25}
 
 
 def _now() -> float:
@@ -301,12 +295,21 @@ class _ServerStream(asyncio.Protocol):
         self._release_pending()
         stream.close()
 
-    async def _connect(self, host: str, port: int) -> asyncio.Transport:
+    async def _connect(self, candidates: list[tuple[int, str]], port: int) -> asyncio.Transport:
+        """Connect to the first of ``candidates`` (resolved addresses, in the resolver's
+        order) that answers."""
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_connection(
-            lambda: _HeldSocketSide(self.stream), host, port, **_dial_options(type(loop).__module__)
-        )
-        return transport
+        error: OSError = OSError(f"no address to connect to on port {port}")
+        for _, ip in candidates:
+            try:
+                transport, _ = await loop.create_connection(
+                    lambda: _HeldSocketSide(self.stream), ip, port
+                )
+            except OSError as exc:
+                error = exc
+                continue
+            return transport
+        raise error
 
     async def dial(self, destination: Address) -> None:
         loop = asyncio.get_running_loop()
@@ -315,16 +318,15 @@ class _ServerStream(asyncio.Protocol):
         # A plain timer rather than asyncio.timeout: cheaper, and this runs per stream.
         timer = loop.call_later(config.connect_timeout, self._dial_timed_out)
         try:
-            host = destination.host
-            slot = _NO_SLOT if destination.is_ip else self.connection.lookup_slots
-            if config.refuse_private:
-                # Dial the address that was checked, never the name again.
-                async with slot:
-                    host = (await resolve_allowed(destination, True))[0][1]
-                transport = await self._connect(host, destination.port)
+            # Dial the addresses that were checked, never the name again.
+            refuse = config.refuse_private
+            if destination.is_ip:
+                candidates = await resolve_allowed(destination, refuse)
             else:
-                async with slot:  # (the name is looked up in the connect)
-                    transport = await self._connect(host, destination.port)
+                candidates = await self.connection.looked_up(
+                    lambda: resolve_allowed(destination, refuse)
+                )
+            transport = await self._connect(candidates, destination.port)
         except asyncio.CancelledError:
             if not self.dial_timed_out:
                 raise
@@ -398,12 +400,24 @@ class ServerConnection(SessionConnection):
         #: Bytes the session's streams hold while their destinations are being dialled.
         self.dial_buffered = 0
 
-    @property
-    def lookup_slots(self) -> asyncio.Semaphore:
-        """Name lookups this session may have under way at once (:data:`LOOKUPS_PER_SESSION`)."""
+    async def looked_up(self, lookup: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+        """``await lookup()`` (a name lookup) in one of the session's
+        :data:`LOOKUPS_PER_SESSION` slots, waiting for one if need be. The slot stays
+        taken until the lookup itself ends, even if the caller gives up meanwhile (a dial
+        timing out): the resolver's thread is busy until then."""
         if self._lookup_slots is None:
             self._lookup_slots = asyncio.Semaphore(LOOKUPS_PER_SESSION)
-        return self._lookup_slots
+        slots = self._lookup_slots
+        await slots.acquire()
+        task = asyncio.get_running_loop().create_task(lookup())
+
+        def done(task: asyncio.Task[_T]) -> None:
+            slots.release()
+            if not task.cancelled():
+                task.exception()  # (retrieved: its caller may have gone)
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Coroutine
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from ..core.address import Address, decode_address
 from ..core.uot import (
@@ -29,6 +29,7 @@ from .stats import UserStats
 from .stream import Stream
 
 log = logging.getLogger("anytls.udp")
+_T = TypeVar("_T")
 
 #: Default seconds without a datagram either way before a UoT stream is closed.
 UDP_IDLE_TIMEOUT = 60.0
@@ -37,6 +38,9 @@ RECV_QUEUE_LIMIT = 1024
 #: Bytes of datagrams a UDP stream holds at most while names or sockets are on their way
 #: (the rest is dropped, as a full link drops datagrams).
 WAITING_BYTES = 256 * 1024
+#: ... and all the streams of one session (with the bytes its TCP streams hold for their
+#: dials: the server's SESSION_DIAL_BUFFER_LIMIT).
+SESSION_HELD_LIMIT = 1024 * 1024
 #: Reply sources whose encoded address a relay keeps (the table is emptied when full).
 SOURCE_CACHE_SIZE = 256
 #: Targets a relay keeps already checked, per encoded address (emptied when full).
@@ -52,10 +56,11 @@ class UotHost(Protocol):
     """What a relay needs from the session carrying its stream."""
 
     peer: str
+    #: Bytes the session's streams hold while their destinations are on their way.
+    dial_buffered: int
 
-    @property
-    def lookup_slots(self) -> asyncio.Semaphore:
-        """Name lookups the session may have under way at once (shared by its streams)."""
+    async def looked_up(self, lookup: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
+        """Run a name lookup in one of the session's lookup slots."""
         ...
 
     def start_task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
@@ -112,6 +117,8 @@ class UotServerRelay(asyncio.Protocol):
         self.waiting: dict[str, list[tuple[int, bytes]]] = {}
         #: Bytes of payload in :attr:`queue` and :attr:`waiting` (see WAITING_BYTES).
         self._held = 0
+        #: Tasks resolving names (or opening sockets) for waiting datagrams.
+        self._slow: set[asyncio.Task[None]] = set()
         self.dns = DnsCache()
         #: Refused private addresses already logged at INFO.
         self._denied_said: set[str] = set()
@@ -220,7 +227,7 @@ class UotServerRelay(asyncio.Protocol):
         self.ready = True
         self._arm_timer()
         queue, self.queue = self.queue, []
-        self._held -= sum(len(payload) for _, payload in queue)
+        self._let_go(sum(len(payload) for _, payload in queue))
         for header, payload in queue:
             self._send_new(header, payload)
 
@@ -229,8 +236,7 @@ class UotServerRelay(asyncio.Protocol):
             return socket.AF_INET6, host
         if host.replace(".", "").isdigit():
             return socket.AF_INET, host
-        async with self.connection.lookup_slots:
-            infos = await self.dns.resolve(host)
+        infos = await self.connection.looked_up(lambda: self.dns.resolve(host))
         ip = pick_address(infos)
         if ip is None:
             raise OSError(f"no address for {host}")
@@ -290,7 +296,9 @@ class UotServerRelay(asyncio.Protocol):
         if not self._hold(len(payload)):
             return
         self.waiting[key] = [(address.port, payload)]
-        self.connection.start_task(self._send_slow(address))
+        task = self.connection.start_task(self._send_slow(address))
+        self._slow.add(task)
+        task.add_done_callback(self._slow.discard)
 
     async def _send_slow(self, address: Address) -> None:
         """Resolve ``address.host`` and/or open its family's socket, then send what waits."""
@@ -310,17 +318,27 @@ class UotServerRelay(asyncio.Protocol):
             self._sendto(family, host, port, payload)
 
     def _hold(self, size: int) -> bool:
-        """Count ``size`` more bytes held while waiting; False (dropped) past the budget."""
-        if self._held + size > WAITING_BYTES:
+        """Count ``size`` more bytes held while waiting; False (dropped) past this stream's
+        budget or the session's (what its TCP streams hold for their dials counts too)."""
+        connection = self.connection
+        if (
+            self._held + size > WAITING_BYTES
+            or connection.dial_buffered + size > SESSION_HELD_LIMIT
+        ):
             self.datagrams_dropped += 1
             return False
         self._held += size
+        connection.dial_buffered += size
         return True
+
+    def _let_go(self, size: int) -> None:
+        self._held -= size
+        self.connection.dial_buffered -= size
 
     def _unhold(self, key: str) -> list[tuple[int, bytes]]:
         """The datagrams waiting for ``key``, no longer counted as held."""
         waiting = self.waiting.pop(key, [])
-        self._held -= sum(len(payload) for _, payload in waiting)
+        self._let_go(sum(len(payload) for _, payload in waiting))
         return waiting
 
     def _sendto(self, family: int, host: str, port: int, payload: bytes) -> bool:
@@ -428,6 +446,12 @@ class UotServerRelay(asyncio.Protocol):
         self._targets.clear()
         if self.task is not None and not self.task.done():
             self.task.cancel()
+        # Lookups for this stream's datagrams end with it, and what waited is let go.
+        for task in list(self._slow):
+            task.cancel()
+        self.waiting.clear()
+        self.queue.clear()
+        self._let_go(self._held)
 
     def eof_received(self) -> bool:
         return False

@@ -323,6 +323,8 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             trimmer.start(loop)
         try:
             await main(stop)
+        except SystemExit as exc:  # a failed --check, a port in use ...: the same
+            exit_now(exc.code)
         finally:
             if trimmer is not None:
                 trimmer.stop()
@@ -347,14 +349,16 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             asyncio.run(wrapper())
 
 
-def exit_now() -> None:
+def exit_now(code: int | str | None = 0) -> None:
     """Exit at once, the program done: name lookups may still hold resolver threads
     (libuv's pool under uvloop), and closing the loop and exiting normally wait for
     them, which with a stalled resolver and many queued lookups takes minutes after
     "stopped" was logged."""
     _reap_workers()  # (what atexit would have done)
     logging.shutdown()
+    if isinstance(code, str):  # as sys.exit("message") does
+        print(code, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(0)
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
