@@ -522,3 +522,42 @@ def test_a_lookup_keeps_its_slot_until_it_ends_even_when_its_dial_gave_up(
         await server.close()
 
     asyncio.run(main())
+
+
+def test_the_destination_timer_waits_while_the_server_holds_the_reads(
+    monkeypatch: pytest.MonkeyPatch, info_logs: pytest.LogCaptureFixture
+) -> None:
+    # Stream 2's SYN is read; its destination sits unread behind stream 1's upload, which
+    # paused the session's reads (its dial is slow): stream 2 must not be blamed for that.
+    monkeypatch.setattr(server_module, "DESTINATION_TIMEOUT", 0.3)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def slow_connect(self: object, candidates: object, port: int) -> asyncio.Transport:
+            await release.wait()
+            raise ConnectionRefusedError(111, "Connection refused")
+
+        monkeypatch.setattr(server_module._ServerStream, "_connect", slow_connect)
+        server, port = await start(connect_timeout=30.0)
+        reader, writer = await tls_connect(port)
+        upload = b"".join(encode_frame(Command.PSH, 1, b"u" * 60_000) for _ in range(40))
+        writer.write(
+            build_preface(PASSWORD, 0)
+            + encode_frame(Command.SETTINGS, 0, b"v=2")
+            + encode_frame(Command.SYN, 1)
+            + encode_frame(Command.PSH, 1, Address("192.0.2.1", 80).encode())
+            + encode_frame(Command.SYN, 2)
+            + upload  # 2.4 MB: past what one read takes in
+            + encode_frame(Command.PSH, 2, Address("192.0.2.2", 80).encode())
+        )
+        await asyncio.sleep(1.0)  # three timer periods with the reads held
+        release.set()
+        frames = await _frames(reader, 2.0)
+        refused = {sid for cmd, sid, p in frames if cmd == Command.SYNACK and b"refused" in p}
+        assert refused == {1, 2}  # stream 2's destination was read and dialled
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+    assert "no destination" not in info_logs.text

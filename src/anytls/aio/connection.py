@@ -194,6 +194,11 @@ class SessionConnection(asyncio.BufferedProtocol):
         if stream is not None:
             self.stream_closed(stream)
 
+    @property
+    def reads_held(self) -> bool:
+        """True while this side keeps the session's reads paused for one of its streams."""
+        return self._read_pauses > 0
+
     def stream_reading_paused(self, paused: bool) -> None:
         """A stream's consumer paused (or resumed); TLS reads stop while any is paused."""
         self._read_pauses += 1 if paused else -1

@@ -206,6 +206,13 @@ class _ServerStream(asyncio.Protocol):
 
     def _no_destination(self) -> None:
         self.timer = None
+        connection = self.connection
+        throttle = connection.throttle
+        if connection.reads_held or (throttle is not None and throttle.up_paused):
+            # The server is not reading the session (full dial buffers, a speed limit):
+            # the destination may be sitting unread. Give it another period.
+            self.timer = connection.loop.call_later(DESTINATION_TIMEOUT, self._no_destination)
+            return
         if self.destination is None and not self.stream.is_closing():
             log.info(
                 "%s stream %d: no destination within %g s, closing the stream",
