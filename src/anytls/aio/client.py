@@ -44,7 +44,7 @@ from ..errors import (
     StreamOpenError,
 )
 from .connection import PEER_CLOSED, SessionConnection
-from .diagnose import FailureLog
+from .diagnose import SILENT_CLOSE, FailureLog
 from .outbound import DnsCache, ordered_addresses
 from .stream import Stream
 
@@ -231,12 +231,7 @@ class ClientConnection(SessionConnection):
         answer the settings at once, so it most likely refused the password."""
         if self.core.frames_received or self.core.unparsed():
             return None
-        return (
-            "the server closed the connection without a word: most likely a wrong "
-            "password (the server logs 'rejected ...: wrong password'), or this address "
-            "is locked out for a minute after too many failed logins (the server's "
-            "--auth-fail-limit), or the port is not an AnyTLS server"
-        )
+        return SILENT_CLOSE
 
     def _answered_in_http(self) -> str | None:
         """The reason to give when the server's first bytes were an HTTP response."""

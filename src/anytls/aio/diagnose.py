@@ -10,6 +10,15 @@ from __future__ import annotations
 import logging
 import time
 
+#: What a server closing a session before its first frame most likely means (v2 servers
+#: answer the client's settings at once; a refused login gets nothing, by design).
+SILENT_CLOSE = (
+    "the server closed the connection without a word: most likely a wrong password (the "
+    "server logs 'rejected ...: wrong password'), or this address is locked out for a "
+    "minute after too many failed logins (the server's --auth-fail-limit), or the port is "
+    "not an AnyTLS server"
+)
+
 #: Seconds between two WARNING lines for the same cause.
 REPEAT_INTERVAL = 60.0
 
@@ -45,12 +54,7 @@ def hint(exc: BaseException) -> str:
     kind = cause(exc)
     # (a session, not a stream, that ended; unless its message says it already)
     if kind == "auth" and isinstance(exc, SessionClosedError) and "wrong password" not in str(exc):
-        return (
-            "; the server closed the session without a word: most likely a wrong "
-            "password (the server logs 'rejected ...: wrong password'), or this address "
-            "is locked out for a minute after too many failed logins (the server's "
-            "--auth-fail-limit), or the port is not an AnyTLS server"
-        )
+        return "; " + SILENT_CLOSE
     if kind == "refused":
         return "; is the server running, and is the port open in its firewall?"
     if kind == "timeout":
