@@ -26,6 +26,7 @@ from tests.helpers.aio import wait_until
 from tests.helpers.echo import tcp_echo_server
 from tests.helpers.httpd import http_server
 from tests.helpers.net import free_port
+from tests.helpers.resolver import stall_lookups
 
 PASSWORD = "hard-pw"
 
@@ -362,13 +363,36 @@ async def _frames(reader: asyncio.StreamReader, until: float) -> list[tuple[int,
     return frames
 
 
+#: What an authenticated v2 session starts with.
+OPENING = build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2")
+
+
+def _open_stream(stream_id: int, host: str, port: int = 80) -> bytes:
+    """The SYN and the destination of one stream."""
+    return encode_frame(Command.SYN, stream_id) + encode_frame(
+        Command.PSH, stream_id, Address(host, port).encode()
+    )
+
+
+def _stall_dials(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Dials that wait for the returned event, then are refused."""
+    release = asyncio.Event()
+
+    async def slow_connect(self: object, candidates: object, port: int) -> asyncio.Transport:
+        await release.wait()
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(server_module._ServerStream, "_connect", slow_connect)
+    return release
+
+
 def test_streams_beyond_the_default_limit_get_an_error_synack() -> None:
     async def main() -> None:
         server, port = await start()  # the default limit
         limit = server_module.MAX_STREAMS_PER_SESSION
         reader, writer = await tls_connect(port)
         syns = b"".join(encode_frame(Command.SYN, i) for i in range(1, limit + 6))
-        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2") + syns)
+        writer.write(OPENING + syns)
         frames = await _frames(reader, 2)
         refused = [(sid, p) for cmd, sid, p in frames if cmd == Command.SYNACK and p]
         assert [sid for sid, _ in refused] == list(range(limit + 1, limit + 6))
@@ -388,11 +412,7 @@ def test_a_stream_without_a_destination_is_closed(
     async def main() -> None:
         server, port = await start()
         reader, writer = await tls_connect(port)
-        writer.write(
-            build_preface(PASSWORD, 0)
-            + encode_frame(Command.SETTINGS, 0, b"v=2")
-            + encode_frame(Command.SYN, 1)  # and nothing more on it
-        )
+        writer.write(OPENING + encode_frame(Command.SYN, 1))  # and nothing more on it
         frames = await _frames(reader, 1.5)
         assert (Command.FIN, 1, b"") in frames
         assert server.open_streams == 0 and len(server.connections) == 1  # the session lives
@@ -406,28 +426,12 @@ def test_a_stream_without_a_destination_is_closed(
 def test_one_session_has_at_most_8_name_lookups_under_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from anytls.aio import outbound
-
     async def main() -> None:
-        release = asyncio.Event()
-        asked: list[str] = []
-
-        async def stalled(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
-            asked.append(host)
-            await release.wait()
-            return [(socket.AF_INET, "192.0.2.1")]  # TEST-NET: never answers a connect
-
-        monkeypatch.setattr(outbound, "lookup", stalled)
+        # TEST-NET: never answers a connect
+        release, asked = stall_lookups(monkeypatch, [(socket.AF_INET, "192.0.2.1")])
         server, port = await start(allow_private=False, connect_timeout=30.0)
         _, writer = await tls_connect(port)
-        frames = b"".join(
-            encode_frame(Command.SYN, i)
-            + encode_frame(Command.PSH, i, Address(f"n{i}.x", 80).encode())
-            for i in range(1, 21)
-        )
-        writer.write(
-            build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2") + frames
-        )
+        writer.write(OPENING + b"".join(_open_stream(i, f"n{i}.x") for i in range(1, 21)))
         await wait_until(lambda: len(asked) >= server_module.LOOKUPS_PER_SESSION)
         await asyncio.sleep(0.3)
         assert len(asked) == server_module.LOOKUPS_PER_SESSION  # the others wait their turn
@@ -445,21 +449,14 @@ def test_what_a_session_buffers_for_destinations_being_dialled_is_bounded(
 ) -> None:
     # Many streams, each below the per-stream limit, to destinations that take their time.
     async def main() -> None:
-        release = asyncio.Event()
-
-        async def slow_connect(self: object, host: str, port: int) -> asyncio.Transport:
-            await release.wait()
-            raise ConnectionRefusedError(111, "Connection refused")
-
-        monkeypatch.setattr(server_module._ServerStream, "_connect", slow_connect)
+        release = _stall_dials(monkeypatch)
         server, port = await start(connect_timeout=30.0)
         _, writer = await tls_connect(port)
-        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2"))
+        writer.write(OPENING)
         chunk = b"u" * 60_000
         for i in range(1, 101):  # 100 streams × 180 kB = 18 MB offered
             writer.write(
-                encode_frame(Command.SYN, i)
-                + encode_frame(Command.PSH, i, Address("192.0.2.1", 80).encode())
+                _open_stream(i, "192.0.2.1")
                 + b"".join(encode_frame(Command.PSH, i, chunk) for _ in range(3))
             )
         await wait_until(lambda: server.open_streams > 0)
@@ -481,28 +478,14 @@ def test_a_lookup_keeps_its_slot_until_it_ends_even_when_its_dial_gave_up(
 ) -> None:
     # A stalled resolver: the dials time out, but their lookups still hold the resolver's
     # threads, so the session gets no new ones until those end.
-    from anytls.aio import outbound
-
     async def main() -> None:
-        release = asyncio.Event()
-        asked: list[str] = []
-
-        async def stalled(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
-            asked.append(host)
-            await release.wait()
-            raise OSError("the resolver gave up")
-
-        monkeypatch.setattr(outbound, "lookup", stalled)
+        release, asked = stall_lookups(monkeypatch, None)
         server, port = await start(allow_private=False, connect_timeout=0.3)
         reader, writer = await tls_connect(port)
-        writer.write(build_preface(PASSWORD, 0) + encode_frame(Command.SETTINGS, 0, b"v=2"))
+        writer.write(OPENING)
 
         def streams(first: int) -> bytes:
-            return b"".join(
-                encode_frame(Command.SYN, i)
-                + encode_frame(Command.PSH, i, Address(f"n{i}.x", 80).encode())
-                for i in range(first, first + 8)
-            )
+            return b"".join(_open_stream(i, f"n{i}.x") for i in range(first, first + 8))
 
         writer.write(streams(1))
         await wait_until(lambda: len(asked) == 8)
@@ -532,21 +515,13 @@ def test_the_destination_timer_waits_while_the_server_holds_the_reads(
     monkeypatch.setattr(server_module, "DESTINATION_TIMEOUT", 0.3)
 
     async def main() -> None:
-        release = asyncio.Event()
-
-        async def slow_connect(self: object, candidates: object, port: int) -> asyncio.Transport:
-            await release.wait()
-            raise ConnectionRefusedError(111, "Connection refused")
-
-        monkeypatch.setattr(server_module._ServerStream, "_connect", slow_connect)
+        release = _stall_dials(monkeypatch)
         server, port = await start(connect_timeout=30.0)
         reader, writer = await tls_connect(port)
         upload = b"".join(encode_frame(Command.PSH, 1, b"u" * 60_000) for _ in range(40))
         writer.write(
-            build_preface(PASSWORD, 0)
-            + encode_frame(Command.SETTINGS, 0, b"v=2")
-            + encode_frame(Command.SYN, 1)
-            + encode_frame(Command.PSH, 1, Address("192.0.2.1", 80).encode())
+            OPENING
+            + _open_stream(1, "192.0.2.1")
             + encode_frame(Command.SYN, 2)
             + upload  # 2.4 MB: past what one read takes in
             + encode_frame(Command.PSH, 2, Address("192.0.2.2", 80).encode())

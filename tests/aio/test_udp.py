@@ -19,6 +19,7 @@ from anytls.core.uot import UOT_V2_MAGIC, encode_packet, packet_to_socks_datagra
 from anytls.errors import RemoteProtocolError, StreamClosedError
 from tests.helpers.aio import wait_until
 from tests.helpers.echo import udp_echo_server
+from tests.helpers.resolver import stall_lookups
 
 PASSWORD = "udp-pw"
 
@@ -261,22 +262,6 @@ def test_a_failing_datagram_handler_ends_only_its_association() -> None:
     asyncio.run(main())
 
 
-def _slow_lookups(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[str]]:
-    """Name lookups that wait for the returned event (a resolver that stalls)."""
-    from anytls.aio import outbound
-
-    release = asyncio.Event()
-    asked: list[str] = []
-
-    async def lookup(host: str, port: int | None, kind: int) -> list[tuple[int, str]]:
-        asked.append(host)
-        await release.wait()
-        return [(socket.AF_INET, "127.0.0.1")]
-
-    monkeypatch.setattr(outbound, "lookup", lookup)
-    return release, asked
-
-
 async def _relay(env: Env) -> uot_server.UotServerRelay:
     """The server side of the one UDP stream (once it is there)."""
 
@@ -293,7 +278,7 @@ def test_datagrams_to_ever_new_names_do_not_queue_lookups_without_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def main() -> None:
-        release, asked = _slow_lookups(monkeypatch)
+        release, asked = stall_lookups(monkeypatch, [(socket.AF_INET, "127.0.0.1")])
         async with Env() as env, udp_echo_server() as echo:
             assoc = await open_udp(env.client, resolve_domains=False)  # names to the server
             for i in range(100):
@@ -317,7 +302,7 @@ def test_datagrams_waiting_for_a_connect_target_are_bounded_in_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def main() -> None:
-        release, _ = _slow_lookups(monkeypatch)
+        release, _ = stall_lookups(monkeypatch, [(socket.AF_INET, "127.0.0.1")])
         async with Env() as env, udp_echo_server() as echo:
             udp = await open_udp(env.client, connect=("slow.example", echo[1]))
             for _ in range(200):  # 12 MB while the name is looked up
@@ -395,7 +380,7 @@ def test_a_closed_udp_stream_lets_go_of_its_lookups_and_waiting_datagrams(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def main() -> None:
-        release, _ = _slow_lookups(monkeypatch)
+        release, _ = stall_lookups(monkeypatch, [(socket.AF_INET, "127.0.0.1")])
         async with Env() as env, udp_echo_server() as echo:
             assoc = await open_udp(env.client, resolve_domains=False)
             for i in range(16):
