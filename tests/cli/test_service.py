@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -145,10 +146,13 @@ async def test_sigterm_lets_open_streams_finish(tmp_path: Path) -> None:
         assert not server.log_lines("cut off")
 
 
-@async_test
-async def test_sigterm_cuts_streams_after_the_grace_period(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _serving_one_stream(
+    tmp_path: Path, grace: str
+) -> AsyncIterator[tuple[AnyTLSProcess, subprocess.Popen[bytes], asyncio.StreamReader]]:
+    """A server (``--shutdown-grace grace``) with one stream open through it."""
     port = free_port()
-    args = ["-p", "pw", "--shutdown-grace", "0.5", "--workers", "1"]
+    args = ["-p", "pw", "--shutdown-grace", grace, "--workers", "1"]
     async with (
         tcp_echo_server() as echo,
         AnyTLSProcess.server(port, args, tmp_path) as server,
@@ -158,37 +162,34 @@ async def test_sigterm_cuts_streams_after_the_grace_period(tmp_path: Path) -> No
         assert proc is not None
         reader, writer = await client.open_connection(*echo)
         await echo_once(reader, writer, b"x")
+        yield server, proc, reader
+
+
+async def _cut_off_then_exit(reader: asyncio.StreamReader, proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(SessionClosedError):  # cut off: ends with the session
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    await wait_until(lambda: proc.poll() is not None, 5)
+    assert proc.returncode == 0
+
+
+@async_test
+async def test_sigterm_cuts_streams_after_the_grace_period(tmp_path: Path) -> None:
+    async with _serving_one_stream(tmp_path, "0.5") as (server, proc, reader):
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(SessionClosedError):  # cut off: ends with the session
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-        await wait_until(lambda: proc.poll() is not None, 5)
-        assert proc.returncode == 0
+        await _cut_off_then_exit(reader, proc)
         assert 0.4 < time.monotonic() - started < 3
         assert server.log_lines(r"stopped \(1 stream cut off after the grace period\)")
 
 
 @async_test
 async def test_a_second_ctrl_c_cuts_streams_at_once_and_says_so(tmp_path: Path) -> None:
-    port = free_port()
-    args = ["-p", "pw", "--shutdown-grace", "30", "--workers", "1"]
-    async with (
-        tcp_echo_server() as echo,
-        AnyTLSProcess.server(port, args, tmp_path) as server,
-        Client(ClientConfig("127.0.0.1", port, "pw", insecure=True)) as client,
-    ):
-        proc = server.proc
-        assert proc is not None
-        reader, writer = await client.open_connection(*echo)
-        await echo_once(reader, writer, b"x")
+    async with _serving_one_stream(tmp_path, "30") as (server, proc, reader):
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         await server.wait_log(r"waiting up to 30 s for 1 open stream")
         proc.send_signal(signal.SIGINT)
-        with contextlib.suppress(SessionClosedError):
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-        await wait_until(lambda: proc.poll() is not None, 5)
-        assert proc.returncode == 0
+        await _cut_off_then_exit(reader, proc)
         assert time.monotonic() - started < 5  # not the 30 s grace
         assert server.log_lines(r"stopped \(1 stream cut off by a second Ctrl-C\)")
 
