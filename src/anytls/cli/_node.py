@@ -122,13 +122,15 @@ def prepare(
         store = Store.in_dir(state_dir(args))
         try:
             keeper = QuotaKeeper(None, store, entries)
-            for name, reason in keeper.reasons().items():
+            reasons = keeper.reasons()
+            for name, reason in reasons.items():
                 log.warning("user %s %s: refused", name, reason)
+            allowed = keeper.allowed(config.users)  # (remembers the configured users)
             prepared.config = dataclasses.replace(
-                config, users=keeper.allowed(config.users), refused=keeper.refused()
+                config, users=allowed, refused=keeper.refused(reasons)
             )
             # Worker processes (forked after this) leave them out when they reload.
-            BLOCKED.update(keeper.reasons())
+            BLOCKED.update(reasons)
         finally:
             store.close()
     return prepared

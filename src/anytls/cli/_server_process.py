@@ -264,7 +264,7 @@ class ServerProcess:
         drain = loop.create_task(server.shutdown(grace))
         forced = loop.create_task(force.wait())
         await asyncio.wait([drain, forced], return_when=asyncio.FIRST_COMPLETED)
-        forced_now = not drain.done()
+        forced_now = not drain.done()  # a second Ctrl-C came first
         if not forced_now:
             cut = drain.result()
         else:
