@@ -70,8 +70,11 @@ def test_first_packet_holds_settings_syn_and_address() -> None:
     settings = stream[7 : 7 + length].decode().split("\n")
     assert "v=2" in settings and "padding-md5=75cff2ad89aadf5e257059ee571ebe11" in settings
     assert any(s.startswith("client=anytls-py") for s in settings)
-    # packet 1 of the default scheme is one record of 100..399 bytes
-    assert len(records) == 2 and 100 <= len(records[1]) < 400
+    # packet 1 of the default scheme is one record of 100..399 bytes; when the size drawn
+    # is below what settings, SYN and address take (101 bytes), the rest follows in a
+    # record of its own, as anytls-go writes it (2 runs in 1000; one failed CI)
+    assert 100 <= len(records[1]) < 400
+    assert len(records) == 2 or (len(records) == 3 and len(records[1]) < 110)
     events = merge_data(server.receive_data(b"".join(records)))
     assert events == [
         Authenticated("alice"),
